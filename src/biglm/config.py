@@ -1,0 +1,138 @@
+"""``ModelConfig``: the one serialisable description of a BiGLM network, with the paper's presets.
+
+Sizes follow the BiGLM paper (Table 7, §2.2, §3.1). The paper gives no SwiGLU inner size for the 1.3B
+and 3.5B models; we chose 5376 and 11264 (multiples of 256) so the totals come to 1.30B and 3.51B with
+the 49152-token vocabulary plus special tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from biglm.configurable import from_dict, load_yaml, to_dict
+from biglm.errors import ConfigError, check
+
+# SmolLM's 49152-token vocabulary plus [MASK], rounded up to a multiple of 64 (the added token counts).
+PAPER_VOCAB = 49216
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a BiGLM encoder (a Llama-style block stack with bidirectional attention)."""
+
+    name: str = "custom"
+    vocab_size: int = PAPER_VOCAB
+    """Embedding rows, already padded (to a multiple of 64) and counting every added special token."""
+    hidden_size: int = 576
+    num_layers: int = 30
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    """Grouped-query attention: key/value heads shared by ``num_heads // num_kv_heads`` query heads."""
+    intermediate_size: int = 1536
+    """SwiGLU inner size."""
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0
+    """Fraction of each head's dimensions that RoPE rotates (1.0 = all, as in Llama)."""
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    """The paper drops dropout (§3.1); kept as an ablation switch."""
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    scaled_residual_init: bool = True
+    """Scale the init of residual output projections by 1/sqrt(2·num_layers) (Megatron's default)."""
+    length_head: bool = False
+    """Add a length-prediction head (mean-pooled prefix → target length classes) for Mask-Predict."""
+    max_target_length: int = 256
+    """Number of length classes of the length head (lengths 0 .. max_target_length-1)."""
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                  "intermediate_size", "max_seq_len", "max_target_length"):
+            v = getattr(self, f)
+            check(isinstance(v, int) and v > 0, f"ModelConfig.{f}={v!r}: must be a positive integer")
+        check(self.hidden_size % self.num_heads == 0,
+              f"ModelConfig.num_heads={self.num_heads}: must divide hidden_size={self.hidden_size} "
+              f"(allowed: {_divisors(self.hidden_size)})")
+        check(self.num_heads % self.num_kv_heads == 0,
+              f"ModelConfig.num_kv_heads={self.num_kv_heads}: must divide num_heads={self.num_heads} "
+              f"(allowed: {_divisors(self.num_heads)})")
+        check(self.rope_theta > 0, f"ModelConfig.rope_theta={self.rope_theta}: must be > 0")
+        check(0.0 < self.rotary_fraction <= 1.0,
+              f"ModelConfig.rotary_fraction={self.rotary_fraction}: must be in (0, 1]")
+        check(self.rotary_dim >= 2,
+              f"ModelConfig.rotary_fraction={self.rotary_fraction}: rotates fewer than 2 of "
+              f"{self.head_dim} head dimensions")
+        check(0.0 <= self.dropout < 1.0, f"ModelConfig.dropout={self.dropout}: must be in [0, 1)")
+        check(self.init_std > 0, f"ModelConfig.init_std={self.init_std}: must be > 0")
+        check(self.norm in ("rmsnorm", "layernorm"),
+              f"ModelConfig.norm={self.norm!r}: expected 'rmsnorm' or 'layernorm'")
+        check(self.norm_eps > 0, f"ModelConfig.norm_eps={self.norm_eps}: must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dimensions per head (even)."""
+        return int(self.head_dim * self.rotary_fraction) // 2 * 2
+
+    def num_parameters(self) -> int:
+        """Exact parameter count, computed from the shapes (no model is built)."""
+        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        norm = h if self.norm == "rmsnorm" else 2 * h
+        per_layer = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size + 2 * norm
+        total = self.vocab_size * h + self.num_layers * per_layer + norm
+        if not self.tie_embeddings:
+            total += self.vocab_size * h
+        if self.length_head:
+            total += h * self.max_target_length + self.max_target_length
+        return total
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (see ``PRESETS``), optionally with some fields overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset '{name}': expected one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a mapping; a ``preset`` key starts from that preset, other keys override it."""
+        data = dict(data)
+        preset = data.pop("preset", None)
+        base = to_dict(PRESETS[preset]) if preset in PRESETS else {}
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"unknown model preset '{preset}': expected one of {', '.join(PRESETS)}")
+        return from_dict(cls, {**base, **data}, "model")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(load_yaml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # §3.1 / Table 7: the deeper SmolLM-shaped models.
+    "biglm-136m": ModelConfig("biglm-136m", PAPER_VOCAB, 576, 30, 9, 3, 1536),
+    "biglm-360m": ModelConfig("biglm-360m", PAPER_VOCAB, 960, 32, 15, 5, 2560),
+    # Table 7 gives no inner size for these two: 5376 and 11264 bring the totals to 1.30B and 3.51B.
+    "biglm-1.3b": ModelConfig("biglm-1.3b", PAPER_VOCAB, 2048, 24, 32, 32, 5376, init_std=0.013),
+    "biglm-3.5b": ModelConfig("biglm-3.5b", PAPER_VOCAB, 2560, 30, 20, 20, 11264, init_std=0.013),
+    # §2.2: the 12/768/12 model of the pre-training-task ablations (multi-head attention).
+    "biglm-124m": ModelConfig("biglm-124m", PAPER_VOCAB, 768, 12, 12, 12, 2048),
+    # CPU sizes: `tiny` is the demo model's shape, `micro` is for tests (a training step in milliseconds).
+    "tiny": ModelConfig("tiny", 8192, 256, 6, 4, 2, 704, max_seq_len=512),
+    "micro": ModelConfig("micro", 512, 64, 2, 4, 2, 128, max_seq_len=256),
+}

@@ -1,0 +1,129 @@
+"""Objective configs (typed dataclasses) and the named ablation presets of the BiGLM paper."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from biglm.errors import ConfigError, check
+
+
+@dataclass
+class BiGLMObjectiveConfig:
+    """BiGLM's pre-training task (paper §2.1); defaults are the paper's and its public code's."""
+
+    alpha: float = 0.2
+    """Each document is split at a point uniform in [alpha·len, (1-alpha)·len]."""
+    beta_y_range: tuple[float, float] = (0.0, 1.0)
+    """beta_Y ~ U(lo, hi): the suffix masking ratio."""
+    beta_x_mode: Literal["adaptive", "fixed", "none"] = "adaptive"
+    """adaptive: beta_X = lambda1 - lambda2·beta_Y; fixed: beta_X = beta_x_fixed; none: X unmasked."""
+    lambda1: float = 0.3
+    lambda2: float = 0.2
+    beta_x_fixed: float = 0.15
+    masking_unit: Literal["span", "token"] = "span"
+    max_span: int = 3
+    """Spans are n-grams with n ≤ max_span, P(n) ∝ 1/n."""
+    attention_masking: bool = True
+    """Prefix-blind attention (X never attends Y). False is the paper's 'w/o attn' ablation."""
+    min_loss_tokens: int = 12
+    """Document pieces shorter than this stay in the row but carry no loss."""
+    reset_position_ids: bool = False
+    """Restart positions at each packed document (the public code did not)."""
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.alpha < 0.5, f"objective.biglm.alpha={self.alpha}: must be in (0, 0.5)")
+        lo, hi = self.beta_y_range
+        check(0.0 <= lo <= hi <= 1.0,
+              f"objective.biglm.beta_y_range={list(self.beta_y_range)}: need 0 <= lo <= hi <= 1")
+        if self.beta_x_mode == "adaptive":
+            bx = sorted((self.lambda1 - self.lambda2 * lo, self.lambda1 - self.lambda2 * hi))
+            check(bx[0] >= 0.0 and bx[1] <= 1.0,
+                  f"objective.biglm.lambda1={self.lambda1}, lambda2={self.lambda2}: give beta_X in "
+                  f"[{bx[0]:.3g}, {bx[1]:.3g}] for beta_Y in [{lo}, {hi}]; beta_X must stay in [0, 1]")
+        check(0.0 <= self.beta_x_fixed <= 1.0,
+              f"objective.biglm.beta_x_fixed={self.beta_x_fixed}: must be in [0, 1]")
+        check(self.beta_x_mode in ("adaptive", "fixed", "none"),
+              f"objective.biglm.beta_x_mode={self.beta_x_mode!r}: expected adaptive, fixed or none")
+        check(self.masking_unit in ("span", "token"),
+              f"objective.biglm.masking_unit={self.masking_unit!r}: expected span or token")
+        check(self.max_span >= 1, f"objective.biglm.max_span={self.max_span}: must be >= 1")
+        check(self.min_loss_tokens >= 2, f"objective.biglm.min_loss_tokens={self.min_loss_tokens}: must be >= 2")
+
+    @property
+    def beta_x_range(self) -> tuple[float, float]:
+        lo, hi = self.beta_y_range
+        if self.beta_x_mode == "adaptive":
+            return (self.lambda1 - self.lambda2 * hi, self.lambda1 - self.lambda2 * lo)
+        if self.beta_x_mode == "fixed":
+            return (self.beta_x_fixed, self.beta_x_fixed)
+        return (0.0, 0.0)
+
+
+@dataclass
+class MLMObjectiveConfig:
+    """Classic masked language modelling: a fixed ratio over whole documents, bidirectional attention."""
+
+    mask_ratio: float = 0.15
+    masking_unit: Literal["span", "token"] = "token"
+    max_span: int = 3
+    random_token_prob: float = 0.0
+    """BERT's 80/10/10 rule is random_token_prob=0.1, keep_prob=0.1; 0/0 masks every chosen token."""
+    keep_prob: float = 0.0
+    min_loss_tokens: int = 12
+    reset_position_ids: bool = False
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.mask_ratio <= 1.0, f"objective.mlm.mask_ratio={self.mask_ratio}: must be in (0, 1]")
+        check(self.random_token_prob >= 0 and self.keep_prob >= 0
+              and self.random_token_prob + self.keep_prob <= 1.0,
+              "objective.mlm.random_token_prob + keep_prob: must be in [0, 1]")
+        check(self.masking_unit in ("span", "token"),
+              f"objective.mlm.masking_unit={self.masking_unit!r}: expected span or token")
+        check(self.max_span >= 1, f"objective.mlm.max_span={self.max_span}: must be >= 1")
+
+
+# Every objective has a section of that name below and an entry in ``biglm.objectives.OBJECTIVES``.
+OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which objective to train with; only the section named by ``name`` is used."""
+
+    name: str = "biglm"
+    biglm: BiGLMObjectiveConfig = field(default_factory=BiGLMObjectiveConfig)
+    mlm: MLMObjectiveConfig = field(default_factory=MLMObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        check(self.name in OBJECTIVE_NAMES,
+              f"objective.name={self.name!r}: expected one of {', '.join(OBJECTIVE_NAMES)}")
+
+    @classmethod
+    def from_preset(cls, name: str) -> ObjectiveConfig:
+        """A named objective preset, e.g. ``biglm``, ``biglm-no-attn`` or ``biglm-alpha-0.3``."""
+        if name not in OBJECTIVE_PRESETS:
+            raise ConfigError(f"unknown objective preset '{name}': expected one of {', '.join(OBJECTIVE_PRESETS)}")
+        return dataclasses.replace(OBJECTIVE_PRESETS[name])
+
+
+def _biglm(**kw: object) -> ObjectiveConfig:
+    return ObjectiveConfig("biglm", biglm=BiGLMObjectiveConfig(**kw))  # type: ignore[arg-type]
+
+
+# The pre-training variants of the paper's Table 1 (§2.2) and Table 8 (Appendix C).
+OBJECTIVE_PRESETS: dict[str, ObjectiveConfig] = {
+    "biglm": _biglm(),
+    "biglm-no-attn": _biglm(attention_masking=False),  # Table 1: w/o attn
+    "mlm-15": ObjectiveConfig("mlm"),  # Table 1: w/o both (no decomposition, 15% masking)
+    "biglm-alpha-0.1": _biglm(alpha=0.1),
+    "biglm-alpha-0.3": _biglm(alpha=0.3),
+    "biglm-alpha-0.4": _biglm(alpha=0.4),
+    "biglm-betax-0.1-0.5": _biglm(lambda1=0.5, lambda2=0.4),
+    "biglm-betax-0.3-0.5": _biglm(lambda1=0.5, lambda2=0.2),
+    "biglm-betax-0.2-0.4": _biglm(lambda1=0.4, lambda2=0.2),
+    "biglm-betay-0.1-0.9": _biglm(beta_y_range=(0.1, 0.9)),
+    "biglm-betay-0.2-0.8": _biglm(beta_y_range=(0.2, 0.8)),
+    "biglm-betay-0.3-0.7": _biglm(beta_y_range=(0.3, 0.7)),
+}
