@@ -100,8 +100,8 @@ def to_dict(obj: Any) -> dict[str, Any]:
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):
             v = to_dict(v)
-        elif isinstance(v, tuple):
-            v = list(v)
+        elif isinstance(v, list | tuple):
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
         out[f.name] = v
     return out
 

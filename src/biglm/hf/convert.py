@@ -1,0 +1,266 @@
+"""Conversion between biglm checkpoints and transformers folders.
+
+- ``export_hf(ckpt, out)``: a biglm checkpoint (or run folder) → a transformers folder: ``config.json``
+  (model type ``biglm``, ``auto_map`` to the remote code, ``biglm_format_version``), ``model.safetensors``,
+  the tokenizer, ``configuration_biglm.py`` and ``modeling_biglm.py``. It loads with
+  ``AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=True)`` without biglm installed.
+- ``import_hf(folder, out)``: such a folder (or one re-saved by transformers) → a biglm checkpoint.
+- ``import_llama(folder, out)``: a Llama-layout causal model (e.g. SmolLM-135M, the ``biglm-136m``
+  shape) → a bidirectional biglm checkpoint ready for continued masked-LM pretraining. Tokens the
+  tokenizer lacks ([MASK], and [BOS]/[EOS]/[PAD] when absent) are added; the vocabulary is padded to
+  a multiple of 64 counting them; every new row (added tokens and padding) of the embedding, and of
+  an untied LM head, starts as the mean of the existing rows; weights are stored in float32.
+- ``push_to_hub(folder, repo)``: upload an exported folder as it is (one commit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from biglm.checkpoint import FORMAT_VERSION, check_state_dict, load_model, model_state_dict, write_checkpoint
+from biglm.config import PRESETS, ModelConfig
+from biglm.data.tokenizer import ensure_special_tokens
+from biglm.errors import BiglmError
+from biglm.hf.configuration_biglm import BiGLMConfig
+from biglm.model import BiGLM
+
+WEIGHTS = "model.safetensors"
+REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_biglm.BiGLMConfig",
+    "AutoModel": "modeling_biglm.BiGLMModel",
+    "AutoModelForMaskedLM": "modeling_biglm.BiGLMForMaskedLM",
+}
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+_V5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def hf_config(config: ModelConfig, tokenizer: Any = None, dtype: torch.dtype = torch.float32,
+              step: int = 0) -> BiGLMConfig:
+    """The ``BiGLMConfig`` of ``config`` (same fields), with the tokenizer's special ids and ``auto_map``."""
+    ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id", None) for t in ("pad", "bos", "eos", "mask")}
+    cfg = BiGLMConfig(**config.to_dict(), **ids, biglm_format_version=FORMAT_VERSION, biglm_step=step)
+    cfg.auto_map = dict(AUTO_MAP)
+    cfg.architectures = ["BiGLMForMaskedLM"]
+    setattr(cfg, "dtype" if _V5 else "torch_dtype", dtype)
+    return cfg
+
+
+def model_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
+    """The ``ModelConfig`` of a BiGLM ``config.json`` dict; refuses newer biglm format versions."""
+    version = raw.get("biglm_format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BiglmError(f"{where}: biglm_format_version {version} is newer than this biglm understands "
+                         f"({FORMAT_VERSION}); upgrade biglm")
+    return ModelConfig.from_dict({k: raw[k] for k in MODEL_FIELDS if k in raw})
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """biglm → ``BiGLMForMaskedLM`` names (the same: Llama's); a tied head is stored once (the embedding)."""
+    out = {k: v.contiguous() for k, v in state.items() if "rotary" not in k}
+    if config.tie_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """``BiGLMForMaskedLM`` / ``BiGLMModel`` / Llama names → biglm names (``model.`` prefix added for a
+    bare backbone); rotary buffers and a tied head are dropped."""
+    if not any(k.startswith("model.") for k in state):
+        state = {f"model.{k}": v for k, v in state.items()}
+    return to_hf_state_dict(state, config)
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a transformers folder: ``model.safetensors`` (or sharded) or ``pytorch_model.bin``."""
+    if (folder / WEIGHTS).is_file():
+        return load_file(str(folder / WEIGHTS))
+    index = folder / f"{WEIGHTS}.index.json"
+    if index.is_file():
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(str(folder / shard)))
+        return state
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise BiglmError(f"{folder}: no weights ({WEIGHTS}, {WEIGHTS}.index.json or pytorch_model.bin)")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise BiglmError(f"{folder}: no such folder")
+    if not (folder / "config.json").is_file():
+        raise BiglmError(f"{folder}: not a transformers model folder (no config.json)")
+    return json.loads((folder / "config.json").read_text())
+
+
+def _load_tokenizer(path: Path) -> Any:
+    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+        return None
+    from transformers import AutoTokenizer
+
+    # Never run code shipped in an imported folder: the registered biglm classes describe it.
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def _fresh_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BiglmError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise BiglmError(f"{out}: exists and is not empty (pass --force to replace it)")
+        shutil.rmtree(out)
+
+
+def _checked(state: dict[str, torch.Tensor], config: ModelConfig, where: Path) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        model = BiGLM(config)
+    check_state_dict(state, model, where)
+    return state
+
+
+def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write the checkpoint (or a run folder's newest one) at ``ckpt`` as a transformers folder ``out``."""
+    loaded = load_model(ckpt)
+    out = Path(out)
+    _fresh_dir(out, force)
+    tmp = out.parent / f".tmp-{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = to_hf_state_dict(model_state_dict(loaded.model), loaded.config)
+    dtype = loaded.model.model.embed_tokens.weight.dtype
+    cfg = hf_config(loaded.config, loaded.tokenizer, dtype, int(loaded.meta.get("step", 0)))
+    cfg.save_pretrained(str(tmp))
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    for name in REMOTE_CODE:
+        shutil.copyfile(Path(__file__).with_name(name), tmp / name)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(str(tmp))
+    (tmp / "README.md").write_text(
+        f"---\nlibrary_name: transformers\ntags: [biglm, fill-mask]\n---\n# {loaded.config.name}\n\n"
+        "A BiGLM (bidirectional general language model) exported by `biglm export-hf`.\n\n"
+        "```python\nfrom transformers import AutoModelForMaskedLM, AutoTokenizer\n"
+        "model = AutoModelForMaskedLM.from_pretrained(PATH, trust_remote_code=True)\n"
+        "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)\n```\n\n"
+        "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n")
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload an exported folder to the Hub repository ``repo_id`` (created if needed); return its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                          commit_message="Upload BiGLM exported by biglm export-hf")
+    except Exception as e:  # network, auth, naming: one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BiglmError(f"push to hub repository '{repo_id}' failed: {msg}") from None
+    return f"https://huggingface.co/{repo_id}"
+
+
+def import_hf(folder: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Convert a BiGLM transformers folder (``export_hf``'s output, possibly re-saved) to a checkpoint."""
+    folder, out = Path(folder), Path(out)
+    raw = _read_config(folder)
+    kind = raw.get("model_type")
+    if kind != "biglm":
+        hint = " (start from a Llama model with --from-llama)" if kind == "llama" else ""
+        raise BiglmError(f"{folder}/config.json: model_type {kind!r} is not 'biglm'{hint}")
+    config = model_config(raw, folder / "config.json")
+    state = _checked(from_hf_state_dict(read_hf_weights(folder), config), config, folder / WEIGHTS)
+    tokenizer = _load_tokenizer(folder)
+    _fresh_dir(out, force)
+    return write_checkpoint(out, state, config, tokenizer, step=int(raw.get("biglm_step", 0)),
+                            meta={"imported_from": str(folder)})
+
+
+def llama_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
+    """The ``ModelConfig`` of a Llama ``config.json`` dict (vocabulary unpadded); one-line errors for
+    what biglm does not have (RoPE scaling, biases, other activations, a free head size)."""
+    if raw.get("model_type") != "llama":
+        raise BiglmError(f"{where}: model_type {raw.get('model_type')!r} is not 'llama'")
+    rope = dict(raw.get("rope_parameters") or {})
+    if raw.get("rope_scaling"):
+        raise BiglmError(f"{where}: rope_scaling {raw['rope_scaling']} is not supported "
+                         "(biglm has plain RoPE)")
+    if rope.get("rope_type", "default") != "default":
+        raise BiglmError(f"{where}: rope_parameters {rope} is not supported (biglm has plain RoPE)")
+    for key in ("attention_bias", "mlp_bias"):
+        if raw.get(key):
+            raise BiglmError(f"{where}: {key}=true is not supported (biglm projections have no bias)")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise BiglmError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported "
+                         "(biglm uses SwiGLU with silu)")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        if not isinstance(raw.get(key), int):
+            raise BiglmError(f"{where}: missing or non-integer '{key}'")
+    hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if raw.get("head_dim") not in (None, hidden // heads):
+        raise BiglmError(f"{where}: head_dim {raw['head_dim']} != hidden_size/num_attention_heads "
+                         f"({hidden // heads}) is not supported")
+    return ModelConfig(
+        name="custom", vocab_size=raw["vocab_size"], hidden_size=hidden, num_layers=raw["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads,
+        intermediate_size=raw["intermediate_size"], max_seq_len=raw.get("max_position_embeddings", 2048),
+        rope_theta=float(raw.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        rotary_fraction=float(raw.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))),
+        norm="rmsnorm", norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        init_std=float(raw.get("initializer_range", 0.02)))
+
+
+def named_like_preset(config: ModelConfig) -> ModelConfig:
+    """``config`` named after the preset it equals in every other field (SmolLM-135M → ``biglm-136m``)."""
+    for preset in PRESETS.values():
+        if dataclasses.replace(config, name=preset.name) == preset:
+            return dataclasses.replace(preset)
+    return config
+
+
+def _pad_rows(weight: torch.Tensor, rows: int, keep: int) -> torch.Tensor:
+    """``weight`` grown to ``rows`` rows; rows from ``keep`` on are the mean of rows ``[0, keep)``."""
+    out = torch.empty(rows, weight.shape[1], dtype=torch.float32)
+    out[:keep] = weight[:keep].float()
+    out[keep:] = weight[:keep].float().mean(0)
+    return out
+
+
+def import_llama(folder: str | Path, out: str | Path, tokenizer: str | Path | None = None,
+                 force: bool = False) -> Path:
+    """Start a BiGLM from a Llama-layout causal model folder (weights and, unless given, tokenizer)."""
+    folder, out = Path(folder), Path(out)
+    config = llama_config(_read_config(folder), folder / "config.json")
+    tok = _load_tokenizer(Path(tokenizer) if tokenizer else folder)
+    if tok is None:
+        raise BiglmError(f"{Path(tokenizer) if tokenizer else folder}: no tokenizer (tokenizer.json or "
+                         "tokenizer_config.json); pass --tokenizer PATH")
+    known = len(tok)
+    added = ensure_special_tokens(tok)
+    state = {k: v for k, v in read_hf_weights(folder).items() if not k.endswith("rotary_emb.inv_freq")}
+    state = _checked(from_hf_state_dict(state, config), config, folder / WEIGHTS)
+    rows = -(-max(len(tok), config.vocab_size) // 64) * 64
+    keep = min(known, config.vocab_size)
+    state = {k: v.float() for k, v in state.items()}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in state:
+            state[name] = _pad_rows(state[name], rows, keep)
+    config = named_like_preset(dataclasses.replace(config, vocab_size=rows))
+    _fresh_dir(out, force)
+    return write_checkpoint(out, _checked(state, config, folder / WEIGHTS), config, tok,
+                            meta={"imported_from": str(folder), "from_llama": True, "added_tokens": added,
+                                  "new_rows_init": f"mean of rows [0, {keep})"})

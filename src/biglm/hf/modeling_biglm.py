@@ -1,0 +1,298 @@
+"""transformers models for BiGLM: ``BiGLMModel`` (the backbone) and ``BiGLMForMaskedLM``.
+
+SELF-CONTAINED: this file imports only torch and transformers (and its sibling
+``configuration_biglm``), because ``biglm export-hf`` copies it next to the weights as remote code.
+It mirrors ``biglm.model`` exactly; parameter names are transformers' Llama names, so a biglm
+``model.safetensors`` loads as is.
+
+Attention (one boolean mask shared by all layers, given to ``scaled_dot_product_attention``):
+
+- default: bidirectional, every token attends every token;
+- ``attention_mask`` (B, T) with 0 at padding: real tokens attend only real tokens and padding only
+  padding (biglm's document id -1), so padded rows give the same outputs as unpadded ones;
+- ``regions`` (B, T) with 0 = prefix X, 1 = suffix Y: BiGLM's prefix-blind mask, X attends X only and
+  Y attends X and Y (``AttentionLayout("prefix_blind", ...)``);
+- a 4D ``attention_mask`` (B, 1, T, T) (bool, True = may attend, or additive float) is used as given.
+
+``token_type_ids`` (returned by some tokenizers) are accepted and ignored. Positions default to
+``arange(T)``: pass ``position_ids`` for left-padded batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+from .configuration_biglm import BiGLMConfig
+
+_TRANSFORMERS_V5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
+
+
+@dataclass
+class BiGLMMaskedLMOutput(ModelOutput):
+    """``MaskedLMOutput`` plus ``length_logits`` (B, max_target_length) of the optional length head."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    length_logits: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+def build_norm(config: BiGLMConfig) -> nn.Module:
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on the first ``cos.shape[-1]`` dimensions of each head (Llama's rotate-half convention)."""
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x_rot = x_rot * cos.to(x.dtype) + rotate_half(x_rot) * sin.to(x.dtype)
+    return torch.cat([x_rot, x_pass], dim=-1)
+
+
+def rotary_cos_sin(config: BiGLMConfig, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 1, T, rotary_dim) cos and sin in float32; frequencies computed on the CPU as in biglm."""
+    dim = config.rotary_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def build_attention_mask(attention_mask: Tensor | None, regions: Tensor | None) -> Tensor | None:
+    """The (B, 1, T, T) mask (True = may attend) for padding and prefix-blind regions, or None."""
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask
+    if regions is None and (attention_mask is None or bool(attention_mask.all())):
+        return None
+    ref = attention_mask if attention_mask is not None else regions
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(ref, dtype=torch.bool)
+    allowed = real[:, :, None] == real[:, None, :]
+    if regions is not None:
+        suffix = regions.bool()
+        allowed = allowed & (~suffix[:, None, :] | suffix[:, :, None])
+    return allowed[:, None]
+
+
+class BiGLMAttention(nn.Module):
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+class BiGLMMLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class BiGLMBlock(nn.Module):
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__()
+        self.input_layernorm = build_norm(config)
+        self.self_attn = BiGLMAttention(config)
+        self.post_attention_layernorm = build_norm(config)
+        self.mlp = BiGLMMLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class BiGLMPreTrainedModel(PreTrainedModel):
+    """Weight init as ``biglm.model.BiGLM.init_weights``: Normal(0, init_std) for every matrix, residual
+    output projections (``o_proj``, ``down_proj``) scaled by 1/sqrt(2L) when ``scaled_residual_init``."""
+
+    config_class = BiGLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BiGLMBlock"]  # noqa: RUF012 (transformers class attribute)
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.num_layers) if self.config.scaled_residual_init else std
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.RMSNorm | nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        # Modules are visited children first: re-draw the residual output projections with out_std.
+        if isinstance(module, BiGLMAttention):
+            nn.init.normal_(module.o_proj.weight, mean=0.0, std=out_std)
+        elif isinstance(module, BiGLMMLP):
+            nn.init.normal_(module.down_proj.weight, mean=0.0, std=out_std)
+
+
+class BiGLMModel(BiGLMPreTrainedModel):
+    """The backbone: token embeddings → blocks → final norm; ``last_hidden_state`` is after the norm."""
+
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(BiGLMBlock(config) for _ in range(config.num_layers))
+        self.norm = build_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        regions: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutput | tuple[Tensor, ...]:
+        """Encode ``input_ids`` (B, T) (or ``inputs_embeds``); see the module docstring for the masks."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("BiGLMModel: pass exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        if position_ids is None:
+            position_ids = torch.arange(T, device=x.device).expand(B, T)
+        cos, sin = rotary_cos_sin(self.config, position_ids)
+        mask = build_attention_mask(attention_mask, regions)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(x.dtype)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None \
+            else self.config.output_hidden_states
+        x = self.dropout(x)
+        states: list[Tensor] = []
+        for layer in self.layers:
+            if output_hidden_states:
+                states.append(x)
+            if self.gradient_checkpointing and self.training:
+                x = self._gradient_checkpointing_func(layer.__call__, x, cos, sin, mask)
+            else:
+                x = layer(x, cos, sin, mask)
+        x = self.norm(x)
+        hidden = (*states, x) if output_hidden_states else None
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return (x, hidden) if hidden is not None else (x,)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=hidden)
+
+
+class BiGLMForMaskedLM(BiGLMPreTrainedModel):
+    """BiGLM with the (tied) LM head and the optional length head; loss = mean cross-entropy over
+    ``labels != -100``."""
+
+    _tied_weights_keys = ({"lm_head.weight": "model.embed_tokens.weight"}
+                          if _TRANSFORMERS_V5 else ["lm_head.weight"])
+
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__(config)
+        self.model = BiGLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.length_head = (nn.Linear(config.hidden_size, config.max_target_length)
+                            if config.length_head else None)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        regions: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        length_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | Tensor | None = None,
+        **kwargs: Any,
+    ) -> BiGLMMaskedLMOutput | tuple[Tensor, ...]:
+        """Logits (B, T, V). ``labels`` (B, T) give the loss (-100 = no loss; divided by
+        ``num_items_in_batch`` when given, else by the number of targets). ``length_mask`` (B, T) bool
+        selects the tokens mean-pooled by the length head (the prefix)."""
+        out = self.model(input_ids, attention_mask, regions, position_ids, inputs_embeds,
+                         output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            flat_logits, flat_labels = logits.view(-1, logits.shape[-1]).float(), labels.reshape(-1)
+            if num_items_in_batch is not None:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+                loss = loss / num_items_in_batch
+            else:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+        length_logits = None
+        if self.length_head is not None and length_mask is not None:
+            weights = length_mask.to(hidden.dtype)[..., None]
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            length_logits = self.length_head(pooled)
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            items = (loss, logits, length_logits, out.hidden_states)
+            return tuple(t for t in items if t is not None)
+        return BiGLMMaskedLMOutput(loss, logits, length_logits, out.hidden_states)
