@@ -21,4 +21,6 @@ if ! python -c "import biglm, lm_eval, pytest, ruff" 2>/dev/null; then
   echo "[setup] installing biglm and its dependencies"
   python -m pip install -q -e ".[eval,dev]"
 fi
+# lm-eval 0.4 reads no plugin entry points: a one-line .pth hook registers `--model biglm`.
+python -m biglm.evaluate.plugin install >/dev/null
 python -c "import torch, biglm; print(f'[setup] biglm {biglm.__version__}, torch {torch.__version__}')"

@@ -170,6 +170,12 @@ class BiGLMModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).expand(B, T)
         mask = attention_mask(layout, B, T, past.layout if past else None, past_len, input_ids.device)
+        if mask is not None:
+            # An additive mask built once is cheaper for SDPA than a boolean one converted in every layer.
+            dtype = self.embed_tokens.weight.dtype
+            if torch.is_autocast_enabled(input_ids.device.type):
+                dtype = torch.get_autocast_dtype(input_ids.device.type)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
         rope = self.rotary(position_ids)
         x = self.dropout(self.embed_tokens(input_ids))
         keys, values = [], []

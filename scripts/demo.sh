@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The main job, from a fresh machine: set up, fetch the bundled corpus, train a tokenizer, pretrain the
+# `demo` config with the BiGLM objective (about 10 minutes on 2 CPU cores), plot it, and generate.
+# Extra arguments are config overrides for the pretraining, e.g. `--train.steps 100`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+biglm prepare-data --out data/demo
+if [ ! -f data/demo/tokenizer/tokenizer.json ]; then
+  biglm tokenizer train data/demo/wiki.jsonl data/demo/shakespeare.jsonl --out data/demo/tokenizer --vocab-size 8192
+fi
+resume=()
+if [ -d runs/demo/checkpoints ]; then resume=(--resume); fi
+biglm pretrain --config configs/demo.yaml --out runs/demo "${resume[@]}" "$@"
+biglm plot runs/demo --out runs/demo/loss.png
+
+biglm generate --ckpt runs/demo --max-new-tokens 48 --steps 10 --show-steps \
+  --prompt "The French Revolution was"
+biglm generate --ckpt runs/demo --max-new-tokens 48 --steps 10 --seed 0 \
+  --prompt "Photosynthesis is the process" \
+  --prompt "ROMEO. But soft, what light" \
+  --prompt "The Pacific Ocean is"

@@ -1,0 +1,112 @@
+"""``biglm evaluate``: zero-shot evaluation of a checkpoint through lm-evaluation-harness.
+
+    biglm evaluate --ckpt runs/demo --tasks biglm_tasks
+    biglm evaluate --ckpt runs/demo --tasks arc_easy,piqa --scoring left-to-right --limit 200
+
+Tasks are looked up in the shipped offline task folder (``biglm_continuation``, ``biglm_cloze``,
+``biglm_perplexity``, tag ``biglm_tasks``), then in ``--include-path`` folders, then (only if still
+missing, since indexing takes a while) among lm-eval's built-in tasks (hub tasks need the network).
+Writes ``OUT/results_<scoring>.json`` (lm-eval's results and config) and ``OUT/results_<scoring>.md``
+(a Markdown table, also printed); ``OUT`` defaults to ``CKPT/eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from biglm.errors import BiglmError
+from biglm.evaluate import TASKS_DIR
+
+
+def register(subparsers: Any) -> None:
+    from biglm.evaluate.scoring import METHODS
+
+    p = subparsers.add_parser("evaluate", help="zero-shot evaluation through lm-evaluation-harness",
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="run folder (newest checkpoint) or checkpoint folder")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task, group or tag names")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="extra task folder (repeatable), e.g. one written by biglm.evaluate.make_tasks")
+    p.add_argument("--scoring", default="greedy-order", choices=METHODS, help="log-likelihood method")
+    p.add_argument("--beam", type=int, default=1, help="greedy-order: orders kept (default 1)")
+    p.add_argument("--samples", type=int, default=16, help="mc-elbo: samples per request (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="mc-elbo sampling seed")
+    p.add_argument("--limit", type=float, default=None, help="examples per task (<1: a fraction)")
+    p.add_argument("--batch-size", type=int, default=32, help="requests scored together (default 32)")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--out", default=None, help="output folder (default CKPT/eval)")
+    p.set_defaults(func=run)
+
+
+def task_manager(tasks: list[str], include_paths: list[str]) -> Any:
+    """A TaskManager over the shipped and given task folders, adding lm-eval's own only if needed."""
+    from lm_eval.tasks import TaskManager
+
+    for d in include_paths:
+        if not Path(d).is_dir():
+            raise BiglmError(f"--include-path {d}: no such folder")
+    paths = [str(TASKS_DIR), *include_paths]
+    tm = TaskManager(include_path=paths, include_defaults=False)
+    if all(t in tm.all_tasks for t in tasks):
+        return tm
+    tm = TaskManager(include_path=paths)
+    missing = [t for t in tasks if t not in tm.all_tasks]
+    if missing:
+        raise BiglmError(f"unknown task '{missing[0]}': not a built-in lm-eval task nor in {', '.join(paths)}")
+    return tm
+
+
+def results_table(results: dict[str, Any], title: str = "") -> str:
+    """A Markdown table (task, metric, value, stderr) of ``simple_evaluate``'s results."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| Task | Metric | Value | ± Stderr |", "| --- | --- | ---: | ---: |"]
+    for task, metrics in sorted(results.get("results", {}).items()):
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, int | float):
+                continue
+            metric, filt = key.split(",", 1)
+            err = metrics.get(f"{metric}_stderr,{filt}")
+            err_s = f"{err:.4f}" if isinstance(err, int | float) else ""
+            lines.append(f"| {task} | {metric} | {value:.4f} | {err_s} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from lm_eval import simple_evaluate
+    except ImportError:
+        raise BiglmError("lm-eval is not installed: pip install 'biglm[eval]'") from None
+    from biglm.evaluate.lm_eval_model import BiGLMEvalModel
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise BiglmError("--tasks: give at least one task name")
+    limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
+    lm = BiGLMEvalModel(pretrained=args.ckpt, scoring=args.scoring, beam=args.beam, samples=args.samples,
+                        seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    tm = task_manager(tasks, args.include_path)
+    try:
+        results = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit,
+                                  num_fewshot=args.num_fewshot, log_samples=False)
+    except ConnectionError as e:  # a hub task without network (datasets raises the built-in one)
+        raise BiglmError(f"task data could not be fetched: {e} (offline? the biglm_* tasks need no network)") from None
+    if results is None:
+        return 0
+    out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"results_{args.scoring}"
+    keep = {k: results[k] for k in ("results", "groups", "configs", "versions", "n-shot", "config", "n-samples")
+            if k in results}
+    keep["biglm"] = {"ckpt": str(args.ckpt), "scoring": args.scoring, "beam": args.beam, "samples": args.samples}
+    (out / f"{name}.json").write_text(json.dumps(keep, indent=2, default=str))
+    table = results_table(results, f"{args.ckpt} — scoring {args.scoring}")
+    (out / f"{name}.md").write_text(table)
+    print(table)
+    print(f"wrote {out / name}.json and .md")
+    return 0
