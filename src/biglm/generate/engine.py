@@ -1,0 +1,291 @@
+"""The decoding engine on token ids: encode the prompts once, refine the suffix with a strategy.
+
+Layout of one row: X = ``BOS prompt`` (no EOS), then Y = L [MASK] tokens refined over T passes. Under
+the prefix-blind layout X never attends Y, so X's keys and values are the same in every pass:
+
+- ``encode_prefix`` runs X once with ``use_cache=True`` (the **exact prefix cache**). Prompts of
+  different lengths are left-padded; pad tokens get document id -1, so Y (document 0) never attends
+  them, and every row's positions count from its own first real token (pads sit at position 0).
+- each pass then runs Y alone with ``past=cache`` and ``position_ids = prompt_len + j``: the outputs
+  equal those of the full sequence ``X Y`` (to float rounding), at a fraction of the cost.
+  ``use_cache=False`` runs the full sequence every pass instead (same layout, same positions).
+
+Rows of Y shorter than the batch's longest (length candidates) are right-padded with document id -1.
+Only the positions being predicted go through the LM head (``logits_mask``).
+
+``encode_prefix`` + ``decode`` are the building blocks (evaluation uses them directly);
+``generate_ids`` adds BOS, truncation, length candidates and EOS cutting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from biglm.attention import PREFIX, SUFFIX, AttentionLayout
+from biglm.errors import BiglmError
+from biglm.generate.length import length_candidates, pick_best
+from biglm.generate.sampling import SamplingConfig, choose_tokens
+from biglm.generate.strategies import DecodeState, get_strategy, run_strategy
+from biglm.model import KVCache
+
+log = logging.getLogger("biglm.generate")
+
+PAD_DOCUMENT = -1
+
+
+@dataclass
+class EncodedPrefix:
+    """A left-padded batch of prefixes X (B, P) and, with the cache on, their keys and values."""
+
+    input_ids: Tensor
+    document_ids: Tensor
+    """0 on real tokens, -1 on left padding."""
+    position_ids: Tensor
+    lengths: Tensor
+    """(B,) real tokens per row (BOS included): each row's Y starts at this position."""
+    cache: KVCache | None = None
+    length_logits: Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return self.input_ids.shape[1]
+
+    def index_select(self, index: Tensor) -> EncodedPrefix:
+        """Rows ``index`` (e.g. each prompt repeated once per length candidate)."""
+        pick = lambda t: None if t is None else t.index_select(0, index.to(t.device))
+        cache = self.cache.index_select(index) if self.cache is not None else None
+        return EncodedPrefix(pick(self.input_ids), pick(self.document_ids), pick(self.position_ids),
+                             pick(self.lengths), cache, pick(self.length_logits))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def encode_prefix(model: nn.Module, prefixes: Sequence[Sequence[int]], *, pad_token_id: int = 0,
+                  use_cache: bool = True, length_logits: bool = False) -> EncodedPrefix:
+    """Left-pad ``prefixes`` (token ids, BOS included) into one batch; with ``use_cache`` encode them
+    once and keep the cache; with ``length_logits`` also read the length head over the real tokens."""
+    if not prefixes or any(len(p) == 0 for p in prefixes):
+        raise BiglmError("encode_prefix: every prefix needs at least one token")
+    device = model_device(model)
+    lengths = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
+    width = int(lengths.max())
+    ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+    pad = torch.arange(width)[None, :] < (width - lengths)[:, None]
+    docs = torch.where(pad, PAD_DOCUMENT, 0).to(torch.int32)
+    positions = (torch.arange(width)[None, :] - (width - lengths)[:, None]).clamp_min(0)
+    prefix = EncodedPrefix(ids.to(device), docs.to(device), positions.to(device), lengths.to(device))
+    if use_cache or length_logits:
+        layout = AttentionLayout("prefix_blind", prefix.document_ids,
+                                 torch.full_like(prefix.document_ids, PREFIX, dtype=torch.int8))
+        out = model(prefix.input_ids, layout, prefix.position_ids, logits_mask=torch.zeros_like(pad, device=device),
+                    length_mask=(~pad).to(device) if length_logits else None, use_cache=use_cache)
+        prefix.cache = out.cache if use_cache else None
+        if length_logits:
+            if out.length_logits is None:
+                raise BiglmError("length='predict' needs a model with a length head (config.length_head)")
+            prefix.length_logits = out.length_logits.float()
+    return prefix
+
+
+def suffix_logits(model: nn.Module, prefix: EncodedPrefix, tokens: Tensor, active: Tensor,
+                  logits_mask: Tensor | None = None) -> Tensor:
+    """One pass over the suffix ``tokens`` (B, L) after ``prefix``; ``active`` (B, L) marks each row's
+    real suffix positions. Returns logits (B, L, V), or (N, V) at ``logits_mask``. Uses the prefix cache
+    when ``prefix.cache`` is set, else the full sequence."""
+    y_docs = torch.where(active, 0, PAD_DOCUMENT).to(torch.int32)
+    y_regions = torch.full_like(y_docs, SUFFIX, dtype=torch.int8)
+    y_positions = prefix.lengths[:, None] + torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    if prefix.cache is not None:
+        layout = AttentionLayout("prefix_blind", y_docs, y_regions)
+        return model(tokens, layout, y_positions, logits_mask=logits_mask, past=prefix.cache).logits
+    layout = AttentionLayout(
+        "prefix_blind", torch.cat([prefix.document_ids, y_docs], dim=1),
+        torch.cat([torch.full_like(prefix.document_ids, PREFIX, dtype=torch.int8), y_regions], dim=1))
+    full_mask = None
+    if logits_mask is not None:
+        full_mask = torch.cat([torch.zeros_like(prefix.input_ids, dtype=torch.bool), logits_mask], dim=1)
+    out = model(torch.cat([prefix.input_ids, tokens], dim=1), layout,
+                torch.cat([prefix.position_ids, y_positions], dim=1), logits_mask=full_mask)
+    return out.logits if logits_mask is not None else out.logits[:, prefix.width:]
+
+
+@dataclass
+class DecodeResult:
+    tokens: Tensor
+    """(N, L) final suffix tokens (only ``active`` positions are meaningful)."""
+    scores: Tensor
+    """(N, L) log-probability of each final token when it was last predicted."""
+    active: Tensor
+    forward_passes: int
+    trajectory: list[Tensor] = field(default_factory=list)
+    """Suffix fed to each pass ([MASK] where undecided), then the final suffix; (N, L) each."""
+
+
+class _ModelPredictor:
+    """The strategies' view of the model: predict the selected positions, count passes, record inputs."""
+
+    def __init__(self, model: nn.Module, prefix: EncodedPrefix, active: Tensor, sampling: SamplingConfig,
+                 generator: torch.Generator | None, banned: Tensor | None, record: bool) -> None:
+        self.model, self.prefix, self.active, self.sampling = model, prefix, active, sampling
+        self.generator, self.banned = generator, banned
+        self.passes = 0
+        self.trajectory: list[Tensor] | None = [] if record else None
+
+    def __call__(self, tokens: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
+        where = where & self.active
+        if self.trajectory is not None:
+            self.trajectory.append(tokens.to("cpu", copy=True))
+        logits = suffix_logits(self.model, self.prefix, tokens, self.active, logits_mask=where)
+        self.passes += 1
+        ids, logprobs = choose_tokens(logits, self.sampling, self.generator, self.banned)
+        out_ids = tokens.clone()
+        out_ids[where] = ids
+        out_scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        out_scores[where] = logprobs
+        return out_ids, out_scores
+
+
+@torch.inference_mode()
+def decode(model: nn.Module, prefix: EncodedPrefix, active: Tensor, *, steps: int, mask_token_id: int,
+           strategy: str = "mask-predict", sampling: SamplingConfig | None = None,
+           generator: torch.Generator | None = None, banned_token_ids: Sequence[int] = (),
+           record_trajectory: bool = False, **strategy_options: Any) -> DecodeResult:
+    """Refine an all-[MASK] suffix after ``prefix`` with ``strategy`` in at most ``steps`` passes
+    (``blocks``: at least one per block). ``active`` (B, L) bool gives each row's target positions."""
+    if steps <= 0:
+        raise BiglmError(f"steps={steps}: must be > 0")
+    device = prefix.input_ids.device
+    active = active.to(device)
+    banned = torch.tensor(sorted(set(banned_token_ids) | {mask_token_id}), dtype=torch.long, device=device)
+    predictor = _ModelPredictor(model, prefix, active, sampling or SamplingConfig(), generator, banned,
+                                record_trajectory)
+    state = DecodeState.all_masked(active, mask_token_id)
+    run_strategy(strategy, state, predictor, steps, **strategy_options)
+    trajectory = predictor.trajectory or []
+    if record_trajectory:
+        trajectory.append(state.tokens.cpu())
+    return DecodeResult(state.tokens, state.scores, active, predictor.passes, trajectory)
+
+
+@dataclass
+class GenerationOutput:
+    """Per prompt: the chosen suffix, cut at the first EOS, and how it was found."""
+
+    token_ids: list[list[int]]
+    """Generated ids up to (not including) the first EOS."""
+    full_token_ids: list[list[int]]
+    """All ``lengths[i]`` generated ids, EOS and after included."""
+    lengths: list[int]
+    """Target length decoded (the chosen candidate with ``length='predict'``)."""
+    scores: list[float]
+    """Average log-probability of the generated tokens."""
+    prompt_lengths: list[int]
+    """Tokens in X after truncation (BOS included)."""
+    forward_passes: int
+    """Model calls for the whole batch (prefix pass included)."""
+    trajectories: list[list[list[int]]] | None = None
+    """Per prompt, per pass: the suffix fed to the model ([MASK] id where undecided), then the final."""
+    candidates: list[list[int]] | None = None
+    """With ``length='predict'``: the candidate lengths decoded for each prompt, best-ranked first."""
+
+
+def prepare_prefixes(prompts: Sequence[Sequence[int]], bos_token_id: int, max_new_tokens: int,
+                     max_seq_len: int) -> list[list[int]]:
+    """``BOS prompt`` per prompt, left-truncated (with a warning) so that X + Y fits ``max_seq_len``."""
+    if max_new_tokens <= 0:
+        raise BiglmError(f"max_new_tokens={max_new_tokens}: must be > 0")
+    budget = max_seq_len - max_new_tokens
+    if budget < 2:
+        raise BiglmError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                         f"max_seq_len={max_seq_len} (at most {max_seq_len - 2})")
+    out = []
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise BiglmError(f"prompt {i} is empty")
+        p = list(p)
+        if len(p) + 1 > budget:
+            log.warning("prompt %d: %d tokens + BOS + %d new tokens exceed max_seq_len=%d: keeping its "
+                        "last %d tokens", i, len(p), max_new_tokens, max_seq_len, budget - 1)
+            p = p[len(p) - (budget - 1):]
+        out.append([bos_token_id, *p])
+    return out
+
+
+@torch.inference_mode()
+def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_token_id: int,
+                 eos_token_id: int | None, mask_token_id: int, pad_token_id: int = 0,
+                 max_new_tokens: int = 32, steps: int = 10, strategy: str = "mask-predict",
+                 sampling: SamplingConfig | None = None, seed: int | None = None, prefix_cache: bool = True,
+                 length: Literal["fixed", "predict"] = "fixed", length_candidates_k: int = 3,
+                 banned_token_ids: Sequence[int] = (), record_trajectory: bool = False,
+                 **strategy_options: Any) -> GenerationOutput:
+    """Generate a suffix for each prompt (token ids without BOS). ``max_new_tokens`` is the length L
+    with ``length='fixed'`` and the largest candidate with ``length='predict'``."""
+    get_strategy(strategy)
+    if steps <= 0 or steps > max_new_tokens:
+        raise BiglmError(f"steps={steps}: must be in 1..max_new_tokens={max_new_tokens}")
+    if length not in ("fixed", "predict"):
+        raise BiglmError(f"length={length!r}: expected 'fixed' or 'predict'")
+    if not prompts:
+        raise BiglmError("no prompts given")
+    prefixes = prepare_prefixes(prompts, bos_token_id, max_new_tokens, model.config.max_seq_len)
+    prefix = encode_prefix(model, prefixes, pad_token_id=pad_token_id, use_cache=prefix_cache,
+                           length_logits=length == "predict")
+    passes = int(prefix_cache or length == "predict")
+    device = prefix.input_ids.device
+    batch = len(prefixes)
+    if length == "predict":
+        cands = length_candidates(prefix.length_logits, length_candidates_k, max_new_tokens)  # (B, k)
+        k = cands.shape[1]
+        prefix = prefix.index_select(torch.arange(batch, device=device).repeat_interleave(k))
+        row_lengths = cands.flatten()
+    else:
+        k, cands = 1, None
+        row_lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+    width = int(row_lengths.max())
+    active = torch.arange(width, device=device)[None, :] < row_lengths[:, None]
+    generator = None
+    if sampling is not None and not sampling.greedy:
+        generator = torch.Generator(device=device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
+    result = decode(model, prefix, active, steps=steps, mask_token_id=mask_token_id, strategy=strategy,
+                    sampling=sampling, generator=generator, banned_token_ids=banned_token_ids,
+                    record_trajectory=record_trajectory, **strategy_options)
+    best = pick_best(result.scores, active, k) if k > 1 else torch.arange(batch, device=device)
+    tokens, scores = result.tokens[best].cpu(), result.scores[best].float().cpu()
+    chosen = row_lengths[best].cpu().tolist()
+    full = [tokens[i, :n].tolist() for i, n in enumerate(chosen)]
+    return GenerationOutput(
+        token_ids=[cut_at_eos(ids, eos_token_id) for ids in full],
+        full_token_ids=full,
+        lengths=chosen,
+        scores=[float(scores[i, :n].mean()) for i, n in enumerate(chosen)],
+        prompt_lengths=[len(p) for p in prefixes],
+        forward_passes=passes + result.forward_passes,
+        trajectories=[[step[r, :n].tolist() for step in result.trajectory]
+                      for r, n in zip(best.cpu().tolist(), chosen)] if record_trajectory else None,
+        candidates=cands.cpu().tolist() if cands is not None else None,
+    )
+
+
+def cut_at_eos(ids: Sequence[int], eos_token_id: int | None) -> list[int]:
+    """``ids`` up to (not including) the first EOS."""
+    ids = list(ids)
+    if eos_token_id is not None and eos_token_id in ids:
+        return ids[:ids.index(eos_token_id)]
+    return ids

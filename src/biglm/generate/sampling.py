@@ -1,0 +1,77 @@
+"""Choosing a token at each position being predicted: greedy, or seeded temperature / top-k / top-p sampling.
+
+Whatever the rule, the *confidence* reported for a chosen token is its log-probability under the model
+(``log_softmax`` of the raw logits over the whole vocabulary): temperature and the top-k / top-p filters
+only change which token is drawn, not how sure the model is of it. Mask-Predict re-masks by this
+confidence, the threshold strategy compares it with its threshold, and length candidates are ranked by
+its average.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from biglm.errors import BiglmError, check
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """``temperature == 0`` is greedy (argmax); otherwise sample from softmax(logits / temperature)
+    restricted to the ``top_k`` most probable tokens (0 = no limit) and to the smallest set whose
+    probability reaches ``top_p`` (1.0 = no limit)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.temperature) and self.temperature >= 0,
+              f"temperature={self.temperature}: must be >= 0 (0 = greedy)", BiglmError)
+        check(isinstance(self.top_k, int) and self.top_k >= 0,
+              f"top_k={self.top_k}: must be an integer >= 0 (0 = no limit)", BiglmError)
+        check(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: must be in (0, 1]", BiglmError)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """``logits`` (N, V) with everything outside the top-k / nucleus set to -inf (the best token always stays)."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose_tokens(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None = None,
+                  banned: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Pick one token per row of ``logits`` (N, V).
+
+    Returns ``(ids (N,), logprobs (N,))``: the chosen ids and their log-probabilities under the model
+    (float32; the softmax over the whole vocabulary, untempered and unfiltered). ``banned`` (K,) ids
+    are never chosen ([MASK], BOS, padding rows of the vocabulary...). Sampling draws from
+    ``generator``, so a seeded generator gives the same tokens every run.
+    """
+    logits = logits.float()
+    logprobs = logits.log_softmax(dim=-1)
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(-1, banned.to(logits.device), float("-inf"))
+    if config.greedy or logits.shape[0] == 0:
+        ids = logits.argmax(dim=-1)
+    else:
+        filtered = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+        ids = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    return ids, logprobs.gather(-1, ids[:, None]).squeeze(-1)
