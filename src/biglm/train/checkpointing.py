@@ -1,0 +1,170 @@
+"""Training checkpoints: the model checkpoint of ``biglm.checkpoint`` plus the state to resume exactly.
+
+``RUN_DIR/checkpoints/step_XXXXXXXX/`` holds, besides the model files, ``optimizer.pt`` (AdamW state keyed
+by parameter name, gathered to full tensors, so a run may resume under another parallelism),
+``trainer_state.pt`` (step, tokens seen, data-stream position, RNG states of every rank) and
+``config.yaml`` (the resolved run config). Folders are written atomically (temporary name, then
+rename, ``meta.json`` last); older checkpoints beyond ``keep_last`` are deleted only after the new one
+is complete.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from biglm.checkpoint import CHECKPOINTS, is_complete, write_checkpoint
+from biglm.config import ModelConfig
+from biglm.configurable import save_yaml
+
+OPTIMIZER, TRAINER_STATE, CONFIG = "optimizer.pt", "trainer_state.pt", "config.yaml"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step_{step:08d}"
+
+
+def find_resume_checkpoint(run_dir: Path, note: Any = None) -> Path | None:
+    """The newest complete checkpoint of ``run_dir`` (None if there is none).
+
+    Newer incomplete ones (a save that was killed) are skipped with a one-line note through ``note``
+    (default: print to stderr).
+    """
+    note = note or (lambda text: print(text, file=sys.stderr, flush=True))
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(("step_", ".tmp-step_")))
+    complete = [p for p in folders if p.name.startswith("step_") and is_complete(p)]
+    newest = complete[-1] if complete else None
+    for p in folders:
+        step_name = p.name.removeprefix(".tmp-")
+        if p not in complete and (newest is None or step_name > newest.name):
+            using = f"resuming from {newest.name}" if newest else "no complete checkpoint, starting from step 0"
+            note(f"note: skipping incomplete checkpoint {p.name}; {using}")
+    return newest
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and leftovers older than the newest."""
+    root = run_dir / CHECKPOINTS
+    complete = sorted(p for p in root.iterdir() if p.name.startswith("step_") and is_complete(p))
+    if not complete:
+        return
+    for p in complete[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
+    newest = complete[-1].name
+    for p in root.iterdir():
+        name = p.name.removeprefix(".tmp-").removeprefix(".old-")
+        if p not in complete and p.is_dir() and name < newest:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], model_config: ModelConfig,
+                    tokenizer: Any, optimizer_state: dict[str, Any], trainer_state: dict[str, Any],
+                    run_config: dict[str, Any], keep_last: int) -> Path:
+    """Write ``checkpoints/step_<step>`` atomically (rank 0 only), then prune to ``keep_last``."""
+    if model_config.tie_embeddings:
+        model_state = {k: v for k, v in model_state.items() if k != "lm_head.weight"}
+    model_state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    extra = {
+        OPTIMIZER: lambda p: torch.save(optimizer_state, p),
+        TRAINER_STATE: lambda p: torch.save(trainer_state, p),
+        CONFIG: lambda p: save_yaml(run_config, p),
+    }
+    folder = write_checkpoint(checkpoint_dir(run_dir, step), model_state, model_config, tokenizer, step,
+                              extra=extra, meta={"tokens_seen": trainer_state.get("tokens_seen", 0)})
+    prune_checkpoints(run_dir, keep_last)
+    return folder
+
+
+def read_model_state(folder: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Weights of a checkpoint as a full state dict (tied LM head re-added)."""
+    state = load_file(str(folder / "model.safetensors"))
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return state
+
+
+def read_optimizer_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+
+
+# --- full (gathered) state dicts, uniform over single-device, DDP and FSDP2 ---------------------------------
+
+def _options(**kw: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU state dict of the model (a collective under FSDP: call on every rank; only rank 0 gets it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Full CPU optimizer state keyed by parameter name (collective under FSDP, like ``gather_model_state``)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
+    """Load a full state dict; when ``sharded`` (FSDP2) only rank 0 needs ``state`` and broadcasts it."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_options(broadcast_from_rank0=sharded))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                         sharded: bool) -> None:
+    """Load a full optimizer state (as saved by ``gather_optimizer_state``)."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_options(broadcast_from_rank0=sharded))
+
+
+# --- RNG states ---------------------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) generator states of this process."""
+    np_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(),
+             "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x

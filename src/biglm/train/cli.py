@@ -1,0 +1,64 @@
+"""The ``pretrain`` and ``plot`` verbs.
+
+``biglm pretrain --config configs/demo.yaml --out runs/demo [--resume] [--section.field value ...]``
+trains (under ``torchrun`` on every rank; see ``biglm.train.parallel`` for multi-node launches).
+``biglm plot RUN_DIR [--out PNG]`` draws the loss and learning-rate curves of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from biglm.errors import BiglmError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pretrain`` and ``plot`` to the ``biglm`` command line."""
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain a model from a YAML config",
+        description="Pretrain a BiGLM. Any config field can be overridden with --section.field VALUE "
+                    "(e.g. --train.lr 1e-3 --model.num_layers 4 --objective.biglm.alpha 0.3).")
+    p.add_argument("--config", type=Path, help="run config YAML (default with --resume: RUN_DIR/config.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.set_defaults(func=pretrain_command, accepts_overrides=True)
+
+    q = subparsers.add_parser("plot", help="plot a run's loss and learning-rate curves to PNG")
+    q.add_argument("run_dir", type=Path, help="run folder holding metrics.jsonl")
+    q.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/metrics.png)")
+    q.set_defaults(func=plot_command)
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from biglm.train.config import load_run_config
+    from biglm.train.setup import setup
+
+    config = args.config
+    if config is None:
+        if not args.resume:
+            raise BiglmError("--config is required (only --resume may take RUN_DIR/config.yaml)")
+        config = args.out / "config.yaml"
+        if not config.is_file():
+            raise BiglmError(f"{args.out}: no config.yaml to resume from; pass --config")
+    cfg = load_run_config(config, getattr(args, "overrides", []))
+    try:
+        trainer = setup(cfg, args.out, resume=args.resume)
+        metrics = trainer.fit()
+        trainer.close()
+        if trainer.env.is_main and metrics:
+            val = f", val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+            print(f"done: step {trainer.step}, loss {metrics['loss']:.4f}{val}; run folder {args.out}")
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from biglm.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0

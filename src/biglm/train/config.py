@@ -1,0 +1,212 @@
+"""``TrainConfig`` and ``RunConfig``: everything ``biglm pretrain`` needs, loaded from YAML + overrides.
+
+A run config has four sections::
+
+    model:      ModelConfig fields, or ``preset: biglm-136m`` plus overrides; ``vocab_size: auto`` (or no
+                ``vocab_size``) takes the padded vocabulary size of the tokenizer
+    objective:  ObjectiveConfig fields, or ``preset: biglm-no-attn`` (see ``OBJECTIVE_PRESETS``) plus overrides
+    data:       DataConfig fields (tokenizer, sources, anneal_sources, seq_len, cache_dir, ...)
+    train:      TrainConfig fields (below)
+
+A top-level ``base: other.yaml`` (path relative to the file) is read first and deep-merged under the file.
+Resolution is defaults < base < YAML < ``--section.field value`` overrides; unknown keys are one-line
+errors naming the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from biglm.config import ModelConfig
+from biglm.configurable import apply_overrides, from_dict, load_yaml, to_dict
+from biglm.data.config import DataConfig
+from biglm.errors import ConfigError, check
+from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
+
+SECTIONS = ("model", "objective", "data", "train")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision, parallelism, logging and checkpointing of a pre-training run.
+
+    Batch sizes count packed rows of ``data.seq_len`` tokens. ``global_batch_size`` rows make one
+    optimizer step over all ranks; each rank runs forward/backward on ``micro_batch_size`` rows at a
+    time, so gradient accumulation is ``global_batch_size / (micro_batch_size · world_size)`` micro-steps
+    (must divide exactly). ``micro_batch_size: 0`` means ``global_batch_size / world_size`` (no accumulation).
+    """
+
+    steps: int = 1000
+    """Optimizer steps of the whole run."""
+    global_batch_size: int = 8
+    micro_batch_size: int = 0
+    lr: float = 6e-4
+    """Peak learning rate (reached at the end of warm-up)."""
+    min_lr: float = 6e-5
+    """Final learning rate of the decay (WSD and cosine)."""
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    warmup_steps: int = 100
+    """Linear warm-up from lr/warmup_steps to lr over this many steps."""
+    decay_fraction: float = 0.2
+    """WSD: the final fraction of ``steps`` over which the LR decays linearly to ``min_lr`` (paper: 0.2)."""
+    anneal_data: bool = True
+    """WSD: switch the data stream to ``data.anneal_sources`` when the decay starts (if any are given)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    """AdamW decay of weight matrices; norms and biases are never decayed."""
+    decay_embeddings: bool = True
+    """Also decay the (tied) embedding matrix, as Megatron-DeepSpeed (the paper's code) does."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = no clipping; the norm is still logged)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: fp32 on CPU, bf16 autocast on CUDA. Weights and optimizer state stay fp32."""
+    compile: bool = False
+    """``torch.compile`` every block (the LM head stays eager: its row count changes every step)."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass (``torch.utils.checkpoint``) to save memory."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under torchrun: DDP (replicated weights) or FSDP2 (sharded, for 1.3B/3.5B)."""
+    prefetch: int = 2
+    """Steps of masked micro-batches prepared ahead in a background thread (0: inline, no thread)."""
+    device: str = "auto"
+    """auto: cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    seed: int = 0
+    """Seeds the model init, dropout and the objective's masking (per row, see ``biglm.train.loop``)."""
+    log_every: int = 10
+    eval_every: int = 0
+    """Evaluate on the validation split every this many steps (0: only at the end)."""
+    eval_batches: int = 20
+    """Micro-batches per rank in each evaluation (the same masked rows every time)."""
+    save_every: int = 1000
+    """Save a checkpoint every this many steps (0: only at the end)."""
+    keep_last: int = 3
+    """Keep the newest K complete checkpoints."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device for MFU; default: a table for H100/A100 bf16, else a measured matmul peak."""
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and v > 0, f"train.{name}={v!r}: must be a positive integer")
+        for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and v >= 0, f"train.{name}={v!r}: must be an integer >= 0")
+        check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        check(0 <= self.min_lr <= self.lr, f"train.min_lr={self.min_lr}: must be in [0, lr={self.lr}]")
+        check(0.0 <= self.decay_fraction <= 1.0, f"train.decay_fraction={self.decay_fraction}: must be in [0, 1]")
+        check(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0,
+              f"train.beta1/beta2=({self.beta1}, {self.beta2}): must be in [0, 1)")
+        check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
+        check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0")
+        check(self.peak_flops is None or self.peak_flops > 0, f"train.peak_flops={self.peak_flops}: must be > 0")
+        check(self.schedule in ("wsd", "cosine", "constant"),
+              f"train.schedule={self.schedule!r}: expected wsd, cosine or constant")
+        check(self.precision in ("auto", "fp32", "bf16"),
+              f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
+        check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: expected ddp or fsdp")
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro-steps per optimizer step on each rank; raises ``ConfigError`` if the sizes do not divide."""
+        micro = self.micro_batch_size or self.global_batch_size // world_size
+        per_step = micro * world_size
+        check(micro > 0 and self.global_batch_size % per_step == 0,
+              f"train.global_batch_size={self.global_batch_size}: must be a multiple of micro_batch_size "
+              f"({micro}) × world size ({world_size}) = {per_step}")
+        return self.global_batch_size // per_step
+
+    def micro_batch(self, world_size: int) -> int:
+        """Rows per forward pass on each rank."""
+        return self.micro_batch_size or self.global_batch_size // world_size
+
+
+@dataclass
+class RunConfig:
+    """The resolved configuration of one pre-training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vocab_size_auto: bool = False
+    """True when ``model.vocab_size`` is to be taken from the tokenizer (not saved: the saved config pins it)."""
+
+    def __post_init__(self) -> None:
+        check(self.data.seq_len <= self.model.max_seq_len,
+              f"data.seq_len={self.data.seq_len}: exceeds model.max_seq_len={self.model.max_seq_len}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The four sections as plain data (what ``config.yaml`` holds)."""
+        return {"model": self.model.to_dict(), "objective": to_dict(self.objective),
+                "data": self.data.to_dict(), "train": to_dict(self.train)}
+
+    def with_vocab_size(self, vocab_size: int) -> RunConfig:
+        """This config with ``model.vocab_size`` pinned (as resolved from the tokenizer)."""
+        model = dataclasses.replace(self.model, vocab_size=vocab_size)
+        return dataclasses.replace(self, model=model, vocab_size_auto=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        """Build from a mapping with the sections ``model``, ``objective``, ``data``, ``train``."""
+        for key in data:
+            if key not in SECTIONS:
+                match = difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.0)
+                raise ConfigError(f"{where}: unknown config key '{key}'; did you mean '{match[0]}'?")
+        for key in SECTIONS:
+            check(isinstance(data.get(key) or {}, dict), f"{where}: '{key}' must be a mapping of fields")
+        model = dict(data.get("model") or {})
+        vocab = model.pop("vocab_size", "auto")
+        auto = vocab is None or vocab == "auto"
+        if not auto:
+            model["vocab_size"] = vocab
+        return cls(model=ModelConfig.from_dict(model), objective=_objective(dict(data.get("objective") or {})),
+                   data=DataConfig.from_dict(dict(data.get("data") or {})),
+                   train=from_dict(TrainConfig, dict(data.get("train") or {}), "train"),
+                   vocab_size_auto=auto)
+
+
+def _objective(data: dict[str, Any]) -> ObjectiveConfig:
+    preset = data.pop("preset", None)
+    if preset is None:
+        return from_dict(ObjectiveConfig, data, "objective")
+    if preset not in OBJECTIVE_PRESETS:
+        raise ConfigError(f"objective.preset={preset!r}: expected one of {', '.join(OBJECTIVE_PRESETS)}")
+    return from_dict(ObjectiveConfig, deep_merge(to_dict(OBJECTIVE_PRESETS[preset]), data), "objective")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML run config with its ``base:`` chain merged in (bases first, the file on top)."""
+    path = Path(path).resolve()
+    check(path not in _seen, f"{path}: 'base:' chain loops back to itself")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    check(isinstance(base, str), f"{path}: 'base' must be a path to another YAML file")
+    return deep_merge(read_config_file(path.parent / base, (*_seen, path)), data)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a run config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
+    data = read_config_file(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    return RunConfig.from_dict(data, str(path) if path is not None else "config")

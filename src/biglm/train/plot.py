@@ -1,0 +1,64 @@
+"""``biglm plot``: loss (train, X, Y, validation) and learning-rate curves of a run, as one PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from biglm.errors import BiglmError
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """Rows of ``run_dir/metrics.jsonl`` (a one-line error if there are none)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise BiglmError(f"{run_dir}: no metrics.jsonl (not a run folder, or no step logged yet)")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise BiglmError(f"{path}:{n}: not a JSON object") from None
+    if not rows:
+        raise BiglmError(f"{path}: empty")
+    return rows
+
+
+def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the loss and LR curves of ``run_dir`` to ``out`` (default ``run_dir/metrics.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    out = Path(out) if out else run_dir / "metrics.png"
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 1))
+    styles = {"loss": ("train", "-"), "loss_x": ("prefix X", ":"), "loss_y": ("suffix Y", "--"),
+              "val_loss": ("validation", "o-")}
+    for key, (label, style) in styles.items():
+        steps, values = _series(rows, key)
+        if steps:
+            ax_loss.plot(steps, values, style, label=label, markersize=3)
+    ax_loss.set_ylabel("masked-token loss (nats)")
+    ax_loss.set_title(f"biglm run {run_dir.name}")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    steps, values = _series(rows, "lr")
+    ax_lr.plot(steps, values, color="tab:purple")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

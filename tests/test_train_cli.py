@@ -1,0 +1,77 @@
+"""``biglm pretrain`` / ``biglm plot`` end to end with the real data pipeline on a tiny local corpus."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from biglm.checkpoint import load_model
+from biglm.cli import main
+from test_train_loop import one_thread, read_rows  # noqa: F401  (fixture re-used)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """A 400-document JSONL corpus and a 300-token BPE tokenizer trained on it."""
+    from biglm.data import train_tokenizer
+
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    words = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "far", "away", "big", "small", "red", "blue",
+             "green", "house", "tree", "river", "stone"]
+    with open(root / "corpus.jsonl", "w") as f:
+        for _ in range(400):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(30, 120)))}) + "\n")
+    train_tokenizer([root / "corpus.jsonl"], 300, root / "tok")
+    return root / "corpus.jsonl", root / "tok"
+
+
+def pretrain(out: Path, corpus: tuple[Path, Path], *extra: str) -> int:
+    data, tok = corpus
+    return main(["pretrain", "--config", str(CONFIGS / "micro.yaml"), "--out", str(out), "--data.tokenizer", str(tok),
+                 "--data.sources", f"[{data}]", "--data.cache_dir", str(out.parent / "cache"),
+                 "--data.val_fraction", "0.1", "--train.progress", "false", *extra])
+
+
+def test_pretrain_resume_and_plot(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert pretrain(run, corpus, "--train.steps", "12", "--train.save_every", "6") == 0
+    rows = read_rows(run)
+    assert [r["step"] for r in rows] == [5, 10, 12] and "val_loss" in rows[-1]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    loaded = load_model(run)
+    assert loaded.meta["step"] == 12 and loaded.tokenizer is not None
+    assert loaded.config.vocab_size == 320  # auto: the tokenizer's 300 tokens padded to a multiple of 64
+    saved = (run / "config.yaml").read_text()
+    assert "vocab_size: 320" in saved and "steps: 12" in saved
+
+    # A second run into the same folder is refused; --resume (config taken from the run) continues it.
+    assert pretrain(run, corpus) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(run), "--resume", "--train.steps", "14", "--train.progress", "false"]) == 0
+    assert [r["step"] for r in read_rows(run)] == [5, 10, 12, 14]
+
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train.lrr", "1"], "unknown config key 'train.lrr'; did you mean 'lr'?"),
+    (["--data.seq_len", "4096"], "data.seq_len=4096: exceeds model.max_seq_len=256"),
+    (["--model.vocab_size", "100"], "model.vocab_size=100: smaller than the tokenizer's 300 tokens"),
+])
+def test_bad_input_is_one_line(tmp_path, corpus, capsys, extra, message):
+    assert pretrain(tmp_path / "run", corpus, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_pretrain_help_mentions_overrides(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    assert "--section.field" in capsys.readouterr().out
