@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from biglm.checkpoint import load_model
 from biglm.cli import main
@@ -75,3 +76,25 @@ def test_pretrain_help_mentions_overrides(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     assert "--section.field" in capsys.readouterr().out
+
+
+def test_init_from_starts_a_new_run_from_checkpoint_weights(tmp_path, corpus, capsys):
+    source = tmp_path / "source"
+    assert pretrain(source, corpus, "--train.steps", "6") == 0
+    start = load_model(source).model.state_dict()
+    # Zero learning rate: the new run's weights stay exactly those it was initialised from.
+    run = tmp_path / "continued"
+    assert pretrain(run, corpus, "--train.steps", "2", "--train.lr", "1e-12", "--train.min_lr", "0",
+                    "--train.weight_decay", "0", "--train.init_from", str(source)) == 0
+    after = load_model(run).model.state_dict()
+    assert all(torch.allclose(after[k], start[k], atol=1e-9) for k in start)
+    fresh = tmp_path / "fresh"
+    assert pretrain(fresh, corpus, "--train.steps", "2", "--train.lr", "1e-12", "--train.min_lr", "0") == 0
+    # ...whereas a run without it starts from a fresh initialisation.
+    fresh_weights = load_model(fresh).model.state_dict()["model.embed_tokens.weight"]
+    assert not torch.allclose(fresh_weights, start["model.embed_tokens.weight"], atol=1e-6)
+    # A model config that does not match the checkpoint is one clear line naming the tensor.
+    assert pretrain(tmp_path / "bad", corpus, "--train.init_from", str(source), "--model.hidden_size", "32",
+                    "--model.intermediate_size", "64") == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.embed_tokens.weight" in err and len(err.splitlines()) == 1, err

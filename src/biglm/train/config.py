@@ -77,6 +77,9 @@ class TrainConfig:
     """Steps of masked micro-batches prepared ahead in a background thread (0: inline, no thread)."""
     device: str = "auto"
     """auto: cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    init_from: str | None = None
+    """Start from the weights of this checkpoint or run folder (e.g. ``biglm import-hf --from-llama`` output)
+    with a fresh optimizer and schedule; ``model`` must describe the same shapes. Ignored by ``--resume``."""
     seed: int = 0
     """Seeds the model init, dropout and the objective's masking (per row, see ``biglm.train.loop``)."""
     log_every: int = 10

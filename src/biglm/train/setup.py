@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from biglm.checkpoint import check_state_dict, resolve_checkpoint
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError, ConfigError
 from biglm.model import BiGLM
@@ -76,7 +77,9 @@ def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None) -> tuple
     if not sharded:
         model = BiGLM(cfg.model)
         if resume_from is not None:
-            model.load_state_dict(ckpt.read_model_state(resume_from, cfg.model))
+            state = ckpt.read_model_state(resume_from, cfg.model)
+            check_state_dict(state, model, resume_from / "model.safetensors")
+            model.load_state_dict(state)
         return model, parallelize(model, cfg.train, env)
     # FSDP2: every rank shards a meta model; rank 0 holds the full initial (or saved) weights on CPU
     # and broadcasts them shard by shard, so the start equals a single-device run with the same seed.
@@ -108,7 +111,10 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
     cfg = resolve_vocab(cfg, bundle)
     resume_from = ckpt.find_resume_checkpoint(run_dir, note=None if env.is_main else (lambda _: None)) \
         if resume else None
-    model, train_model = build_model(cfg, env, resume_from)
+    weights_from = resume_from
+    if weights_from is None and cfg.train.init_from:
+        weights_from = resolve_checkpoint(cfg.train.init_from)
+    model, train_model = build_model(cfg, env, weights_from)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
     if resume_from is not None:
