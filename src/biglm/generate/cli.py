@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             for t, step in enumerate(result.steps[i][:-1]):
                 print(f"  step {t}: {step.replace(MASK_SYMBOL, mask)}")
             print(f"  final ({result.output.lengths[i]} tokens): {result.steps[i][-1]}")
-        print(text)
+        # An empty sample is a real outcome (EOS decoded first); say so rather than print a blank line.
+        print(text if text.strip() else "(empty: the model put EOS first)")
     print(f"biglm generate: {len(prompts)} prompt(s), {result.forward_passes} forward passes, "
           f"{elapsed:.2f} s", file=sys.stderr)
     return 0
