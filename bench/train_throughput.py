@@ -84,8 +84,11 @@ def bench_shape(name: str, batch: int, seq_len: int, steps: int, device: torch.d
     masked = b.num_targets / b.input_ids.numel()
 
     ours = BiGLM(cfg).to(device)
-    ours_step = make_step(ours, lambda: (lambda p: p.loss_sum / max(p.x_count + p.y_count, 1))(loss_parts(ours, b)),
-                          device, dtype)
+    def ours_loss() -> torch.Tensor:
+        parts = loss_parts(ours, b)
+        return parts.loss_sum / (parts.x_count + parts.y_count).clamp(min=1)
+
+    ours_step = make_step(ours, ours_loss, device, dtype)
     ids = raw["input_ids"].to(device)
     theirs = llama_like(cfg).to(device)
     theirs_step = make_step(theirs, lambda: theirs(input_ids=ids, labels=ids).loss, device, dtype)

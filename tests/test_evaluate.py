@@ -280,3 +280,21 @@ def test_evaluate_cli_on_shipped_tasks(model, tokenizer, tmp_path, capsys):
     assert len(err) == 1 and "no such checkpoint" in err[0]
     assert main(["evaluate", "--ckpt", str(ckpt), "--tasks", "biglm_cloze", "--include-path", "/nope"]) == 2
     assert math.isfinite(saved["results"]["biglm_cloze"]["perplexity,none"])
+
+
+def test_held_out_documents_are_the_data_pipelines_validation_documents(tmp_path):
+    """With several sources, the task text is exactly what training never sees (the val shards)."""
+    from biglm.data import train_tokenizer
+    from biglm.data.shards import Shard, tokenize_source
+
+    sources = [write_jsonl(tmp_path / f"s{i}.jsonl", synthetic_documents(150, seed=10 + i)) for i in range(2)]
+    tokenizer = train_tokenizer(sources, 400, tmp_path / "tok")
+    val_texts = []
+    for i, src in enumerate(sources):
+        result = tokenize_source(str(src), tokenizer, tmp_path / f"shard{i}", val_fraction=0.2, val_seed=3,
+                                 progress=False)
+        val = Shard(result.val)
+        val_texts += [tokenizer.decode(val.doc(j).tolist()) for j in range(val.n_docs)]
+    held = held_out_documents([str(s) for s in sources], 0.2, 3)
+    assert len(held) == len(val_texts) > 0
+    assert [" ".join(d.split()) for d in held] == [" ".join(t.split()) for t in val_texts]

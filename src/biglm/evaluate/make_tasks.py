@@ -110,13 +110,17 @@ def held_out_documents(sources: Iterable[str], val_fraction: float, val_seed: in
     from biglm.data.shards import val_mask
     from biglm.data.sources import iter_documents
 
-    docs = [d for s in sources for d in iter_documents(SourceConfig(path=str(s), text_field=text_field))]
+    per_source = [list(iter_documents(SourceConfig(path=str(s), text_field=text_field))) for s in sources]
     if all_docs:
-        return docs
+        return [d for docs in per_source for d in docs]
     if not 0.0 < val_fraction < 1.0:
         raise BiglmError(f"val_fraction={val_fraction}: must be in (0, 1) (or use --all)")
-    keep = val_mask(np.arange(len(docs)), val_seed, val_fraction)
-    return [d for d, k in zip(docs, keep) if k]
+    # The data pipeline numbers each source's documents from 0, so the held-out rule applies per source.
+    held = []
+    for docs in per_source:
+        keep = val_mask(np.arange(len(docs)), val_seed, val_fraction)
+        held.extend(d for d, k in zip(docs, keep) if k)
+    return held
 
 
 # ---- items ----------------------------------------------------------------------------------------

@@ -13,13 +13,21 @@ from biglm.attention import SUFFIX
 
 @dataclass
 class LossParts:
-    """Summed losses and target counts; divide by a normaliser to get means."""
+    """Summed losses and target counts; divide by a normaliser to get means.
+
+    The parts are detached 0-d tensors on the logits' device, so the training loop can accumulate them
+    without a host-device synchronisation per micro-batch (``stats()`` converts them in one go).
+    """
 
     loss_sum: Tensor  # differentiable
-    x_sum: float
-    x_count: int
-    y_sum: float
-    y_count: int
+    x_sum: Tensor
+    x_count: Tensor
+    y_sum: Tensor
+    y_count: Tensor
+
+    def stats(self) -> Tensor:
+        """(x_sum, x_count, y_sum, y_count) as one float tensor."""
+        return torch.stack([self.x_sum, self.x_count, self.y_sum, self.y_count]).double()
 
 
 def masked_lm_loss(logits: Tensor, targets: Tensor, regions: Tensor | None) -> LossParts:
@@ -31,5 +39,6 @@ def masked_lm_loss(logits: Tensor, targets: Tensor, regions: Tensor | None) -> L
     per_token = F.cross_entropy(logits.float(), targets, reduction="none")
     is_y = regions == SUFFIX if regions is not None else torch.zeros_like(targets, dtype=torch.bool)
     detached = per_token.detach()
-    y_sum = float(detached[is_y].sum())
-    return LossParts(per_token.sum(), float(detached.sum()) - y_sum, int((~is_y).sum()), y_sum, int(is_y.sum()))
+    y_sum = detached[is_y].sum()
+    y_count = is_y.sum()
+    return LossParts(per_token.sum(), detached.sum() - y_sum, is_y.numel() - y_count, y_sum, y_count)

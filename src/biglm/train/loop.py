@@ -95,20 +95,20 @@ class Trainer:
         batches = [b.to(self.env.device) for b in item.batches]
         (global_targets,) = all_reduce_sum([float(local_targets)], self.env)
         scale = self.env.world_size / max(global_targets, 1.0)
-        sums = [0.0, 0, 0.0, 0]
+        sums = torch.zeros(4, dtype=torch.float64, device=self.env.device)
         for a, batch in enumerate(batches):
             with gradient_sync(self.train_model, a == len(batches) - 1):
                 with autocast(self.tcfg, self.env.device):
                     parts = loss_parts(self.train_model, batch)
                 (parts.loss_sum * scale).backward()
-            for i, v in enumerate((parts.x_sum, parts.x_count, parts.y_sum, parts.y_count)):
-                sums[i] += v
+            sums += parts.stats()  # stays on the device: no synchronisation per micro-batch
         max_norm = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b.input_ids.numel() for b in batches)
+        sums = sums.tolist()
         return {"x_sum": sums[0], "x_count": sums[1], "y_sum": sums[2], "y_count": sums[3],
                 "tokens": tokens, "lr": lr, "grad_norm": float(norm)}
 
@@ -120,15 +120,16 @@ class Trainer:
         if count == 0:
             return None
         self.model.eval()
-        total = targets = 0.0
+        sums = torch.zeros(4, dtype=torch.float64, device=self.env.device)
         for i in range(count):
             # FSDP forwards are collectives: every rank runs the same number, padding with a no-target batch.
             batch = self.val_batches[i] if i < len(self.val_batches) else self._empty_batch()
             with autocast(self.tcfg, self.env.device):
                 parts = loss_parts(self.model, batch.to(self.env.device))
-            total += parts.x_sum + parts.y_sum
-            targets += parts.x_count + parts.y_count
+            sums += parts.stats()
         self.model.train()
+        x_sum, x_count, y_sum, y_count = sums.tolist()
+        total, targets = x_sum + y_sum, x_count + y_count
         total, targets = all_reduce_sum([total, targets], self.env)
         return total / max(targets, 1.0)
 
