@@ -247,13 +247,19 @@ def test_make_tasks_held_out_selection_and_items(tmp_path):
     src = write_jsonl(tmp_path / "c.jsonl", docs)
     held = held_out_documents([str(src)], 0.2, 7)
     assert held == [d for d, k in zip(docs, val_mask(np.arange(200), 7, 0.2)) if k] and 20 < len(held) < 60
-    items = continuation_items(held, seed=1)
-    for it in items:
-        assert len(it["choices"]) == 4 and len(set(it["choices"])) == 4
-        true = it["choices"][it["label"]]
-        assert any(f"{it['context']} {true}" in " ".join(d.split()) for d in held)
+    for cut in ("word", "sentence"):
+        items = continuation_items(held, seed=1, cut=cut)
+        for it in items:
+            assert len(it["choices"]) == 4 and len(set(it["choices"])) == 4
+            true = it["choices"][it["label"]]
+            assert any(f"{it['context']} {true}" in " ".join(d.split()) for d in held)
+            # a word cut ends the context inside a sentence, a sentence cut at its end
+            assert it["context"].endswith(".") == (cut == "sentence"), (cut, it["context"])
+            assert all(c.endswith(".") for c in it["choices"])  # every choice runs to a sentence end
+    with pytest.raises(BiglmError, match="cut='line'"):
+        continuation_items(held, cut="line")
     counts = write_tasks(tmp_path / "tasks", held, prefix="t", max_items=10)
-    assert counts == {"t_continuation": 10, "t_cloze": 10, "t_perplexity": 2}
+    assert counts == {"t_continuation": 10, "t_next_sentence": 10, "t_cloze": 10, "t_perplexity": 2}
     cloze = [json.loads(x) for x in (tmp_path / "tasks" / "t_cloze.jsonl").read_text().splitlines()]
     assert all(c["target"].startswith(" ") and c["target"][1:].isalpha() for c in cloze)
     with pytest.raises(BiglmError, match="need at least 4"):

@@ -132,7 +132,10 @@ PRESETS: dict[str, ModelConfig] = {
     "biglm-3.5b": ModelConfig("biglm-3.5b", PAPER_VOCAB, 2560, 30, 20, 20, 11264, init_std=0.013),
     # §2.2: the 12/768/12 model of the pre-training-task ablations (multi-head attention).
     "biglm-124m": ModelConfig("biglm-124m", PAPER_VOCAB, 768, 12, 12, 12, 2048),
-    # CPU sizes: `tiny` is the demo model's shape, `micro` is for tests (a training step in milliseconds).
+    # CPU sizes: `demo` is the CPU demo's model (configs/demo.yaml, 1.8M parameters), `tiny` the benchmarks'
+    # small shape, `micro` is for tests (a training step in milliseconds). At width 128, init std 0.02 (set
+    # for widths near 768) kept the demo model on the unigram plateau longer than 0.06 (≈ 0.7/√128) did.
+    "demo": ModelConfig("demo", 8192, 128, 4, 4, 2, 352, max_seq_len=512, init_std=0.06),
     "tiny": ModelConfig("tiny", 8192, 256, 6, 4, 2, 704, max_seq_len=512),
     "micro": ModelConfig("micro", 512, 64, 2, 4, 2, 128, max_seq_len=256),
 }

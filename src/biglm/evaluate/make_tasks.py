@@ -12,10 +12,14 @@ that is held out as a whole).
 
 Tasks written into ``--out`` (names ``{prefix}_…``, tag ``{prefix}_tasks``):
 
-* ``{prefix}_continuation`` (multiple_choice, acc / acc_norm): a passage cut at a sentence boundary
-  (at most ``context_words`` words); choices: its true next sentence and the next sentences of 3 other
-  held-out passages of about the same length (3 drawn from the 12 closest in word count, seeded), the
-  answer at a seeded position. Chance is 0.25.
+* ``{prefix}_continuation`` (multiple_choice, acc / acc_norm): a passage cut inside a sentence (at
+  least 2 words in; at most ``context_words`` words of context); choices: the true rest of that sentence
+  and the sentence ends of 3 other held-out passages of about the same length (3 drawn from the 12
+  closest in word count, seeded), the answer at a seeded position. Chance is 0.25. Both how the words
+  just before the cut go on and the passage's topic tell the answer, in the style of HellaSwag endings.
+* ``{prefix}_next_sentence`` (same format): a passage cut at a sentence boundary; choices: its true
+  next sentence and the next sentences of 3 others. Only the passage's topic and entities tell it, so a
+  model needs to have learned more than local word order: small early-training models are at chance.
 * ``{prefix}_cloze`` (loglikelihood, LAMBADA-style): a passage ending just before the last word of a
   sentence; target `` word``; acc = is_greedy (the word is the model's greedy decode), and perplexity.
 * ``{prefix}_perplexity`` (loglikelihood_rolling): whole held-out passages; word/byte perplexity.
@@ -138,21 +142,38 @@ def _tail_words(sentences: list[str], max_words: int) -> str:
     return " ".join(kept) if kept else " ".join(" ".join(sentences).split()[-max_words:])
 
 
+def _cuts(sents: list[str], cut: str, min_context_words: int, cont_words: tuple[int, int]) -> list[tuple[int, int]]:
+    """Candidate cut points (sentence b, word k): the context is ``sents[:b]`` plus sentence b's first k
+    words, the answer the rest of sentence b (``cut="word"``, k ≥ 2) or all of it (``cut="sentence"``, k = 0)."""
+    out = []
+    for b, s in enumerate(sents):
+        n = len(s.split())
+        before = len(" ".join(sents[:b]).split())
+        for k in (range(2, n) if cut == "word" else [0] if b else []):
+            if before + k >= min_context_words and cont_words[0] <= n - k <= cont_words[1]:
+                out.append((b, k))
+    return out
+
+
 def continuation_items(docs: list[str], seed: int = 0, context_words: int = 40, min_context_words: int = 8,
-                       cont_words: tuple[int, int] = (4, 24), max_items: int | None = None) -> list[dict]:
-    """4-way choice of a passage's true next sentence (see module doc)."""
+                       cont_words: tuple[int, int] = (4, 24), max_items: int | None = None,
+                       cut: str = "word") -> list[dict]:
+    """4-way choice of how a passage goes on: the rest of a sentence cut inside (``cut="word"``) or the
+    next sentence (``cut="sentence"``); see the module doc."""
+    if cut not in ("word", "sentence"):
+        raise BiglmError(f"cut={cut!r}: expected 'word' or 'sentence'")
     rng = random.Random(seed)
     pairs = []
     for doc in docs:
         sents = _sentences(doc)
-        cuts = [b for b in range(1, len(sents))
-                if len(" ".join(sents[:b]).split()) >= min_context_words
-                and cont_words[0] <= len(sents[b].split()) <= cont_words[1]]
+        cuts = _cuts(sents, cut, min_context_words, cont_words)
         if cuts:
-            b = rng.choice(cuts)
-            pairs.append((_tail_words(sents[:b], context_words), sents[b]))
+            b, k = rng.choice(cuts)
+            words = sents[b].split()
+            context = [*sents[:b], " ".join(words[:k])] if k else sents[:b]
+            pairs.append((_tail_words(context, context_words), " ".join(words[k:])))
     if len(pairs) < 4:
-        raise BiglmError(f"only {len(pairs)} held-out passages have a usable next sentence; need at least 4")
+        raise BiglmError(f"only {len(pairs)} held-out passages have a usable continuation; need at least 4")
     items = []
     lengths = [len(a.split()) for _, a in pairs]
     for i, (context, answer) in enumerate(pairs[:max_items] if max_items else pairs):
@@ -223,14 +244,18 @@ def _yaml(task: str, tag: str, output_type: str, fields: dict[str, str], source:
 
 def write_tasks(out: str | Path, docs: list[str], prefix: str = "biglm", seed: int = 0,
                 max_items: int | None = 500, source: str = "held-out text") -> dict[str, int]:
-    """Write the three tasks for ``docs`` into ``out``; returns the item count per task."""
+    """Write the four tasks for ``docs`` into ``out``; returns the item count per task."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{prefix}_tasks"
+    choice_fields = {"doc_to_text": "{{context}}", "doc_to_choice": "choices", "doc_to_target": "label",
+                     "target_delimiter": " "}
     tasks = {
         f"{prefix}_continuation": ("multiple_choice", continuation_items(docs, seed, max_items=max_items),
-                                   {"doc_to_text": "{{context}}", "doc_to_choice": "choices",
-                                    "doc_to_target": "label", "target_delimiter": " "}),
+                                   choice_fields),
+        f"{prefix}_next_sentence": ("multiple_choice",
+                                    continuation_items(docs, seed, max_items=max_items, cut="sentence"),
+                                    choice_fields),
         f"{prefix}_cloze": ("loglikelihood", cloze_items(docs, seed, max_items=max_items),
                             {"doc_to_text": "{{context}}", "doc_to_target": "{{target}}"}),
         f"{prefix}_perplexity": ("loglikelihood_rolling", perplexity_items(docs, max_items and max_items // 5),
