@@ -1,5 +1,5 @@
 """Zero-shot scoring speed (requests/s) and accuracy of each scoring method on the shipped
-``biglm_continuation`` task, against the reference code's way (greedy-order, batch size 1, no cache).
+``biglm_next_sentence`` task, against the reference code's way (greedy-order, batch size 1, no cache).
 
 The model is a ``micro`` (or ``--preset``) BiGLM trained for ``--train-steps`` on the synthetic stories
 the shipped task was held out from (same generator, seed and ``val_mask`` rule; 0 steps = random
@@ -96,7 +96,7 @@ def main() -> None:
     model = train(tok, train_docs, args.preset, args.train_steps)
     train_s = time.perf_counter() - t0
 
-    lines = (TASKS_DIR / "biglm_continuation.jsonl").read_text().splitlines()[:args.items]
+    lines = (TASKS_DIR / "biglm_next_sentence.jsonl").read_text().splitlines()[:args.items]
     items = [json.loads(x) for x in lines]
     pairs = []
     for it in items:

@@ -3,9 +3,10 @@
     biglm evaluate --ckpt runs/demo --tasks biglm_tasks
     biglm evaluate --ckpt runs/demo --tasks arc_easy,piqa --scoring left-to-right --limit 200
 
-Tasks are looked up in the shipped offline task folder (``biglm_continuation``, ``biglm_cloze``,
-``biglm_perplexity``, tag ``biglm_tasks``), then in ``--include-path`` folders, then (only if still
-missing, since indexing takes a while) among lm-eval's built-in tasks (hub tasks need the network).
+Tasks are looked up in the shipped offline task folder (``biglm_continuation``, ``biglm_next_sentence``,
+``biglm_cloze``, ``biglm_perplexity``, tag ``biglm_tasks``), then in ``--include-path`` folders, then
+(only if still missing, since indexing takes a while) among lm-eval's built-in tasks (hub tasks need
+the network).
 Writes ``OUT/results_<scoring>.json`` (lm-eval's results and config) and ``OUT/results_<scoring>.md``
 (a Markdown table, also printed); ``OUT`` defaults to ``CKPT/eval``.
 """
