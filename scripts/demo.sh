@@ -19,9 +19,9 @@ biglm pretrain --config configs/demo.yaml --out runs/demo "${resume[@]}" "$@"
 biglm plot runs/demo --out runs/demo/loss.png
 
 # Zero-shot, through lm-evaluation-harness: 4-way tasks built from the Wikipedia summaries the run held out
-# (the same rule and fraction as configs/demo.yaml's data.val_fraction), so the model never trained on them.
+# (its own data.val_fraction / val_seed, read by --run), so the model never trained on them.
 python -m biglm.evaluate.make_tasks data/demo/wiki.jsonl --out runs/demo/tasks --prefix demo_wiki \
-  --val-fraction 0.04 --max-items 400
+  --run runs/demo --max-items 400
 biglm evaluate --ckpt runs/demo --tasks demo_wiki_continuation,demo_wiki_next_sentence \
   --include-path runs/demo/tasks
 

@@ -240,6 +240,24 @@ def test_validation_loss_is_fixed_and_comparable(model):
         validation_loss(model, batches, MASK, beta_grid=(0.0, 0.5))
 
 
+def test_make_tasks_takes_the_held_out_rule_from_a_run(tmp_path, capsys):
+    from biglm.evaluate.make_tasks import main as make_tasks_main
+
+    src = write_jsonl(tmp_path / "c.jsonl", synthetic_documents(300, seed=3))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  val_fraction: 0.2\n  val_seed: 7\n")
+    assert make_tasks_main([str(src), "--out", str(tmp_path / "a"), "--run", str(run)]) == 0
+    assert make_tasks_main([str(src), "--out", str(tmp_path / "b"), "--val-fraction", "0.2", "--val-seed", "7"]) == 0
+    assert make_tasks_main([str(src), "--out", str(tmp_path / "c"), "--val-fraction", "0.2"]) == 0  # other seed
+    read = lambda d: (tmp_path / d / "biglm_continuation.jsonl").read_text()
+    assert read("a") == read("b") != read("c")
+    capsys.readouterr()
+    assert make_tasks_main([str(src), "--out", str(tmp_path / "d"), "--run", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no config.yaml" in err, err
+
+
 def test_make_tasks_held_out_selection_and_items(tmp_path):
     from biglm.data.shards import val_mask
 

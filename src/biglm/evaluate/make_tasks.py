@@ -282,6 +282,18 @@ def write_jsonl(path: str | Path, docs: Iterable[str]) -> Path:
     return path
 
 
+def _run_held_out(run: str) -> tuple[float, int]:
+    """``data.val_fraction`` / ``data.val_seed`` of a training run, so its held-out rule is used exactly."""
+    from biglm.configurable import load_yaml
+    from biglm.data.config import DataConfig
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise BiglmError(f"--run {run}: no config.yaml there (expected a folder written by biglm pretrain)")
+    data = load_yaml(path).get("data") or {}
+    return (float(data.get("val_fraction", DataConfig.val_fraction)), int(data.get("val_seed", DataConfig.val_seed)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m biglm.evaluate.make_tasks", description=__doc__.split("\n")[0])
     p.add_argument("sources", nargs="*", help="text files/globs (.jsonl/.json/.txt/.parquet) with the held-out text")
@@ -289,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="biglm", help="task name prefix (default biglm)")
     p.add_argument("--val-fraction", type=float, default=0.005, help="held-out fraction (the data pipeline's)")
     p.add_argument("--val-seed", type=int, default=0, help="held-out seed (the data pipeline's data.val_seed)")
+    p.add_argument("--run", default=None, metavar="DIR",
+                   help="take --val-fraction / --val-seed from the training run DIR's config.yaml (data.*)")
     p.add_argument("--all", action="store_true", help="use every document (the sources are held out whole)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--seed", type=int, default=0, help="seed of cut points, distractors and answer order")
@@ -298,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
+        if args.run:
+            args.val_fraction, args.val_seed = _run_held_out(args.run)
         if args.synthetic:
             corpus = write_jsonl(Path(args.out) / ".synthetic.jsonl", synthetic_documents(args.synthetic,
                                                                                          args.synthetic_seed))
