@@ -250,8 +250,11 @@ def test_make_tasks_takes_the_held_out_rule_from_a_run(tmp_path, capsys):
     assert make_tasks_main([str(src), "--out", str(tmp_path / "a"), "--run", str(run)]) == 0
     assert make_tasks_main([str(src), "--out", str(tmp_path / "b"), "--val-fraction", "0.2", "--val-seed", "7"]) == 0
     assert make_tasks_main([str(src), "--out", str(tmp_path / "c"), "--val-fraction", "0.2"]) == 0  # other seed
-    read = lambda d: (tmp_path / d / "biglm_continuation.jsonl").read_text()
+    read = lambda d, ext="jsonl": (tmp_path / d / f"biglm_continuation.{ext}").read_text()
     assert read("a") == read("b") != read("c")
+    assert make_tasks_main([str(src), "--out", str(tmp_path / "e"), "--run", str(run), "--no-mutual-info"]) == 0
+    assert read("e") == read("a")  # same items; only the metric list differs
+    assert "metric: acc_mutual_info" in read("a", "yaml") and "acc_mutual_info" not in read("e", "yaml")
     capsys.readouterr()
     assert make_tasks_main([str(src), "--out", str(tmp_path / "d"), "--run", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
@@ -298,6 +301,8 @@ def test_evaluate_cli_on_shipped_tasks(model, tokenizer, tmp_path, capsys):
     assert saved["biglm"]["scoring"] == "single-pass"
     table = (out / "results_single-pass.md").read_text()
     assert "| biglm_continuation | acc |" in table and "| biglm_cloze | perplexity |" in table
+    # the shipped choice tasks also score each choice without its context (lm-eval's acc_mutual_info)
+    assert "| biglm_continuation | acc_mutual_info |" in table
     capsys.readouterr()
     assert main(["evaluate", "--ckpt", str(tmp_path / "missing"), "--tasks", "biglm_cloze"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -72,7 +72,7 @@ def test_trained_micro_model_beats_chance_on_continuation_task(tmp_path):
     choice_tasks = ["syn_continuation", "syn_next_sentence"]
     results = simple_evaluate(model=lm, tasks=[*choice_tasks, "syn_cloze"], task_manager=tm,
                               log_samples=False, bootstrap_iters=0)["results"]
-    accs = {t: results[t]["acc,none"] for t in choice_tasks}
+    accs = {f"{t} {m}": results[t][f"{m},none"] for t in choice_tasks for m in ("acc", "acc_mutual_info")}
     print(f"trained {STEPS} steps in {train_seconds:.1f}s; val loss {before:.2f} -> {after:.2f}; acc {accs}; "
           f"cloze acc {results['syn_cloze']['acc,none']:.3f}")
     for task, acc in accs.items():  # chance is 0.25 (distractors of the same length); P(acc > 0.5 | chance) < 1e-10
