@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, from a fresh machine: set up, fetch the bundled corpus, train a tokenizer, pretrain the
-# `demo` config with the BiGLM objective (about 10 minutes on 2 CPU cores), plot it, evaluate it on held-out
+# `demo` config with the BiGLM objective (about 8 minutes on 2 CPU cores), plot it, evaluate it on held-out
 # text and generate.
 # Extra arguments are config overrides for the pretraining, e.g. `--train.steps 100`.
 set -euo pipefail
