@@ -1,9 +1,9 @@
 """Zero-shot scoring speed (requests/s) and accuracy of each scoring method on the shipped
 ``biglm_next_sentence`` task, against the reference code's way (greedy-order, batch size 1, no cache).
 
-The model is a ``micro`` (or ``--preset``) BiGLM trained for ``--train-steps`` on the synthetic stories
-the shipped task was held out from (same generator, seed and ``val_mask`` rule; 0 steps = random
-weights), with a 768-token BPE trained on the training stories. Every method scores the same token
+The model is a ``micro`` (or ``--preset``) BiGLM pretrained by biglm's trainer for ``--train-steps``
+on the synthetic stories the shipped task was held out from (same generator, seed and held-out rule;
+0 steps = random weights), with a 768-token BPE trained on the training stories. Every method scores the same token
 ids; time excludes tokenisation. Prints a table and writes ``bench/results/evaluate.json``.
 Goal: ≥ 5× the reference's requests/s.
 
@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biglm import BiGLM, ModelConfig, ObjectiveConfig, build_objective
 from biglm.data.shards import val_mask
-from biglm.data.tokenizer import padded_vocab_size, train_tokenizer
+from biglm.data.tokenizer import train_tokenizer
 from biglm.evaluate import TASKS_DIR, ScoringConfig, reference_greedy_order, score_requests
 from biglm.evaluate.make_tasks import synthetic_documents, write_jsonl
-from biglm.objectives import masked_lm_loss
+from biglm.train.config import RunConfig
+from biglm.train.setup import setup
+
+VAL_FRACTION = 0.1  # the shipped tasks' held-out fraction
 
 # (label, ScoringConfig overrides); batch_size is filled in from --batch-size
 METHODS = [
@@ -40,30 +42,22 @@ METHODS = [
 ]
 
 
-def train(tok, docs: list[str], preset: str, steps: int, seed: int = 0) -> BiGLM:
-    """A model trained with the BiGLM objective on ``BOS doc EOS`` rows of 128 tokens, batch 8."""
-    torch.manual_seed(seed)
-    model = BiGLM(ModelConfig.from_preset(preset, vocab_size=padded_vocab_size(tok)))
-    ids, doc_ids = [], []
-    for k, d in enumerate(docs):
-        t = [tok.bos_token_id, *tok.encode(d, add_special_tokens=False), tok.eos_token_id]
-        ids += t
-        doc_ids += [k] * len(t)
-    n = len(ids) // 128
-    rows = torch.tensor(ids[:n * 128]).view(n, 128)
-    row_docs = torch.tensor(doc_ids[:n * 128], dtype=torch.int32).view(n, 128)
-    objective = build_objective(ObjectiveConfig(), tok.mask_token_id, model.config.vocab_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, betas=(0.9, 0.95), weight_decay=0.01)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        pick = torch.randint(0, n, (8,), generator=g)
-        b = objective(rows[pick], row_docs[pick], g)
-        out = model(b.input_ids, b.layout, b.position_ids, logits_mask=b.loss_mask)
-        loss = masked_lm_loss(out.logits, b.labels[b.loss_mask], b.layout.regions[b.loss_mask]).loss_sum
-        opt.zero_grad()
-        (loss / b.num_targets).backward()
-        opt.step()
-    return model.eval()
+def train(corpus: Path, tokenizer_dir: Path, preset: str, steps: int, run_dir: Path) -> torch.nn.Module:
+    """The ``preset`` model pretrained by biglm's trainer on ``corpus`` (BiGLM objective, rows of 128
+    tokens, batch 8, constant LR 5e-3; the held-out 10% left out, as the shipped task was built)."""
+    cfg = RunConfig.from_dict({
+        "model": {"preset": preset, "vocab_size": "auto"},
+        "data": {"tokenizer": str(tokenizer_dir), "sources": [{"path": str(corpus)}], "seq_len": 128,
+                 "min_doc_tokens": 1, "val_fraction": VAL_FRACTION, "val_seed": 0,
+                 "cache_dir": str(run_dir.parent / "cache")},
+        "train": {"steps": max(steps, 1), "global_batch_size": 8, "lr": 5e-3, "schedule": "constant",
+                  "warmup_steps": 0, "eval_batches": 1, "save_every": 0, "log_every": 100, "prefetch": 0,
+                  "progress": False, "tensorboard": False, "peak_flops": 1e11}})
+    trainer = setup(cfg, run_dir)
+    if steps:  # 0 steps: the freshly initialised model
+        trainer.fit()
+    trainer.close()
+    return trainer.model.eval()
 
 
 def choose(scores: list[float], items: list[dict]) -> tuple[list[int], list[int]]:
@@ -88,13 +82,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     docs = synthetic_documents(3000, seed=0)  # the shipped tasks' corpus (make_tasks --synthetic 3000)
-    held = val_mask(np.arange(len(docs)), 0, 0.1)
+    held = val_mask(np.arange(len(docs)), 0, VAL_FRACTION)
     train_docs = [d for d, h in zip(docs, held) if not h]
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer([write_jsonl(Path(tmp) / "train.jsonl", train_docs)], 768, Path(tmp) / "tok")
-    t0 = time.perf_counter()
-    model = train(tok, train_docs, args.preset, args.train_steps)
-    train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model = train(write_jsonl(Path(tmp) / "stories.jsonl", docs), Path(tmp) / "tok", args.preset,
+                      args.train_steps, Path(tmp) / "run")
+        train_s = time.perf_counter() - t0
 
     lines = (TASKS_DIR / "biglm_next_sentence.jsonl").read_text().splitlines()[:args.items]
     items = [json.loads(x) for x in lines]

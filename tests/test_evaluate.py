@@ -94,6 +94,27 @@ def test_batched_cached_and_unbatched_uncached_agree(model, method):
             assert a.is_greedy == b.is_greedy
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_identical_requests_are_scored_once(model, method):
+    reqs = _requests(2)
+    dup = [reqs[1], reqs[0], reqs[1], reqs[1]]
+    cfg = ScoringConfig(method=method, batch_size=2, beam=2, samples=4)
+    calls, answered = [], []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        once = score_requests(model, [reqs[1], reqs[0]], mask_token_id=MASK, config=cfg)
+        forwards_once = len(calls)
+        calls.clear()
+        got = score_requests(model, dup, mask_token_id=MASK, config=cfg, progress=answered.append)
+    finally:
+        handle.remove()
+    assert 0 < len(calls) == forwards_once and sum(answered) == len(dup)  # two distinct requests, four answers
+    # mc-elbo draws its masks per request: copies scored apart would get different estimates
+    assert got[0].logprob == got[2].logprob == got[3].logprob
+    for a, b in zip(got[:2], once):
+        assert abs(a.logprob - b.logprob) <= 1e-5 and a.is_greedy == b.is_greedy
+
+
 def test_methods_match_direct_computation(model):
     reqs = _requests(3, n=4)
     cfg = lambda m: ScoringConfig(method=m, batch_size=8)

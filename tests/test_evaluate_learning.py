@@ -1,5 +1,6 @@
-"""End to end: a micro BiGLM trained for a few hundred steps on templated stories beats chance on the
-continuation and next-sentence tasks built (by make_tasks, from held-out stories) and run through lm-eval."""
+"""End to end: a micro BiGLM pretrained by the trainer (``biglm.train``, the real data pipeline) for a few
+hundred steps on templated stories beats chance on the continuation and next-sentence tasks built (by
+make_tasks, from the stories the run held out) and run through lm-eval."""
 
 from __future__ import annotations
 
@@ -9,25 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from biglm import BiGLM, ModelConfig, ObjectiveConfig, build_objective
 from biglm.data.shards import val_mask
-from biglm.data.tokenizer import padded_vocab_size, train_tokenizer
-from biglm.evaluate import validation_loss
+from biglm.data.tokenizer import train_tokenizer
 from biglm.evaluate.make_tasks import held_out_documents, synthetic_documents, write_jsonl, write_tasks
-from biglm.objectives import masked_lm_loss
+from biglm.train.config import RunConfig
+from biglm.train.setup import setup
 
-STEPS, BATCH, ROW = 500, 8, 128
-
-
-def _pack(tokenizer, docs: list[str], row: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``BOS doc EOS`` documents packed into rows (a document may continue on the next row)."""
-    ids, doc_ids = [], []
-    for k, d in enumerate(docs):
-        toks = [tokenizer.bos_token_id, *tokenizer.encode(d, add_special_tokens=False), tokenizer.eos_token_id]
-        ids += toks
-        doc_ids += [k] * len(toks)
-    n = len(ids) // row
-    return (torch.tensor(ids[:n * row]).view(n, row), torch.tensor(doc_ids[:n * row], dtype=torch.int32).view(n, row))
+STEPS, BATCH, ROW, VAL_FRACTION = 500, 8, 128, 0.1
 
 
 @pytest.mark.slow
@@ -40,34 +29,29 @@ def test_trained_micro_model_beats_chance_on_continuation_task(tmp_path):
     torch.set_num_threads(1)
     docs = synthetic_documents(1500, seed=0)
     corpus = write_jsonl(tmp_path / "stories.jsonl", docs)
-    held = val_mask(np.arange(len(docs)), 0, 0.1)  # the data pipeline's held-out rule (val_seed 0)
+    held = val_mask(np.arange(len(docs)), 0, VAL_FRACTION)  # the data pipeline's held-out rule (val_seed 0)
     train_docs = [d for d, h in zip(docs, held) if not h]
     tok = train_tokenizer([write_jsonl(tmp_path / "train.jsonl", train_docs)], 768, tmp_path / "tok")  # ~1 token a word
-    write_tasks(tmp_path / "tasks", held_out_documents([str(corpus)], 0.1, 0), prefix="syn", max_items=150)
+    write_tasks(tmp_path / "tasks", held_out_documents([str(corpus)], VAL_FRACTION, 0), prefix="syn", max_items=150)
 
-    torch.manual_seed(0)
-    model = BiGLM(ModelConfig.from_preset("micro", vocab_size=padded_vocab_size(tok)))
-    objective = build_objective(ObjectiveConfig(), tok.mask_token_id, model.config.vocab_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, betas=(0.9, 0.95), weight_decay=0.01)
-    rows, row_docs = _pack(tok, train_docs, ROW)
-    val_rows, val_docs = _pack(tok, [d for d, h in zip(docs, held) if h], ROW)
-    val_batches = [{"input_ids": val_rows[i:i + 16], "document_ids": val_docs[i:i + 16]} for i in range(0, 64, 16)]
-    before = validation_loss(model, val_batches, tok.mask_token_id).loss
-    g = torch.Generator().manual_seed(0)
+    cfg = RunConfig.from_dict({
+        "model": {"preset": "micro", "vocab_size": "auto"},
+        "data": {"tokenizer": str(tmp_path / "tok"), "sources": [{"path": str(corpus)}], "seq_len": ROW,
+                 "min_doc_tokens": 1, "val_fraction": VAL_FRACTION, "val_seed": 0,
+                 "cache_dir": str(tmp_path / "cache")},
+        "train": {"steps": STEPS, "global_batch_size": BATCH, "lr": 5e-3, "schedule": "constant", "warmup_steps": 0,
+                  "eval_batches": 4, "save_every": 0, "log_every": 100, "prefetch": 0, "progress": False,
+                  "tensorboard": False, "peak_flops": 1e11}})
+    trainer = setup(cfg, tmp_path / "run")
+    before = trainer.evaluate()
     start = time.time()
-    for _ in range(STEPS):
-        pick = torch.randint(0, rows.shape[0], (BATCH,), generator=g)
-        b = objective(rows[pick], row_docs[pick], g)
-        out = model(b.input_ids, b.layout, b.position_ids, logits_mask=b.loss_mask)
-        loss = masked_lm_loss(out.logits, b.labels[b.loss_mask], b.layout.regions[b.loss_mask]).loss_sum
-        opt.zero_grad()
-        (loss / b.num_targets).backward()
-        opt.step()
+    trainer.fit()
     train_seconds = time.time() - start
-    after = validation_loss(model, val_batches, tok.mask_token_id).loss
+    after = trainer.evaluate()
+    trainer.close()
     assert after < before - 1.0, (before, after)
 
-    lm = BiGLMEvalModel(model=model, tokenizer=tok, scoring="greedy-order")
+    lm = BiGLMEvalModel(model=trainer.model, tokenizer=tok, scoring="greedy-order")
     tm = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
     choice_tasks = ["syn_continuation", "syn_next_sentence"]
     results = simple_evaluate(model=lm, tasks=[*choice_tasks, "syn_cloze"], task_manager=tm,

@@ -39,6 +39,7 @@ a Y that alone leaves no room for one prefix token is an error.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -322,13 +323,18 @@ def score_requests(model: BiGLM, requests: Sequence[tuple[Sequence[int], Sequenc
                    progress: Callable[[int], None] | None = None) -> list[Score]:
     """Score every ``(prefix, suffix)`` request; results in the input order.
 
-    Requests are sorted (longest prefix first, equal prefixes together) and cut into groups of
-    ``config.batch_size``; ``progress(k)`` is called after each group with its size.
+    Identical requests are scored once (lm-eval's ``acc_mutual_info`` asks for each choice's
+    context-free score once per item it appears in). The distinct ones are sorted (longest prefix
+    first, equal prefixes together) and cut into groups of ``config.batch_size``; ``progress(k)`` is
+    called after each group with the number of requests it answered.
     """
     cfg = config or ScoringConfig()
     max_len = model.config.max_seq_len
     fitted = [fit_request(p, s, max_len) for p, s in requests]
-    order = sorted(range(len(fitted)), key=lambda i: (-len(fitted[i][0]), fitted[i][0], len(fitted[i][1])))
+    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    same_as = [first.setdefault((tuple(p), tuple(s)), i) for i, (p, s) in enumerate(fitted)]
+    copies = Counter(same_as)
+    order = sorted(first.values(), key=lambda i: (-len(fitted[i][0]), fitted[i][0], len(fitted[i][1])))
     results: list[Score | None] = [None] * len(fitted)
     was_training = model.training
     model.eval()
@@ -338,10 +344,10 @@ def score_requests(model: BiGLM, requests: Sequence[tuple[Sequence[int], Sequenc
             for i, s in zip(ids, _score_group(model, [fitted[i] for i in ids], ids, cfg, mask_token_id, pad_token_id)):
                 results[i] = s
             if progress is not None:
-                progress(len(ids))
+                progress(sum(copies[i] for i in ids))
     finally:
         model.train(was_training)
-    return results  # type: ignore[return-value]
+    return [results[i] for i in same_as]  # type: ignore[misc]
 
 
 def _score_group(model: BiGLM, reqs: list[tuple[list[int], list[int]]], request_ids: Sequence[int],
