@@ -18,6 +18,15 @@ from biglm.errors import ConfigError, check
 # SmolLM's 49152-token vocabulary plus [MASK], rounded up to a multiple of 64 (the added token counts).
 PAPER_VOCAB = 49216
 
+MODEL_FAMILIES: tuple[str, ...] = ("masked", "causal", "bidirectional-ar")
+"""How a model is meant to be used; generation, evaluation, export and fine-tuning dispatch on it.
+
+- ``masked``: BiGLM / MLM, predicts [MASK]ed tokens (Mask-Predict decoding, masked scoring);
+- ``causal``: a left-to-right decoder (next-token prediction);
+- ``bidirectional-ar``: BatGPT's decoder trained left to right *and* right to left; a right-to-left
+  sequence is the reversed text read from an EOS marker (see ``biglm.objectives.autoregressive``).
+"""
+
 
 @dataclass
 class ModelConfig:
@@ -49,6 +58,9 @@ class ModelConfig:
     """Add a length-prediction head (mean-pooled prefix → target length classes) for Mask-Predict."""
     max_target_length: int = 256
     """Number of length classes of the length head (lengths 0 .. max_target_length-1)."""
+    family: Literal["masked", "causal", "bidirectional-ar"] = "masked"
+    """How the model is trained and used (see ``MODEL_FAMILIES``); checkpoints without it are ``masked``.
+    A run config whose model section does not set it takes it from the objective."""
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -72,6 +84,13 @@ class ModelConfig:
         check(self.norm in ("rmsnorm", "layernorm"),
               f"ModelConfig.norm={self.norm!r}: expected 'rmsnorm' or 'layernorm'")
         check(self.norm_eps > 0, f"ModelConfig.norm_eps={self.norm_eps}: must be > 0")
+        check(self.family in MODEL_FAMILIES,
+              f"ModelConfig.family={self.family!r}: expected one of {', '.join(MODEL_FAMILIES)}")
+
+    @property
+    def is_autoregressive(self) -> bool:
+        """True for the families decoded token by token left to right (``causal``, ``bidirectional-ar``)."""
+        return self.family in ("causal", "bidirectional-ar")
 
     @property
     def head_dim(self) -> int:

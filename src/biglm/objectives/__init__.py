@@ -6,19 +6,23 @@ called as ``objective(input_ids, document_ids, generator) -> Batch``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from biglm.errors import ConfigError
+from biglm.objectives.autoregressive import AutoregressiveObjective
 from biglm.objectives.base import IGNORE_INDEX, Batch
 from biglm.objectives.biglm import BiGLMObjective
 from biglm.objectives.config import (
+    OBJECTIVE_FAMILIES,
     OBJECTIVE_NAMES,
     OBJECTIVE_PRESETS,
+    BidirectionalARObjectiveConfig,
     BiGLMObjectiveConfig,
+    CausalObjectiveConfig,
     MLMObjectiveConfig,
     ObjectiveConfig,
 )
@@ -33,24 +37,35 @@ class Objective(Protocol):
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "biglm": BiGLMObjective,
     "mlm": MLMObjective,
+    "causal": AutoregressiveObjective,
+    "bidirectional-ar": AutoregressiveObjective,
 }
 assert set(OBJECTIVES) == set(OBJECTIVE_NAMES), "every objective needs a config section and a registry entry"
 
 
-def build_objective(config: ObjectiveConfig, mask_token_id: int, vocab_size: int) -> Objective:
-    """The objective named by ``config.name``, configured by its section of ``config``."""
+def build_objective(config: ObjectiveConfig, mask_token_id: int, vocab_size: int,
+                    specials: Mapping[str, int] | None = None) -> Objective:
+    """The objective named by ``config.name``, configured by its section of ``config``.
+
+    ``specials`` maps ``bos``, ``eos``, ``pad`` (and ``mask``) to token ids, for objectives that
+    need more than [MASK] (the autoregressive ones mark directions with BOS/EOS).
+    """
     if config.name not in OBJECTIVES:
         raise ConfigError(f"objective.name={config.name!r}: expected one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[config.name](getattr(config, config.name), mask_token_id, vocab_size)
+    return OBJECTIVES[config.name](config.section, mask_token_id, vocab_size, specials=specials)
 
 
 __all__ = [
     "IGNORE_INDEX",
     "OBJECTIVES",
+    "OBJECTIVE_FAMILIES",
     "OBJECTIVE_PRESETS",
+    "AutoregressiveObjective",
     "Batch",
     "BiGLMObjective",
     "BiGLMObjectiveConfig",
+    "BidirectionalARObjectiveConfig",
+    "CausalObjectiveConfig",
     "LossParts",
     "MLMObjective",
     "MLMObjectiveConfig",

@@ -15,7 +15,8 @@ from biglm.objectives.masking import span_mask
 class BiGLMObjective:
     """Turns packed token rows into BiGLM training batches. Deterministic for a given generator."""
 
-    def __init__(self, config: BiGLMObjectiveConfig, mask_token_id: int, vocab_size: int) -> None:
+    def __init__(self, config: BiGLMObjectiveConfig, mask_token_id: int, vocab_size: int,
+                 specials: object = None) -> None:
         self.config = config
         self.mask_token_id = mask_token_id
         self.vocab_size = vocab_size

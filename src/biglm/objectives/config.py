@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -84,17 +84,52 @@ class MLMObjectiveConfig:
         check(self.max_span >= 1, f"objective.mlm.max_span={self.max_span}: must be >= 1")
 
 
-# Every objective has a section of that name below and an entry in ``biglm.objectives.OBJECTIVES``.
-OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm")
+@dataclass
+class CausalObjectiveConfig:
+    """Next-token prediction, left to right (see ``biglm.objectives.autoregressive``)."""
+
+    reset_position_ids: bool = True
+    """Positions restart at 0 on each piece's first token (its BOS), as at inference."""
+
+
+@dataclass
+class BidirectionalARObjectiveConfig:
+    """BatGPT's bidirectional autoregressive objective: each piece read left to right or right to left."""
+
+    r2l_fraction: float = 0.5
+    """Share of pieces read right to left (systematic sampling inside each row; 0.5 = eq. 1 up to a factor 2)."""
+    reset_position_ids: bool = True
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.r2l_fraction <= 1.0,
+              f"objective.bidirectional_ar.r2l_fraction={self.r2l_fraction}: must be in [0, 1]")
+
+
+# Every objective has a section named after it (``-`` as ``_``) below and an entry in
+# ``biglm.objectives.OBJECTIVES``; ``OBJECTIVE_FAMILIES`` says which model families it trains.
+OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm", "causal", "bidirectional-ar")
+OBJECTIVE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "biglm": ("masked",),
+    "mlm": ("masked",),
+    "causal": ("causal", "bidirectional-ar"),  # first: the family a run gets when the model section is silent
+    "bidirectional-ar": ("bidirectional-ar",),
+}
+
+
+def section_name(objective: str) -> str:
+    """The config section of an objective (``bidirectional-ar`` → ``bidirectional_ar``)."""
+    return objective.replace("-", "_")
 
 
 @dataclass
 class ObjectiveConfig:
-    """Which objective to train with; only the section named by ``name`` is used."""
+    """Which objective to train with; only the section named by ``name`` is used (``-`` read as ``_``)."""
 
     name: str = "biglm"
     biglm: BiGLMObjectiveConfig = field(default_factory=BiGLMObjectiveConfig)
     mlm: MLMObjectiveConfig = field(default_factory=MLMObjectiveConfig)
+    causal: CausalObjectiveConfig = field(default_factory=CausalObjectiveConfig)
+    bidirectional_ar: BidirectionalARObjectiveConfig = field(default_factory=BidirectionalARObjectiveConfig)
 
     def __post_init__(self) -> None:
         check(self.name in OBJECTIVE_NAMES,
@@ -105,7 +140,17 @@ class ObjectiveConfig:
         """A named objective preset, e.g. ``biglm``, ``biglm-no-attn`` or ``biglm-alpha-0.3``."""
         if name not in OBJECTIVE_PRESETS:
             raise ConfigError(f"unknown objective preset '{name}': expected one of {', '.join(OBJECTIVE_PRESETS)}")
-        return dataclasses.replace(OBJECTIVE_PRESETS[name])
+        return copy.deepcopy(OBJECTIVE_PRESETS[name])  # sections are mutable: never share the preset's
+
+    @property
+    def section(self) -> object:
+        """The config section of the chosen objective."""
+        return getattr(self, section_name(self.name))
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The model families this objective trains; the first is the default of a run."""
+        return OBJECTIVE_FAMILIES[self.name]
 
 
 def _biglm(**kw: object) -> ObjectiveConfig:
@@ -117,6 +162,9 @@ OBJECTIVE_PRESETS: dict[str, ObjectiveConfig] = {
     "biglm": _biglm(),
     "biglm-no-attn": _biglm(attention_masking=False),  # Table 1: w/o attn
     "mlm-15": ObjectiveConfig("mlm"),  # Table 1: w/o both (no decomposition, 15% masking)
+    # BatGPT §3.1: the autoregressive baseline and the bidirectional autoregressive objective (eq. 1).
+    "causal": ObjectiveConfig("causal"),
+    "bidirectional-ar": ObjectiveConfig("bidirectional-ar"),
     "biglm-alpha-0.1": _biglm(alpha=0.1),
     "biglm-alpha-0.3": _biglm(alpha=0.3),
     "biglm-alpha-0.4": _biglm(alpha=0.4),

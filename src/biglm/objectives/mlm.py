@@ -14,7 +14,8 @@ from biglm.objectives.masking import span_mask
 class MLMObjective:
     """Masks a fixed ratio of every document, with bidirectional attention inside each document."""
 
-    def __init__(self, config: MLMObjectiveConfig, mask_token_id: int, vocab_size: int) -> None:
+    def __init__(self, config: MLMObjectiveConfig, mask_token_id: int, vocab_size: int,
+                 specials: object = None) -> None:
         self.config = config
         self.mask_token_id = mask_token_id
         self.vocab_size = vocab_size

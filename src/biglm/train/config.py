@@ -145,6 +145,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         check(self.data.seq_len <= self.model.max_seq_len,
               f"data.seq_len={self.data.seq_len}: exceeds model.max_seq_len={self.model.max_seq_len}")
+        families = self.objective.families
+        check(self.model.family in families,
+              f"model.family={self.model.family!r} does not fit objective '{self.objective.name}' (it trains "
+              f"{' or '.join(repr(f) for f in families)}); set model.family or leave it out to take "
+              f"{families[0]!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The four sections as plain data (what ``config.yaml`` holds)."""
@@ -170,7 +175,9 @@ class RunConfig:
         auto = vocab is None or vocab == "auto"
         if not auto:
             model["vocab_size"] = vocab
-        return cls(model=ModelConfig.from_dict(model), objective=_objective(dict(data.get("objective") or {})),
+        objective = _objective(dict(data.get("objective") or {}))
+        model.setdefault("family", objective.families[0])  # the objective decides unless the model section does
+        return cls(model=ModelConfig.from_dict(model), objective=objective,
                    data=DataConfig.from_dict(dict(data.get("data") or {})),
                    train=from_dict(TrainConfig, dict(data.get("train") or {}), "train"),
                    vocab_size_auto=auto)

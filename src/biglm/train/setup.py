@@ -50,8 +50,11 @@ def load_data(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
             if env.is_main:
                 print(f"note: no validation loss ({e})", file=sys.stderr)
     info = prepared.tokenizer
+    specials = {"bos": info.bos_token_id, "eos": info.eos_token_id, "pad": info.pad_token_id,
+                "mask": info.mask_token_id}
     return DataBundle(train, val, mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
-                      n_tokens=info.n_tokens, tokenizer=tokenizer, anneal=bool(prepared.anneal_sources))
+                      n_tokens=info.n_tokens, tokenizer=tokenizer, anneal=bool(prepared.anneal_sources),
+                      special_ids=specials)
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -120,7 +123,7 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
     if resume_from is not None:
         state = ckpt.read_optimizer_state(resume_from) if (env.is_main or not sharded) else {}
         ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
-    objective = build_objective(cfg.objective, bundle.mask_token_id, cfg.model.vocab_size)
+    objective = build_objective(cfg.objective, bundle.mask_token_id, cfg.model.vocab_size, bundle.special_ids)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
     start_step = 0
     trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None

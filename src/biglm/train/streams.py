@@ -11,7 +11,7 @@ learns to copy drives the loss well below ``ln(vocab)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -45,6 +45,8 @@ class DataBundle:
     """Saved into every checkpoint when given."""
     anneal: bool = False
     """The train stream has an anneal mixture (``set_phase("anneal")``)."""
+    special_ids: dict[str, int] = field(default_factory=dict)
+    """``bos``, ``eos``, ``pad``, ``mask`` token ids (objectives that mark directions or spans need them)."""
 
 
 DataFactory = Callable[["RunConfig", "DistEnv", int], DataBundle]
@@ -115,7 +117,7 @@ class SyntheticRows:
 def synthetic_data(vocab_size: int = 512, seed: int = 0, val_rows: int = 32, **kwargs: Any) -> DataFactory:
     """A ``DataFactory`` of ``SyntheticRows`` (train: infinite with an anneal phase; val: ``val_rows`` rows).
 
-    Ids 0..7 are left for specials; [MASK] is id 1.
+    Ids 0..7 are left for specials: PAD 0, [MASK] 1, BOS 2, EOS 3 (the rows themselves hold none).
     """
 
     def build(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
@@ -123,6 +125,6 @@ def synthetic_data(vocab_size: int = 512, seed: int = 0, val_rows: int = 32, **k
         train = SyntheticRows(seed=seed, **common, **kwargs)
         val = SyntheticRows(seed=seed + 7919, num_rows=val_rows, **common, **kwargs) if val_rows else None
         return DataBundle(train, val, mask_token_id=1, vocab_size=-(-vocab_size // 64) * 64,
-                          n_tokens=vocab_size, anneal=True)
+                          n_tokens=vocab_size, anneal=True, special_ids={"pad": 0, "mask": 1, "bos": 2, "eos": 3})
 
     return build
