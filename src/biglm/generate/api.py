@@ -1,10 +1,12 @@
 """Text in, text out: ``biglm.generate.generate(model_or_ckpt, prompts, ...)``.
 
-Each prompt becomes X = ``BOS prompt`` (tokenized without special tokens, no EOS); Y = L [MASK]
-tokens is refined over T passes by the chosen strategy (see ``biglm.generate.strategies``) with the
-exact prefix cache (see ``biglm.generate.engine``). The text is the decoded suffix up to its first EOS.
-A prompt longer than ``max_seq_len - max_new_tokens - 1`` tokens is left-truncated (its end is kept)
-with a warning.
+The model's family decides how: ``causal`` and ``bidirectional-ar`` models decode autoregressively
+with the KV cache (``biglm.generate.autoregressive``; ``direction='r2l'`` writes the text that comes
+before the prompt); ``masked`` models decode non-autoregressively as follows. Each prompt becomes
+X = ``BOS prompt`` (tokenized without special tokens, no EOS); Y = L [MASK] tokens is refined over T
+passes by the chosen strategy (see ``biglm.generate.strategies``) with the exact prefix cache (see
+``biglm.generate.engine``). The text is the decoded suffix up to its first EOS. A prompt longer than
+``max_seq_len - max_new_tokens - 1`` tokens is left-truncated (its end is kept) with a warning.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import torch
 from torch import nn
 
 from biglm.errors import BiglmError
+from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import GenerationOutput, generate_ids
 from biglm.generate.sampling import SamplingConfig
 
 MASK_SYMBOL = "▢"
+AR_STRATEGIES = ("greedy", "sample", "beam")
 
 
 @dataclass
@@ -55,10 +59,11 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
     return ids
 
 
-def banned_ids(tokenizer: Any, vocab_size: int) -> list[int]:
-    """Ids generation never emits: [MASK], BOS, PAD (unless it is EOS) and the vocabulary's padding rows."""
+def banned_ids(tokenizer: Any, vocab_size: int, allow: Sequence[int] = ()) -> list[int]:
+    """Ids generation never emits: [MASK], BOS, PAD (unless it is EOS) and the vocabulary's padding rows;
+    ``allow`` keeps some (R2L decoding ends at BOS)."""
     ids = special_ids(tokenizer)
-    banned = {ids["mask"], ids["bos"]} | ({ids["pad"]} - {ids["eos"]})
+    banned = ({ids["mask"], ids["bos"]} | ({ids["pad"]} - {ids["eos"]})) - set(allow)
     banned |= set(range(len(tokenizer), vocab_size))
     return sorted(i for i in banned if 0 <= i < vocab_size)
 
@@ -101,12 +106,17 @@ def _resolve(model_or_ckpt: Any, tokenizer: Any, device: str | torch.device | No
 
 
 def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = None, *,
-             max_new_tokens: int = 32, steps: int = 10, strategy: str = "mask-predict",
+             max_new_tokens: int = 32, steps: int = 10, strategy: str | None = None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              prefix_cache: bool = True, length: Literal["fixed", "predict"] = "fixed",
              length_candidates: int = 3, return_trajectory: bool = False,
-             device: str | torch.device | None = None, **strategy_options: Any) -> str | list[str] | GenerationResult:
-    """Generate a continuation of each prompt non-autoregressively.
+             device: str | torch.device | None = None, direction: str = "l2r", num_beams: int = 1,
+             length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
+             early_stopping: bool = False, **strategy_options: Any) -> str | list[str] | GenerationResult:
+    """Generate a continuation of each prompt: autoregressively for ``causal`` / ``bidirectional-ar``
+    models (``strategy`` greedy, sample or beam; ``direction``, ``num_beams``, ``length_penalty``,
+    ``no_repeat_ngram_size``, ``min_new_tokens``, ``early_stopping``; ``prefix_cache=False`` re-encodes
+    the whole sequence at every step), non-autoregressively for ``masked`` ones (below).
 
     ``model_or_ckpt``: a ``BiGLM`` (then ``tokenizer`` is required), a ``LoadedModel`` or a checkpoint
     / run folder. ``max_new_tokens`` is L (the largest candidate with ``length='predict'``), ``steps``
@@ -118,6 +128,16 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
     ``GenerationResult`` with ids, per-pass partial texts and forward-pass counts.
     """
     model, tokenizer = _resolve(model_or_ckpt, tokenizer, device)
+    ar = {"direction": direction, "num_beams": num_beams, "length_penalty": length_penalty,
+          "no_repeat_ngram_size": no_repeat_ngram_size, "min_new_tokens": min_new_tokens,
+          "early_stopping": early_stopping}
+    if not model.config.is_autoregressive:
+        changed = [k for k, v in ar.items() if v != {"direction": "l2r", "num_beams": 1, "length_penalty": 1.0,
+                                                      "no_repeat_ngram_size": 0, "min_new_tokens": 0,
+                                                      "early_stopping": False}[k]]
+        if changed:
+            raise BiglmError(f"{changed[0]} is an option of autoregressive decoding; this model is "
+                             f"{model.config.family!r} (Mask-Predict and parallel strategies)")
     single = isinstance(prompts, str)
     prompt_list = [prompts] if single else list(prompts)
     if not prompt_list:
@@ -129,15 +149,64 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
                              f"prompt {i}: expected a string, got {type(text).__name__}")
         encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = special_ids(tokenizer)
-    output = generate_ids(
+    if model.config.is_autoregressive:
+        if strategy_options:
+            raise BiglmError(f"autoregressive decoding has no option '{sorted(strategy_options)[0]}'")
+        output = _generate_ar(model, encoded, ids, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy,
+                              sampling=(temperature, top_k, top_p), seed=seed, use_cache=prefix_cache, **ar)
+    else:
+        output = generate_ids(
         model, encoded, bos_token_id=ids["bos"], eos_token_id=ids["eos"], mask_token_id=ids["mask"],
-        pad_token_id=ids["pad"], max_new_tokens=max_new_tokens, steps=steps, strategy=strategy,
-        sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, prefix_cache=prefix_cache,
-        length=length, length_candidates_k=length_candidates,
-        banned_token_ids=banned_ids(tokenizer, model.config.vocab_size),
-        record_trajectory=return_trajectory, **strategy_options)
+            pad_token_id=ids["pad"], max_new_tokens=max_new_tokens, steps=steps, strategy=strategy or "mask-predict",
+            sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, prefix_cache=prefix_cache,
+            length=length, length_candidates_k=length_candidates,
+            banned_token_ids=banned_ids(tokenizer, model.config.vocab_size),
+            record_trajectory=return_trajectory, **strategy_options)
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in output.token_ids]
     if not return_trajectory:
         return texts[0] if single else texts
+    if output.trajectories is None:
+        return GenerationResult(texts, output.token_ids, output, None)
     steps_text = [[render_step(tokenizer, s, ids["mask"]) for s in traj] for traj in output.trajectories or []]
     return GenerationResult(texts, output.token_ids, output, steps_text)
+
+
+def resolve_ar_strategy(strategy: str | None, temperature: float, num_beams: int) -> str:
+    """``greedy``, ``sample`` or ``beam`` (default: beam when ``num_beams > 1``, sample when
+    ``temperature > 0``, else greedy), checked against the other options."""
+    if strategy is None:
+        strategy = "beam" if num_beams > 1 else ("sample" if temperature > 0 else "greedy")
+    if strategy not in AR_STRATEGIES:
+        raise BiglmError(f"unknown strategy '{strategy}' for an autoregressive model: expected one of "
+                         f"{', '.join(AR_STRATEGIES)}")
+    if strategy == "beam" and num_beams < 2:
+        raise BiglmError(f"strategy 'beam' needs num_beams >= 2 (got {num_beams})")
+    if strategy != "beam" and num_beams > 1:
+        raise BiglmError(f"num_beams={num_beams} needs strategy 'beam' (got '{strategy}')")
+    if strategy == "greedy" and temperature > 0:
+        raise BiglmError(f"strategy 'greedy' takes no temperature (got {temperature}); use 'sample'")
+    return strategy
+
+
+def _generate_ar(model: nn.Module, encoded: list[list[int]], ids: dict[str, int], tokenizer: Any, *,
+                 max_new_tokens: int, strategy: str | None, sampling: tuple[float, int, float], seed: int | None,
+                 use_cache: bool, direction: str, num_beams: int, length_penalty: float,
+                 no_repeat_ngram_size: int, min_new_tokens: int, early_stopping: bool) -> GenerationOutput:
+    temperature, top_k, top_p = sampling
+    strategy = resolve_ar_strategy(strategy, temperature, num_beams)
+    if strategy == "sample" and temperature == 0:
+        temperature = 1.0
+    options = AROptions(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                        sampling=SamplingConfig(temperature, top_k, top_p), num_beams=num_beams,
+                        length_penalty=length_penalty, early_stopping=early_stopping,
+                        no_repeat_ngram_size=no_repeat_ngram_size,
+                        banned_token_ids=tuple(banned_ids(tokenizer, model.config.vocab_size,
+                                                          allow=[ids["bos"]] if direction == "r2l" else ())))
+    result = generate_ar_ids(model, encoded, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                             pad_token_id=ids["pad"], direction=direction, options=options, use_cache=use_cache,
+                             seed=seed)
+    return GenerationOutput(token_ids=result.token_ids, full_token_ids=result.token_ids,
+                            lengths=[len(t) for t in result.token_ids], scores=result.scores,
+                            prompt_lengths=[min(len(p), model.config.max_seq_len - max_new_tokens - 1) + 1
+                                            for p in encoded],
+                            forward_passes=result.forward_passes)
