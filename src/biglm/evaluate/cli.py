@@ -7,7 +7,8 @@ Tasks are looked up in the shipped offline task folder (``biglm_continuation``, 
 ``biglm_cloze``, ``biglm_perplexity``, tag ``biglm_tasks``), then in ``--include-path`` folders, then
 (only if still missing, since indexing takes a while) among lm-eval's built-in tasks (hub tasks need
 the network).
-Writes ``OUT/results_<scoring>.json`` (lm-eval's results and config) and ``OUT/results_<scoring>.md``
+Causal and bidirectional-ar checkpoints are scored by the exact chain rule (``--direction``).
+Writes ``OUT/results_<scoring or direction>.json`` (lm-eval's results and config) and ``OUT/results_<scoring>.md``
 (a Markdown table, also printed); ``OUT`` defaults to ``CKPT/eval``.
 """
 
@@ -32,7 +33,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task, group or tag names")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra task folder (repeatable), e.g. one written by biglm.evaluate.make_tasks")
-    p.add_argument("--scoring", default="greedy-order", choices=METHODS, help="log-likelihood method")
+    p.add_argument("--scoring", default=None, choices=METHODS,
+                   help="masked models: log-likelihood method (default greedy-order)")
+    p.add_argument("--direction", default=None, choices=("l2r", "r2l", "mean"),
+                   help="causal / bidirectional-ar models: chain rule left to right (default), right to left, "
+                        "or the mean of both (which also reports how far the two agree)")
     p.add_argument("--beam", type=int, default=1, help="greedy-order: orders kept (default 1)")
     p.add_argument("--samples", type=int, default=16, help="mc-elbo: samples per request (default 16)")
     p.add_argument("--seed", type=int, default=0, help="mc-elbo sampling seed")
@@ -89,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if not tasks:
         raise BiglmError("--tasks: give at least one task name")
     limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
-    lm = BiGLMEvalModel(pretrained=args.ckpt, scoring=args.scoring, beam=args.beam, samples=args.samples,
-                        seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    lm = BiGLMEvalModel(pretrained=args.ckpt, scoring=args.scoring, direction=args.direction, beam=args.beam,
+                        samples=args.samples, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                        dtype=args.dtype)
     tm = task_manager(tasks, args.include_path)
     try:
         results = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit,
@@ -101,12 +107,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    name = f"results_{args.scoring}"
+    how = lm.direction if lm.autoregressive else lm.scoring.method
+    name = f"results_{how}"
     keep = {k: results[k] for k in ("results", "groups", "configs", "versions", "n-shot", "config", "n-samples")
             if k in results}
-    keep["biglm"] = {"ckpt": str(args.ckpt), "scoring": args.scoring, "beam": args.beam, "samples": args.samples}
+    keep["biglm"] = {"ckpt": str(args.ckpt), "family": lm.model.config.family, "scoring": how, "beam": args.beam,
+                     "samples": args.samples, "direction_agreement": lm.direction_agreement}
     (out / f"{name}.json").write_text(json.dumps(keep, indent=2, default=str))
-    table = results_table(results, f"{args.ckpt} — scoring {args.scoring}")
+    table = results_table(results, f"{args.ckpt} — scoring {how}")
+    for kind, stats in lm.direction_agreement.items():
+        if stats:
+            table += (f"\nL2R vs R2L ({kind}, {int(stats['n'])} requests): {stats['l2r_nats_per_token']:.4f} vs "
+                      f"{stats['r2l_nats_per_token']:.4f} nats/token, mean |Δ| {stats['mean_abs_diff']:.4f} nats "
+                      f"({stats['mean_abs_diff_per_token']:.4f} per token), r = {stats['pearson_r']:.4f}\n")
     (out / f"{name}.md").write_text(table)
     print(table)
     print(f"wrote {out / name}.json and .md")

@@ -1,4 +1,10 @@
-"""lm-evaluation-harness model ``biglm``: zero-shot scoring and generation with a BiGLM checkpoint.
+"""lm-evaluation-harness model ``biglm``: zero-shot scoring and generation with a biglm checkpoint.
+
+The checkpoint's family decides the scorer. ``causal`` and ``bidirectional-ar`` models are scored by
+the exact chain rule (``biglm.evaluate.ar_scoring``) in the direction given by ``direction`` (``l2r``,
+the default; ``r2l`` and ``mean`` for bidirectional-ar models), generate autoregressively, and with
+``direction=mean`` record how far their two estimates agree (``direction_agreement``, also in the
+results' config). ``masked`` models are scored as follows.
 
     lm_eval --model biglm --model_args pretrained=RUN_OR_CKPT,scoring=greedy-order --tasks arc_easy \
             --batch_size 32
@@ -63,7 +69,8 @@ class BiGLMEvalModel(TemplateLM):
     ``tokenizer``. Scoring options: see ``ScoringConfig``; all can be given in ``--model_args``."""
 
     def __init__(self, pretrained: str | None = None, *, model: BiGLM | None = None, tokenizer: Any = None,
-                 scoring: str = "greedy-order", beam: int = 1, samples: int = 16, seed: int = 0,
+                 scoring: str | None = None, direction: str | None = None, beam: int = 1, samples: int = 16,
+                 seed: int = 0,
                  batch_size: int | str = 32, max_rows: int = 512, use_cache: bool = True,
                  device: str | None = None, dtype: str | None = None, rolling_chunk: int = 64,
                  rolling_scoring: str = "left-to-right",
@@ -71,14 +78,15 @@ class BiGLMEvalModel(TemplateLM):
         super().__init__()
         unknown = sorted(set(kwargs) - _IGNORED_ARGS)
         if unknown:
-            raise BiglmError(f"biglm model_args: unknown argument '{unknown[0]}' (known: pretrained, scoring, beam, "
-                             "samples, seed, batch_size, max_rows, use_cache, device, dtype, rolling_chunk, "
-                             "rolling_scoring, gen_steps, gen_strategy)")
+            raise BiglmError(f"biglm model_args: unknown argument '{unknown[0]}' (known: pretrained, scoring, "
+                             "direction, beam, samples, seed, batch_size, max_rows, use_cache, device, dtype, "
+                             "rolling_chunk, rolling_scoring, gen_steps, gen_strategy)")
         if dtype not in (None, "auto") and dtype not in _DTYPES:
             raise BiglmError(f"biglm model_args: dtype={dtype!r}: expected one of {', '.join(_DTYPES)}")
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
             batch_size = 32
-        self.scoring = ScoringConfig(method=str(scoring), beam=int(beam), samples=int(samples), seed=int(seed),
+        method = str(scoring if scoring not in (None, "chain-rule") else "greedy-order")
+        self.scoring = ScoringConfig(method=method, beam=int(beam), samples=int(samples), seed=int(seed),
                                      batch_size=int(batch_size), max_rows=int(max_rows), use_cache=bool(use_cache))
         self._device = _device(device)
         torch_dtype = _DTYPES.get(str(dtype)) if dtype not in (None, "auto") else None
@@ -95,6 +103,10 @@ class BiGLMEvalModel(TemplateLM):
             raise BiglmError("BiGLMEvalModel(model=...) also needs tokenizer=...")
         self.model = model.to(self._device, torch_dtype).eval() if torch_dtype else model.to(self._device).eval()
         self.tokenizer = tokenizer
+        self.autoregressive = bool(model.config.is_autoregressive)
+        self.direction = _check_direction(model.config.family, scoring, direction)
+        self.direction_agreement: dict[str, dict[str, float]] = {}
+        """With ``direction=mean``: L2R/R2L agreement of the last ``loglikelihood`` and rolling calls."""
         for attr in ("bos_token_id", "mask_token_id"):
             if getattr(tokenizer, attr, None) is None:
                 raise BiglmError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no {attr[:-3]}; "
@@ -125,6 +137,10 @@ class BiGLMEvalModel(TemplateLM):
         return str(getattr(self.tokenizer, "name_or_path", "biglm")).replace("/", "__")
 
     def get_model_info(self) -> dict[str, Any]:
+        if self.autoregressive:
+            return {"biglm_family": self.model.config.family, "biglm_direction": self.direction,
+                    "biglm_direction_agreement": self.direction_agreement,
+                    "biglm_max_seq_len": self.max_length, "biglm_params": self.model.num_parameters()}
         s = self.scoring
         return {"biglm_scoring": s.method, "biglm_beam": s.beam, "biglm_samples": s.samples,
                 "biglm_rolling_scoring": self.rolling.method, "biglm_rolling_chunk": self.rolling_chunk,
@@ -155,6 +171,8 @@ class BiGLMEvalModel(TemplateLM):
             if not cont:  # the split merged the continuation into the context's last token
                 ctx, cont = self.tok_encode(context), self.tok_encode(continuation)
             pairs.append(([self.prefix_token_id, *ctx], cont))
+        if self.autoregressive:
+            return self._ar_loglikelihood(requests, [(p[1:], c) for p, c in pairs], disable_tqdm)
         scores = self._score(pairs, disable_tqdm, f"biglm {self.scoring.method}")
         self.stderrs = [s.stderr for s in scores if s.stderr is not None]
         if self.stderrs:
@@ -169,11 +187,16 @@ class BiGLMEvalModel(TemplateLM):
     def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """TemplateLM's token-level entry point: contexts without BOS (it is added here)."""
+        if self.autoregressive:
+            return [(s.logprob, s.is_greedy) for s in self._ar_scores([(c, y) for _, c, y in requests], disable_tqdm)]
         scores = self._score([([self.prefix_token_id, *c], y) for _, c, y in requests], disable_tqdm, "biglm")
         return [(s.logprob, s.is_greedy) for s in scores]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-        """Sum of chunk scores over each whole text (see module doc)."""
+        """Sum of chunk scores over each whole text (see module doc); autoregressive models: the document
+        likelihood in the chosen direction (``biglm.evaluate.ar_scoring``)."""
+        if self.autoregressive:
+            return self._ar_rolling(requests, disable_tqdm)
         pairs, owner = [], []
         for i, (text,) in enumerate(r.args for r in requests):
             chunks = rolling_requests(self.tok_encode(text), self.prefix_token_id, self.max_length, self.rolling_chunk)
@@ -203,7 +226,7 @@ class BiGLMEvalModel(TemplateLM):
             until = kw.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kw.get("max_gen_toks", 256))
-            extra = {"steps": min(int(self.gen_steps or 10), max_new)}
+            extra: dict[str, Any] = {} if self.autoregressive else {"steps": min(int(self.gen_steps or 10), max_new)}
             if self.gen_strategy:
                 extra["strategy"] = self.gen_strategy
             for lo in range(0, len(idx), self.scoring.batch_size):
@@ -216,6 +239,67 @@ class BiGLMEvalModel(TemplateLM):
                 bar.update(len(part))
         bar.close()
         return out  # type: ignore[return-value]
+
+    # ---- autoregressive models ----------------------------------------------------------------------
+    def _ar_scores(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[Any]:
+        from biglm.evaluate.ar_scoring import agreement, score_continuations
+
+        bar = tqdm(total=None, desc=f"biglm chain rule {self.direction}", disable=disable_tqdm)
+        try:
+            scores = score_continuations(self.model, pairs, bos_token_id=self.prefix_token_id,
+                                         eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
+                                         direction=self.direction, progress=bar.update)
+        finally:
+            bar.close()
+        if self.direction == "mean":
+            self.direction_agreement["loglikelihood"] = agreement(scores)
+        return scores
+
+    def _ar_loglikelihood(self, requests: list[Any], pairs: list[tuple[list[int], list[int]]],
+                          disable_tqdm: bool) -> list[tuple[float, bool]]:
+        out = []
+        for r, s in zip(requests, self._ar_scores(pairs, disable_tqdm)):
+            self.cache_hook.add_partial("loglikelihood", r.args, (s.logprob, s.is_greedy))
+            out.append((s.logprob, s.is_greedy))
+        return out
+
+    def _ar_rolling(self, requests: list[Any], disable_tqdm: bool) -> list[float]:
+        from biglm.evaluate.ar_scoring import agreement, score_documents
+
+        docs = [self.tok_encode(text) for (text,) in (r.args for r in requests)]
+        bar = tqdm(total=None, desc=f"biglm rolling {self.direction}", disable=disable_tqdm)
+        try:
+            scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
+                                     eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
+                                     direction=self.direction, progress=bar.update)
+        finally:
+            bar.close()
+        if self.direction == "mean":
+            self.direction_agreement["loglikelihood_rolling"] = agreement(scores)
+        for r, s in zip(requests, scores):
+            self.cache_hook.add_partial("loglikelihood_rolling", r.args, s.logprob)
+        return [s.logprob for s in scores]
+
+
+def _check_direction(family: str, scoring: str | None, direction: str | None) -> str | None:
+    """The scoring direction of an autoregressive family (None for masked models), checked."""
+    from biglm.evaluate.ar_scoring import AR_DIRECTIONS
+
+    if family in ("causal", "bidirectional-ar"):
+        if scoring not in (None, "chain-rule"):
+            raise BiglmError(f"scoring={scoring!r} is a masked-model method; a {family} model is scored by the "
+                             "exact chain rule (choose direction=l2r, r2l or mean)")
+        direction = direction or "l2r"
+        if direction not in AR_DIRECTIONS:
+            raise BiglmError(f"direction={direction!r}: expected one of {', '.join(AR_DIRECTIONS)}")
+        if direction != "l2r" and family != "bidirectional-ar":
+            raise BiglmError(f"direction={direction!r} needs a bidirectional-ar model (this one is {family})")
+        return direction
+    if direction is not None:
+        raise BiglmError(f"direction={direction!r} applies to causal and bidirectional-ar models; this one is "
+                         f"{family!r} (choose a scoring method)")
+    return None
+
 
 def cut_at_stop(text: str, until: list[str]) -> str:
     """``text`` up to (not including) the earliest occurrence of any stop string."""
