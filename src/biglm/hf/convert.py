@@ -1,10 +1,12 @@
 """Conversion between biglm checkpoints and transformers folders.
 
-- ``export_hf(ckpt, out)``: a biglm checkpoint (or run folder) → a transformers folder: ``config.json``
+- ``export_hf(ckpt, out)``: causal and bidirectional-ar checkpoints → a causal LM folder (see
+  ``biglm.hf.causal``); masked ones (or a run folder's newest) → a transformers folder: ``config.json``
   (model type ``biglm``, ``auto_map`` to the remote code, ``biglm_format_version``), ``model.safetensors``,
   the tokenizer, ``configuration_biglm.py`` and ``modeling_biglm.py``. It loads with
   ``AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=True)`` without biglm installed.
-- ``import_hf(folder, out)``: such a folder (or one re-saved by transformers) → a biglm checkpoint.
+- ``import_hf(folder, out)``: such a folder (or one re-saved by transformers, or a causal LM folder
+  biglm exported) → a biglm checkpoint.
 - ``import_llama(folder, out)``: a Llama-layout causal model (e.g. SmolLM-135M, the ``biglm-136m``
   shape) → a bidirectional biglm checkpoint ready for continued masked-LM pretraining. Tokens the
   tokenizer lacks ([MASK], and [BOS]/[EOS]/[PAD] when absent) are added; the vocabulary is padded to
@@ -128,7 +130,9 @@ def _checked(state: dict[str, torch.Tensor], config: ModelConfig, where: Path) -
 
 
 def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
-    """Write the checkpoint (or a run folder's newest one) at ``ckpt`` as a transformers folder ``out``."""
+    """Write the checkpoint (or a run folder's newest one) at ``ckpt`` as a transformers folder ``out``:
+    a masked LM (remote code, ``AutoModelForMaskedLM``) or, for causal and bidirectional-ar models, a
+    causal LM (``AutoModelForCausalLM``; the Llama layout where it fits, see ``biglm.hf.causal``)."""
     loaded = load_model(ckpt)
     out = Path(out)
     _fresh_dir(out, force)
@@ -136,6 +140,19 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    if loaded.config.is_autoregressive:
+        from biglm.hf.causal import write_causal_lm
+
+        write_causal_lm(loaded, tmp)
+    else:
+        _write_masked_lm(loaded, tmp)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def _write_masked_lm(loaded: Any, tmp: Path) -> None:
     state = to_hf_state_dict(model_state_dict(loaded.model), loaded.config)
     dtype = loaded.model.model.embed_tokens.weight.dtype
     cfg = hf_config(loaded.config, loaded.tokenizer, dtype, int(loaded.meta.get("step", 0)))
@@ -152,10 +169,6 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
         "model = AutoModelForMaskedLM.from_pretrained(PATH, trust_remote_code=True)\n"
         "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)\n```\n\n"
         "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n")
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
-    return out
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -178,10 +191,14 @@ def import_hf(folder: str | Path, out: str | Path, force: bool = False) -> Path:
     folder, out = Path(folder), Path(out)
     raw = _read_config(folder)
     kind = raw.get("model_type")
-    if kind != "biglm":
+    if kind == "llama" and raw.get("biglm_family"):  # a causal / bidirectional-ar model biglm exported
+        config = dataclasses.replace(llama_config(raw, folder / "config.json"), family=raw["biglm_family"],
+                                     name=str(raw.get("biglm_name", "custom")))
+    elif kind != "biglm":
         hint = " (start from a Llama model with --from-llama)" if kind == "llama" else ""
         raise BiglmError(f"{folder}/config.json: model_type {kind!r} is not 'biglm'{hint}")
-    config = model_config(raw, folder / "config.json")
+    else:
+        config = model_config(raw, folder / "config.json")
     state = _checked(from_hf_state_dict(read_hf_weights(folder), config), config, folder / WEIGHTS)
     tokenizer = _load_tokenizer(folder)
     _fresh_dir(out, force)
@@ -221,7 +238,7 @@ def llama_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
         rotary_fraction=float(raw.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))),
         norm="rmsnorm", norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        init_std=float(raw.get("initializer_range", 0.02)))
+        init_std=float(raw.get("initializer_range", 0.02)), dropout=float(raw.get("attention_dropout", 0.0) or 0.0))
 
 
 def named_like_preset(config: ModelConfig) -> ModelConfig:

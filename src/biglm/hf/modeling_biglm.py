@@ -1,4 +1,6 @@
-"""transformers models for BiGLM: ``BiGLMModel`` (the backbone) and ``BiGLMForMaskedLM``.
+"""transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM`` and
+``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout Llama cannot express: LayerNorm or
+partial rotary; with a KV cache for ``generate()``).
 
 SELF-CONTAINED: this file imports only torch and transformers (and its sibling
 ``configuration_biglm``), because ``biglm export-hf`` copies it next to the weights as remote code.
@@ -27,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_biglm import BiGLMConfig
@@ -91,6 +93,19 @@ def build_attention_mask(attention_mask: Tensor | None, regions: Tensor | None) 
     return allowed[:, None]
 
 
+def build_causal_mask(attention_mask: Tensor | None, batch: int, length: int, past: int,
+                      device: torch.device) -> Tensor:
+    """(B, 1, T, past+T) causal mask (True = may attend); ``attention_mask`` (B, past+T), 0 = padding, hides
+    padded keys (a padding query keeps its causal keys so that no row is empty)."""
+    q = torch.arange(past, past + length, device=device)[:, None]
+    k = torch.arange(past + length, device=device)[None, :]
+    allowed = (k <= q)[None].expand(batch, length, past + length)
+    if attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask.bool().to(device)
+        allowed = allowed & (real[:, None, -(past + length):] | ~real[:, -length:, None])
+    return allowed[:, None]
+
+
 class BiGLMAttention(nn.Module):
     def __init__(self, config: BiGLMConfig) -> None:
         super().__init__()
@@ -102,12 +117,15 @@ class BiGLMAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Any = None,
+                layer_idx: int = 0) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:  # a transformers Cache: keys/values after RoPE, as biglm's KVCache
+            k, v = cache.update(k, v, layer_idx)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.num_kv_heads != self.num_heads,
@@ -137,8 +155,9 @@ class BiGLMBlock(nn.Module):
         self.mlp = BiGLMMLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Any = None,
+                layer_idx: int = 0) -> Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer_idx))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -199,30 +218,38 @@ class BiGLMModel(BiGLMPreTrainedModel):
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Any = None,
+        causal: bool = False,
         **kwargs: Any,
     ) -> BaseModelOutput | tuple[Tensor, ...]:
-        """Encode ``input_ids`` (B, T) (or ``inputs_embeds``); see the module docstring for the masks."""
+        """Encode ``input_ids`` (B, T) (or ``inputs_embeds``); see the module docstring for the masks.
+        ``causal``: each token attends the earlier ones (and the ``cache`` of earlier calls, which is
+        extended in place)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("BiGLMModel: pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
+        past = int(cache.get_seq_length()) if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(T, device=x.device).expand(B, T)
+            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
         cos, sin = rotary_cos_sin(self.config, position_ids)
-        mask = build_attention_mask(attention_mask, regions)
+        if causal:
+            mask = build_causal_mask(attention_mask, B, T, past, x.device)
+        else:
+            mask = build_attention_mask(attention_mask, regions)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(x.dtype)
         output_hidden_states = output_hidden_states if output_hidden_states is not None \
             else self.config.output_hidden_states
         x = self.dropout(x)
         states: list[Tensor] = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 states.append(x)
             if self.gradient_checkpointing and self.training:
                 x = self._gradient_checkpointing_func(layer.__call__, x, cos, sin, mask)
             else:
-                x = layer(x, cos, sin, mask)
+                x = layer(x, cos, sin, mask, cache, i)
         x = self.norm(x)
         hidden = (*states, x) if output_hidden_states else None
         if not (return_dict if return_dict is not None else self.config.return_dict):
@@ -296,3 +323,64 @@ class BiGLMForMaskedLM(BiGLMPreTrainedModel):
             items = (loss, logits, length_logits, out.hidden_states)
             return tuple(t for t in items if t is not None)
         return BiGLMMaskedLMOutput(loss, logits, length_logits, out.hidden_states)
+
+
+class BiGLMForCausalLM(BiGLMPreTrainedModel, GenerationMixin):
+    """A causal (or bidirectional-ar) biglm model as a transformers causal LM: logits (B, T, V), the
+    shifted next-token loss, and a KV cache so ``generate()`` works. Right to left: feed ``EOS`` and the
+    reversed ids, stop at BOS."""
+
+    _tied_weights_keys = ({"lm_head.weight": "model.embed_tokens.weight"}
+                          if _TRANSFORMERS_V5 else ["lm_head.weight"])
+
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__(config)
+        self.model = BiGLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Any = None,
+        past_key_values: Any = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Causal LM over ``input_ids`` (B, T); ``cache`` (``past_key_values`` in transformers 4) holds
+        earlier tokens. ``labels`` (B, T): loss = mean cross-entropy of token t+1 from position t."""
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            from transformers.cache_utils import DynamicCache
+
+            cache = DynamicCache(config=self.config) if _TRANSFORMERS_V5 else DynamicCache()
+        out = self.model(input_ids, attention_mask, None, position_ids, inputs_embeds, return_dict=True,
+                         cache=cache if use_cache or cache is not None else None, causal=True)
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{field: cache})
