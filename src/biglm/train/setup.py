@@ -73,6 +73,23 @@ def resolve_vocab(cfg: RunConfig, data: DataBundle) -> RunConfig:
     return cfg
 
 
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                "norm", "tie_embeddings", "length_head", "max_target_length")
+
+
+def check_init_shapes(cfg: RunConfig, folder: Path) -> None:
+    """``train.init_from`` needs the run's model to have the checkpoint's shapes; say which overrides fit."""
+    from biglm.config import ModelConfig
+
+    theirs = ModelConfig.from_file(folder / "model_config.yaml")
+    diff = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(cfg.model, f)
+            and (f != "max_target_length" or theirs.length_head)]
+    if diff:
+        fix = " ".join(f"--model.{f} {getattr(theirs, f)}" for f in diff)
+        raise ConfigError(f"train.init_from={cfg.train.init_from}: the checkpoint's model differs in "
+                          f"{', '.join(diff)}; pass {fix} (or set them in the model section)")
+
+
 def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None) -> tuple[BiGLM, torch.nn.Module]:
     """The model, parallelised, with initial or checkpointed weights. Returns (model, module to train)."""
     sharded = is_sharded(cfg.train, env)
@@ -117,6 +134,7 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
     weights_from = resume_from
     if weights_from is None and cfg.train.init_from:
         weights_from = resolve_checkpoint(cfg.train.init_from)
+        check_init_shapes(cfg, weights_from)
     model, train_model = build_model(cfg, env, weights_from)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
