@@ -32,6 +32,34 @@ SECTIONS = ("model", "objective", "data", "train")
 
 
 @dataclass
+class GrowthEvent:
+    """Grow the model after ``step`` optimizer steps (``train.growth``; see ``biglm.train.growth``).
+
+    Sizes are integers or multiples of the size at that point (``"2x"``); unset ones stay."""
+
+    step: int = 0
+    layers: str | None = None
+    """New number of layers, e.g. ``2x`` (progressive stacking) or ``8``."""
+    hidden_size: str | None = None
+    """New hidden size (function-preserving initialisation; heads grow with it)."""
+    intermediate_size: str | None = None
+    depth_order: Literal["stack", "interleave"] = "stack"
+    depth_init: Literal["copy", "zero"] = "copy"
+    mapping: Literal["balanced", "random"] = "balanced"
+    noise: float = 0.0
+    optimizer: Literal["carry", "reset"] = "carry"
+    """carry: AdamW's moments expanded with the weights (gradient-scaled, see ``biglm.grow.expand``);
+    reset: a fresh AdamW state for the grown model."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.step, int) and self.step > 0, f"train.growth step={self.step!r}: must be > 0")
+        check(any(v is not None for v in (self.layers, self.hidden_size, self.intermediate_size)),
+              f"train.growth at step {self.step}: give layers, hidden_size or intermediate_size")
+        check(self.optimizer in ("carry", "reset"),
+              f"train.growth optimizer={self.optimizer!r}: expected carry or reset")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, schedule, precision, parallelism, logging and checkpointing of a pre-training run.
 
@@ -95,6 +123,9 @@ class TrainConfig:
     """Peak FLOP/s of one device for MFU; default: a table for H100/A100 bf16, else a measured matmul peak."""
     tensorboard: bool = True
     progress: bool = True
+    growth: list[GrowthEvent] = field(default_factory=list)
+    """Grow the model during training (BatGPT's Algorithm 1 as one run), e.g.
+    ``[{step: 1000, layers: 2x}]``; see ``biglm.train.growth``."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches"):
@@ -116,6 +147,9 @@ class TrainConfig:
         check(self.precision in ("auto", "fp32", "bf16"),
               f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: expected ddp or fsdp")
+        steps = [e.step for e in self.growth]
+        check(steps == sorted(set(steps)) and all(s < self.steps for s in steps),
+              f"train.growth steps {steps}: must increase and stay below train.steps={self.steps}")
 
     def grad_accum(self, world_size: int) -> int:
         """Micro-steps per optimizer step on each rank; raises ``ConfigError`` if the sizes do not divide."""

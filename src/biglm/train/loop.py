@@ -26,6 +26,7 @@ from biglm.objectives import IGNORE_INDEX, Batch, LossParts, Objective, masked_l
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, BatchProducer, StepBatches, mask_rows
 from biglm.train.config import RunConfig
+from biglm.train.growth import maybe_grow
 from biglm.train.metrics import MetricsLogger, Progress, flops_per_token, mfu, peak_flops
 from biglm.train.optim import set_learning_rate
 from biglm.train.parallel import (
@@ -184,6 +185,7 @@ class Trainer:
                     self.progress.write(f"step {item.step}: LR decay starts; data switched to the anneal mixture")
                 stats = self.train_step(item)
                 self.step, self.data_state, self.annealing = item.step + 1, item.data_state, item.annealing
+                maybe_grow(self)  # train.growth: the model may grow between steps
                 self.tokens_seen += int(stats["tokens"]) * self.env.world_size
                 acc.add(stats)
                 done = self.step == t.steps

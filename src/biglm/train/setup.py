@@ -20,6 +20,7 @@ from biglm.model import BiGLM
 from biglm.objectives import build_objective
 from biglm.train import checkpointing as ckpt
 from biglm.train.config import RunConfig
+from biglm.train.growth import config_at
 from biglm.train.loop import Trainer
 from biglm.train.metrics import JsonlLogger, MultiLogger, NullLogger, Progress, TensorBoardLogger, truncate_metrics
 from biglm.train.optim import build_optimizer
@@ -90,8 +91,10 @@ def check_init_shapes(cfg: RunConfig, folder: Path) -> None:
                           f"{', '.join(diff)}; pass {fix} (or set them in the model section)")
 
 
-def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None) -> tuple[BiGLM, torch.nn.Module]:
-    """The model, parallelised, with initial or checkpointed weights. Returns (model, module to train)."""
+def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None,
+                state: dict[str, torch.Tensor] | None = None) -> tuple[BiGLM, torch.nn.Module]:
+    """The model, parallelised, with initial or checkpointed weights (or the full ``state`` given, on rank 0
+    when sharded: a model grown during training). Returns (model, module to train)."""
     sharded = is_sharded(cfg.train, env)
     torch.manual_seed(cfg.train.seed)
     if not sharded:
@@ -99,13 +102,15 @@ def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None) -> tuple
         if resume_from is not None:
             state = ckpt.read_model_state(resume_from, cfg.model)
             check_state_dict(state, model, resume_from / "model.safetensors")
+        if state is not None:
             model.load_state_dict(state)
         return model, parallelize(model, cfg.train, env)
     # FSDP2: every rank shards a meta model; rank 0 holds the full initial (or saved) weights on CPU
     # and broadcasts them shard by shard, so the start equals a single-device run with the same seed.
     full: dict[str, torch.Tensor] = {}
     if env.is_main:
-        full = ckpt.read_model_state(resume_from, cfg.model) if resume_from else BiGLM(cfg.model).state_dict()
+        full = state if state is not None else (
+            ckpt.read_model_state(resume_from, cfg.model) if resume_from else BiGLM(cfg.model).state_dict())
     with torch.device("meta"):
         model = BiGLM(cfg.model)
     train_model = parallelize(model, cfg.train, env)
@@ -131,10 +136,13 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
     cfg = resolve_vocab(cfg, bundle)
     resume_from = ckpt.find_resume_checkpoint(run_dir, note=None if env.is_main else (lambda _: None)) \
         if resume else None
+    trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None
+    start_step = int(trainer_state["step"]) if trainer_state is not None else 0
     weights_from = resume_from
     if weights_from is None and cfg.train.init_from:
         weights_from = resolve_checkpoint(cfg.train.init_from)
         check_init_shapes(cfg, weights_from)
+    run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
     model, train_model = build_model(cfg, env, weights_from)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
@@ -143,13 +151,9 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
         ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
     objective = build_objective(cfg.objective, bundle.mask_token_id, cfg.model.vocab_size, bundle.special_ids)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
-    start_step = 0
-    trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None
-    if trainer_state is not None:
-        start_step = int(trainer_state["step"])
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg.to_dict(), run_dir / "config.yaml")
+        save_yaml(run_cfg.to_dict(), run_dir / "config.yaml")
         truncate_metrics(run_dir / "metrics.jsonl", start_step)
         loggers = [JsonlLogger(run_dir / "metrics.jsonl")]
         if cfg.train.tensorboard:
