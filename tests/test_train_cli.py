@@ -93,8 +93,8 @@ def test_init_from_starts_a_new_run_from_checkpoint_weights(tmp_path, corpus, ca
     # ...whereas a run without it starts from a fresh initialisation.
     fresh_weights = load_model(fresh).model.state_dict()["model.embed_tokens.weight"]
     assert not torch.allclose(fresh_weights, start["model.embed_tokens.weight"], atol=1e-6)
-    # A model config that does not match the checkpoint is one clear line naming the tensor.
+    # A model config that does not match the checkpoint is one clear line naming the fields and the fix.
     assert pretrain(tmp_path / "bad", corpus, "--train.init_from", str(source), "--model.hidden_size", "32",
                     "--model.intermediate_size", "64") == 2
     err = capsys.readouterr().err.strip()
-    assert "model.embed_tokens.weight" in err and len(err.splitlines()) == 1, err
+    assert "--model.hidden_size 64 --model.intermediate_size 128" in err and len(err.splitlines()) == 1, err
