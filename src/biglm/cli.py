@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("biglm.evaluate.cli", "zero-shot evaluation through lm-evaluation-harness"),
     "export-hf": ("biglm.hf.cli", "export a checkpoint as a transformers model folder"),
     "import-hf": ("biglm.hf.cli", "import a transformers (BiGLM or Llama) folder as a checkpoint"),
+    "compare": ("biglm.compare.cli", "train and score several recipes side by side (table + plot)"),
     "expand": ("biglm.grow.cli", "grow a checkpoint: width by function-preserving init, depth by stacking"),
 }
 

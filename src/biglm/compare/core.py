@@ -1,0 +1,221 @@
+"""``biglm compare``: several recipes (run configs) trained on the same data with the same budget, scored on
+the same held-out zero-shot tasks, in one table (Markdown + JSON) and one plot.
+
+A recipe is just a run config; its name is the file's stem. The recipes must agree on the data and on
+the budget (``data`` section, ``train.steps``, ``train.global_batch_size``); their objectives (and so
+their model families) differ. Steps:
+
+1. **Train** each recipe into ``OUT/<name>`` (``biglm pretrain`` in a subprocess; ``jobs`` at a time,
+   each on ``threads`` CPU threads; a finished run is reused, an unfinished one resumed).
+2. **Tasks**: ``biglm.evaluate.make_tasks`` builds ``compare_continuation``, ``compare_next_sentence``
+   and ``compare_perplexity`` from the documents the runs held out (their ``data.val_fraction`` /
+   ``val_seed``) of the ``tasks_from`` files.
+3. **Score** every recipe through lm-evaluation-harness with its family's scorers (``FAMILY_SCORERS``:
+   masked models with a masked scoring method, causal ones by the chain rule left to right,
+   bidirectional-ar ones left to right, right to left and by the mean of both, which also measures how
+   far the two directions agree). Held-out likelihood: ``compare_perplexity``'s bits per byte; for the
+   autoregressive rows it is the exact document likelihood, for masked rows the left-to-right masked
+   chain rule (a proper likelihood, but not what their objective trains). Masked rows also get the
+   masked validation loss on a fixed β grid (``biglm.evaluate.validation_loss``), comparable among them.
+4. **Report**: ``OUT/compare.md``, ``OUT/compare.json`` and ``OUT/compare.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biglm.errors import BiglmError
+
+TASKS = ("compare_continuation", "compare_next_sentence", "compare_perplexity")
+FAMILY_SCORERS: dict[str, Callable[[str], list[tuple[str, dict[str, Any]]]]] = {
+    "masked": lambda scoring: [(scoring, {"scoring": scoring})],
+    "causal": lambda scoring: [("l2r", {"direction": "l2r"})],
+    "bidirectional-ar": lambda scoring: [(d, {"direction": d}) for d in ("l2r", "r2l", "mean")],
+}
+"""family -> the (label, BiGLMEvalModel arguments) each recipe of that family is scored with."""
+
+
+@dataclass
+class Recipe:
+    name: str
+    config_path: Path
+    overrides: list[str]
+    cfg: Any = None
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.name
+
+
+@dataclass
+class CompareOptions:
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    tasks_from: list[str] = field(default_factory=list)
+    max_items: int = 400
+    scoring: str = "greedy-order"
+    jobs: int = 1
+    threads: int = 1
+    batch_size: int = 32
+    limit: int | None = None
+    train_only: bool = False
+
+
+def load_recipes(paths: list[str], overrides: list[str]) -> list[Recipe]:
+    """Resolve each config (with the shared overrides) and check that they share data and budget."""
+    from biglm.train.config import load_run_config
+
+    if len(paths) < 1:
+        raise BiglmError("compare: give at least one recipe config")
+    recipes = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise BiglmError(f"compare: {path}: no such config file")
+        recipes.append(Recipe(path.stem, path, list(overrides), load_run_config(path, overrides)))
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise BiglmError(f"compare: recipe names (config file stems) must differ: {names}")
+    first = recipes[0].cfg
+    for r in recipes[1:]:
+        for what, a, b in (("data", first.data.to_dict(), r.cfg.data.to_dict()),
+                           ("train.steps", first.train.steps, r.cfg.train.steps),
+                           ("train.global_batch_size", first.train.global_batch_size, r.cfg.train.global_batch_size)):
+            if a != b:
+                raise BiglmError(f"compare: {r.name} differs from {recipes[0].name} in {what}; recipes must share "
+                                 "the data and the budget")
+    return recipes
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    return (run_dir / "checkpoints" / f"step_{steps:08d}" / "meta.json").is_file()
+
+
+def train_all(recipes: list[Recipe], opts: CompareOptions, log: Callable[[str], None] = print) -> None:
+    """Train the recipes not yet finished, ``opts.jobs`` at a time (subprocesses, ``opts.threads`` each)."""
+    todo = [r for r in recipes if not _finished(r.run_dir(opts.out), r.cfg.train.steps)]
+    for r in recipes:
+        if r not in todo:
+            log(f"compare: {r.name}: finished run found in {r.run_dir(opts.out)}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
+    running: list[tuple[Recipe, subprocess.Popen, float]] = []
+    failed = []
+    while todo or running:
+        while todo and len(running) < max(1, opts.jobs):
+            r = todo.pop(0)
+            run_dir = r.run_dir(opts.out)
+            resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "biglm.cli", "pretrain", "--config", str(r.config_path), "--out",
+                   str(run_dir), *resume, *r.overrides, "--train.progress", "false"]
+            logf = open(run_dir / "train.log", "a")  # noqa: SIM115 - closed when the process ends
+            running.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), time.time()))
+            log(f"compare: training {r.name} ({' '.join(resume) or 'new run'}) -> {run_dir}/train.log")
+        time.sleep(5)
+        for item in list(running):
+            r, proc, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            minutes = (time.time() - start) / 60
+            if proc.returncode != 0:
+                failed.append(r.name)
+                log(f"compare: {r.name} failed (exit {proc.returncode}); see {r.run_dir(opts.out)}/train.log")
+            else:
+                log(f"compare: {r.name} trained in {minutes:.1f} min")
+    if failed:
+        raise BiglmError(f"compare: training failed for {', '.join(failed)}")
+
+
+def build_tasks(recipes: list[Recipe], opts: CompareOptions) -> Path:
+    """The held-out tasks (see the module docstring), written once into ``OUT/tasks``."""
+    from biglm.evaluate.make_tasks import held_out_documents, write_tasks
+
+    folder = opts.out / "tasks"
+    if all((folder / f"{t}.yaml").is_file() for t in TASKS):
+        return folder
+    data = recipes[0].cfg.data
+    sources = opts.tasks_from or [s.path for s in data.sources]
+    docs = held_out_documents(sources, data.val_fraction, data.val_seed)
+    write_tasks(folder, docs, prefix="compare", max_items=opts.max_items,
+                source=f"{', '.join(sources)}; held out: val_mask(index, seed={data.val_seed}) < {data.val_fraction}")
+    return folder
+
+
+def masked_validation(recipe: Recipe, model: Any, mask_token_id: int, max_batches: int = 16) -> float:
+    """The β-grid masked validation loss of a masked model on the run's held-out rows."""
+    from biglm.data import build_rows, load_tokenizer, prepare_data
+    from biglm.evaluate import validation_loss
+
+    data = recipe.cfg.data
+    prepared = prepare_data(data, load_tokenizer(data.tokenizer), progress=False)
+    rows = build_rows(prepared, "val", batch_size=8)
+    batches = [b for _, b in zip(range(max_batches), rows.batches(8))]
+    return validation_loss(model, batches, mask_token_id).loss
+
+
+def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """Every scorer of the recipe's family on the tasks: one result row each (cached in the run folder)."""
+    import torch
+    from lm_eval import simple_evaluate
+
+    from biglm.checkpoint import load_model
+    from biglm.evaluate.cli import task_manager
+    from biglm.evaluate.lm_eval_model import BiGLMEvalModel
+
+    run_dir = recipe.run_dir(opts.out)
+    loaded = load_model(run_dir)
+    family = loaded.config.family
+    if family not in FAMILY_SCORERS:
+        raise BiglmError(f"compare: no scorer for model family {family!r}")
+    rows = []
+    torch.set_num_threads(max(1, opts.threads * max(1, opts.jobs)))
+    for label, kwargs in FAMILY_SCORERS[family](opts.scoring):
+        cache = run_dir / f"compare_{label}.json"
+        if cache.is_file():
+            rows.append(json.loads(cache.read_text()))
+            continue
+        start = time.time()
+        lm = BiGLMEvalModel(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=opts.batch_size, **kwargs)
+        res = simple_evaluate(model=lm, tasks=list(TASKS), task_manager=task_manager(list(TASKS), [str(tasks)]),
+                              limit=opts.limit, log_samples=False)
+        row = {"recipe": recipe.name, "family": family, "scoring": label, "objective": recipe.cfg.objective.name,
+               "params": loaded.model.num_parameters(), "results": res["results"],
+               "agreement": getattr(lm, "direction_agreement", {}), "eval_seconds": round(time.time() - start, 1)}
+        if family == "masked":
+            row["masked_val_loss"] = masked_validation(recipe, loaded.model, loaded.tokenizer.mask_token_id)
+        row["train"] = _train_summary(run_dir)
+        cache.write_text(json.dumps(row, indent=1, default=float))
+        log(f"compare: scored {recipe.name} ({label}) in {row['eval_seconds']:.0f} s")
+        rows.append(row)
+    return rows
+
+
+def _train_summary(run_dir: Path) -> dict[str, float]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last_val = [r["val_loss"] for r in lines if "val_loss" in r]
+    speed = [r["tokens_per_s"] for r in lines if r.get("tokens_per_s")]
+    return {"steps": lines[-1]["step"], "tokens": lines[-1].get("tokens_seen", 0.0), "loss": lines[-1]["loss"],
+            "val_loss": last_val[-1] if last_val else float("nan"),
+            "median_tokens_per_s": sorted(speed)[len(speed) // 2] if speed else float("nan")}
+
+
+def compare(paths: list[str], opts: CompareOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, score and report the recipes at ``paths`` (see the module docstring)."""
+    from biglm.compare.report import write_report
+
+    recipes = load_recipes(paths, opts.overrides)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    train_all(recipes, opts, log)
+    if opts.train_only:
+        return {}
+    tasks = build_tasks(recipes, opts)
+    rows = [row for r in recipes for row in score_recipe(r, opts, tasks, log)]
+    return write_report(rows, recipes, opts.out)

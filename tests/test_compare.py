@@ -1,0 +1,67 @@
+"""biglm compare end to end on a tiny corpus: two recipes of different families trained on the same data and
+budget, scored on the same held-out tasks, one table, JSON and plot; recipes that differ in data are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from biglm.cli import main
+from biglm.compare import CompareOptions, load_recipes
+from biglm.compare.core import train_all
+from biglm.errors import BiglmError
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory) -> tuple[Path, list[Path]]:
+    from biglm.data import train_tokenizer
+    from biglm.evaluate.make_tasks import synthetic_documents, write_jsonl
+
+    root = tmp_path_factory.mktemp("compare")
+    corpus = write_jsonl(root / "stories.jsonl", synthetic_documents(600, seed=1))
+    train_tokenizer([corpus], 400, root / "tok")
+    base = {"model": {"preset": "micro"},
+            "data": {"tokenizer": str(root / "tok"), "sources": [{"path": str(corpus)}], "seq_len": 64,
+                     "val_fraction": 0.1, "cache_dir": str(root / "cache"), "num_workers": 1},
+            "train": {"steps": 6, "global_batch_size": 4, "warmup_steps": 1, "log_every": 2, "eval_every": 3,
+                      "eval_batches": 1, "save_every": 6, "tensorboard": False, "peak_flops": 1e11}}
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    paths = []
+    for name in ("biglm", "causal"):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "objective": {"preset": name}}))
+        paths.append(root / f"{name}.yaml")
+    return root, paths
+
+
+def test_compare_trains_scores_and_reports(recipes):
+    root, paths = recipes
+    out = root / "out"
+    assert main(["compare", *map(str, paths), "--out", str(out), "--jobs", "2", "--threads", "1",
+                 "--scoring", "single-pass", "--max-items", "12", "--limit", "6"]) == 0
+    table = (out / "compare.md").read_text()
+    assert "| biglm | masked | single-pass |" in table and "| causal | causal | l2r |" in table
+    data = json.loads((out / "compare.json").read_text())
+    rows = {r["recipe"]: r for r in data["rows"]}
+    assert rows["biglm"]["masked_val_loss"] > 0 and "masked_val_loss" not in rows["causal"]
+    for r in rows.values():
+        assert r["train"]["steps"] == 6
+        assert 0 <= r["results"]["compare_continuation"]["acc,none"] <= 1
+        assert r["results"]["compare_perplexity"]["bits_per_byte,none"] > 0
+    assert (out / "compare.png").stat().st_size > 10_000
+    # A second call reuses the finished runs (and the cached scores).
+    said = []
+    train_all(load_recipes(list(map(str, paths)), []), CompareOptions(out=out), said.append)
+    assert all("finished run found" in s for s in said) and len(said) == 2
+
+
+def test_recipes_must_share_data_and_budget(recipes):
+    _, paths = recipes
+    with pytest.raises(BiglmError, match="recipe names"):
+        load_recipes([str(paths[0]), str(paths[0])], [])
+    odd = paths[1].with_name("odd.yaml")
+    odd.write_text(yaml.safe_dump({"base": "base.yaml", "objective": {"preset": "causal"}, "train": {"steps": 9}}))
+    with pytest.raises(BiglmError, match=r"differs from biglm in train\.steps"):
+        load_recipes([str(paths[0]), str(odd)], [])
