@@ -78,7 +78,8 @@ def main() -> int:
     print(f"scratch final validation loss {target:.4f} (the target)")
     print(f"{'run':<13}{'params':>16}{'final val':>11}{'total PFLOP':>13}{'PFLOP to target':>17}{'saving':>8}")
     for name, s in summary.items():
-        reach = f"{s['flops_to_reach_scratch_final'] / 1e15:.3f}" if s["flops_to_reach_scratch_final"] else "not reached"
+        f = s["flops_to_reach_scratch_final"]
+        reach = f"{f / 1e15:.3f}" if f else "not reached"
         ratio = f"{s['saving_ratio']:.2f}×" if s["saving_ratio"] else "–"
         params = f"{s['params_start'] / 1e6:.2f}→{s['params_end'] / 1e6:.2f}M"
         print(f"{name:<13}{params:>16}{s['final_val_loss']:>11.4f}{s['total_flops'] / 1e15:>13.3f}{reach:>17}"
