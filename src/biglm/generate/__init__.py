@@ -1,12 +1,17 @@
-"""Non-autoregressive generation for BiGLM: Mask-Predict, confidence-threshold and semi-autoregressive
-decoding over an exact prefix cache.
+"""Generation: non-autoregressive for masked models (Mask-Predict, confidence-threshold and
+semi-autoregressive decoding over an exact prefix cache), autoregressive with the KV cache for causal and
+bidirectional-ar models (greedy, sampling, beam search; right to left too).
 
-- ``generate(model_or_ckpt, prompts, ...)``: text in, text out (``biglm.generate.api``).
+- ``generate(model_or_ckpt, prompts, ...)``: text in, text out, dispatched on the model's family
+  (``biglm.generate.api``).
+- ``ARState`` / ``start_state`` / ``decode`` / ``generate_ar_ids``: the autoregressive loop on token ids
+  (``biglm.generate.autoregressive``).
 - ``encode_prefix`` / ``decode`` / ``generate_ids``: the token-id engine (``biglm.generate.engine``).
 - ``STRATEGIES``: the decoding strategies by name (``biglm.generate.strategies``).
 """
 
 from biglm.generate.api import GenerationResult, generate, render_step
+from biglm.generate.autoregressive import AROptions, ARResult, ARState, decode_ar, generate_ar_ids, start_state
 from biglm.generate.engine import (
     DecodeResult,
     EncodedPrefix,
@@ -22,6 +27,9 @@ from biglm.generate.strategies import STRATEGIES, DecodeState
 
 __all__ = [
     "STRATEGIES",
+    "AROptions",
+    "ARResult",
+    "ARState",
     "DecodeResult",
     "DecodeState",
     "EncodedPrefix",
@@ -30,11 +38,14 @@ __all__ = [
     "SamplingConfig",
     "choose_tokens",
     "decode",
+    "decode_ar",
     "encode_prefix",
     "generate",
+    "generate_ar_ids",
     "generate_ids",
     "length_candidates",
     "pick_best",
     "render_step",
+    "start_state",
     "suffix_logits",
 ]

@@ -343,5 +343,7 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
     return result
 
 
-__all__ = ["DIRECTIONS", "AROptions", "ARResult", "ARState", "TokenFeed", "decode", "direction_markers",
+decode_ar = decode  # the name ``biglm.generate`` exports (``decode`` there is the Mask-Predict engine's)
+
+__all__ = ["DIRECTIONS", "AROptions", "ARResult", "ARState", "TokenFeed", "decode", "decode_ar", "direction_markers",
            "generate_ar_ids", "next_position", "start_state"]

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export-hf", help="export a checkpoint as a transformers model folder",
         description="Write a biglm checkpoint as a transformers folder that loads with "
-                    "AutoModelForMaskedLM.from_pretrained(HF_DIR, trust_remote_code=True).")
+                    "AutoModelForMaskedLM.from_pretrained(HF_DIR, trust_remote_code=True); causal and "
+                    "bidirectional-ar checkpoints as a causal LM (AutoModelForCausalLM; plain Llama where it fits).")
     p.add_argument("--ckpt", required=True, help="run folder (newest checkpoint) or checkpoint folder")
     p.add_argument("--out", required=True, help="transformers folder to write")
     p.add_argument("--push-to-hub", metavar="REPO", default=None,
