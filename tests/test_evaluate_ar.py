@@ -86,6 +86,13 @@ def test_lm_eval_model_dispatches_on_the_family(model):
     assert res["results"]["biglm_perplexity"]["bits_per_byte,none"] > 0
     info = res["config"]["biglm_direction_agreement"]
     assert info["loglikelihood"]["n"] > 0 and info["loglikelihood_rolling"]["n"] == 6
+    # generate_until decodes autoregressively (greedy, the KV cache) and cuts at the stop strings
+    from types import SimpleNamespace
+
+    from biglm.generate import generate
+
+    req = SimpleNamespace(args=("the cat", {"until": ["\n\n"], "max_gen_toks": 5}))
+    assert lm.generate_until([req]) == [generate(big, "the cat", tokenizer=tok, max_new_tokens=5)]
     with pytest.raises(BiglmError, match="masked-model method"):
         BiGLMEvalModel(model=big, tokenizer=tok, scoring="greedy-order")
     causal = BiGLM(ModelConfig.from_preset("micro", vocab_size=64, family="causal"))
