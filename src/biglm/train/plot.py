@@ -26,6 +26,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+def _objective(run_dir: Path) -> str:
+    """The run's objective name from its ``config.yaml`` ('' when unknown)."""
+    import yaml
+
+    try:
+        return str((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("objective", {}).get("name", ""))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""
+
+
 def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
     pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None and math.isfinite(r[key])]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -42,13 +52,16 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rows = read_metrics(run_dir)
     out = Path(out) if out else run_dir / "metrics.png"
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 1))
-    styles = {"loss": ("train", "-"), "loss_x": ("prefix X", ":"), "loss_y": ("suffix Y", "--"),
+    autoregressive = _objective(run_dir) in ("causal", "bidirectional-ar")
+    parts = ("left to right", "right to left") if autoregressive else ("prefix X", "suffix Y")
+    styles = {"loss": ("train", "-"), "loss_x": (parts[0], ":"), "loss_y": (parts[1], "--"),
+              "loss_l2r": ("left to right", ":"), "loss_r2l": ("right to left", "--"),
               "val_loss": ("validation", "o-")}
     for key, (label, style) in styles.items():
         steps, values = _series(rows, key)
         if steps:
             ax_loss.plot(steps, values, style, label=label, markersize=3)
-    ax_loss.set_ylabel("masked-token loss (nats)")
+    ax_loss.set_ylabel("next-token loss (nats)" if autoregressive else "masked-token loss (nats)")
     ax_loss.set_title(f"biglm run {run_dir.name}")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
