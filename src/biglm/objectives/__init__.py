@@ -22,7 +22,7 @@ from biglm.objectives.config import (
     MLMObjectiveConfig,
     ObjectiveConfig,
 )
-from biglm.objectives.loss import LossParts, masked_lm_loss
+from biglm.objectives.loss import Criterion, LossParts, MaskedLMCriterion, masked_lm_loss
 from biglm.objectives.mlm import MLMObjective
 
 
@@ -51,9 +51,11 @@ __all__ = [
     "Batch",
     "BiGLMObjective",
     "BiGLMObjectiveConfig",
+    "Criterion",
     "LossParts",
     "MLMObjective",
     "MLMObjectiveConfig",
+    "MaskedLMCriterion",
     "Objective",
     "ObjectiveConfig",
     "build_objective",

@@ -49,7 +49,7 @@ class TrainConfig:
     """Peak learning rate (reached at the end of warm-up)."""
     min_lr: float = 6e-5
     """Final learning rate of the decay (WSD and cosine)."""
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
     warmup_steps: int = 100
     """Linear warm-up from lr/warmup_steps to lr over this many steps."""
     decay_fraction: float = 0.2
@@ -87,6 +87,13 @@ class TrainConfig:
     """Evaluate on the validation split every this many steps (0: only at the end)."""
     eval_batches: int = 20
     """Micro-batches per rank in each evaluation (the same masked rows every time)."""
+    best_metric: str = ""
+    """Keep the weights of the best evaluation by this metrics key (e.g. ``val_loss``, ``val_rougeL``) in
+    ``RUN_DIR/best``; empty: no best checkpoint."""
+    best_mode: Literal["min", "max"] = "min"
+    """Whether a lower (``min``) or higher (``max``) ``best_metric`` is better."""
+    patience: int = 0
+    """Stop early after this many evaluations without a better ``best_metric`` (0: never stop early)."""
     save_every: int = 1000
     """Save a checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 3
@@ -100,7 +107,7 @@ class TrainConfig:
         for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches"):
             v = getattr(self, name)
             check(isinstance(v, int) and v > 0, f"train.{name}={v!r}: must be a positive integer")
-        for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch"):
+        for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch", "patience"):
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 0, f"train.{name}={v!r}: must be an integer >= 0")
         check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
@@ -111,8 +118,11 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
         check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0")
         check(self.peak_flops is None or self.peak_flops > 0, f"train.peak_flops={self.peak_flops}: must be > 0")
-        check(self.schedule in ("wsd", "cosine", "constant"),
-              f"train.schedule={self.schedule!r}: expected wsd, cosine or constant")
+        check(self.schedule in ("wsd", "cosine", "linear", "constant"),
+              f"train.schedule={self.schedule!r}: expected wsd, cosine, linear or constant")
+        check(self.best_mode in ("min", "max"), f"train.best_mode={self.best_mode!r}: expected min or max")
+        check(not self.patience or bool(self.best_metric),
+              f"train.patience={self.patience}: early stopping needs train.best_metric")
         check(self.precision in ("auto", "fp32", "bf16"),
               f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: expected ddp or fsdp")
@@ -145,6 +155,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         check(self.data.seq_len <= self.model.max_seq_len,
               f"data.seq_len={self.data.seq_len}: exceeds model.max_seq_len={self.model.max_seq_len}")
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per packed row."""
+        return self.data.seq_len
 
     def to_dict(self) -> dict[str, Any]:
         """The four sections as plain data (what ``config.yaml`` holds)."""
