@@ -49,6 +49,8 @@ class ModelConfig:
     """Add a length-prediction head (mean-pooled prefix → target length classes) for Mask-Predict."""
     max_target_length: int = 256
     """Number of length classes of the length head (lengths 0 .. max_target_length-1)."""
+    span_head: bool = False
+    """Add a span head (start and end logits per token) for extractive question answering."""
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -92,6 +94,8 @@ class ModelConfig:
             total += self.vocab_size * h
         if self.length_head:
             total += h * self.max_target_length + self.max_target_length
+        if self.span_head:
+            total += 2 * h + 2
         return total
 
     @classmethod

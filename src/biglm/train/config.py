@@ -20,7 +20,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
 from biglm.configurable import apply_overrides, from_dict, load_yaml, to_dict
@@ -40,6 +40,9 @@ class TrainConfig:
     time, so gradient accumulation is ``global_batch_size / (micro_batch_size · world_size)`` micro-steps
     (must divide exactly). ``micro_batch_size: 0`` means ``global_batch_size / world_size`` (no accumulation).
     """
+
+    positive_fields: ClassVar[tuple[str, ...]] = ("steps", "global_batch_size", "log_every", "keep_last",
+                                                  "eval_batches")
 
     steps: int = 1000
     """Optimizer steps of the whole run."""
@@ -104,7 +107,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches"):
+        for name in self.positive_fields:
             v = getattr(self, name)
             check(isinstance(v, int) and v > 0, f"train.{name}={v!r}: must be a positive integer")
         for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch", "patience"):
