@@ -244,6 +244,8 @@ def test_cli_finetune_predict_and_eval_only(init, tmp_path, capsys):
     rows_logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_logged if "val_rougeL" in r] == [1.0, 2.0]  # validated after every epoch
     assert all("val_length_accuracy" in r for r in rows_logged if "val_rougeL" in r)
+    assert main(["plot", str(run)]) == 0  # the plot gains a panel of the validation task metrics
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     test = json.loads((run / "eval" / "finetune_test.json").read_text())
     assert test["split"] == "test" and test["checkpoint"].endswith("best") and "rouge1" in test["scores"]
     # predict: one JSON object per input line, targets not needed
@@ -314,3 +316,27 @@ def test_extractive_qa_model_exports_to_transformers(init, tmp_path):
         got = hf(input_ids=ids)
     torch.testing.assert_close(got.start_logits, span[..., 0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.end_logits, span[..., 1], atol=1e-5, rtol=1e-5)
+
+
+def test_make_titles_uses_the_runs_held_out_documents(tmp_path, capsys):
+    from biglm.evaluate.make_tasks import split_documents
+    from biglm.finetune.make_titles import main as make_titles
+
+    docs = [f"Title {i}\nTitle {i} is a thing number {i} of the list. It has more text." for i in range(60)]
+    docs[5] = "Short\nToo short."  # fewer than 4 words in its first sentence: skipped
+    wiki = write_jsonl(tmp_path / "wiki.jsonl", [{"text": d} for d in docs])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  val_fraction: 0.3\n  val_seed: 4\n")
+    assert make_titles([str(wiki), "--run", str(run), "--out", str(tmp_path / "t"), "--valid", "5"]) == 0
+    read = lambda name: [json.loads(x) for x in (tmp_path / "t" / f"{name}.jsonl").read_text().splitlines()]
+    train, valid, test = read("train"), read("valid"), read("test")
+    trained, held = split_documents([str(wiki)], 0.3, 4)
+    assert {r["target"] for r in train} == {d.split("\n")[0] for d in trained} - {"Short"}
+    assert {r["target"] for r in valid + test} == {d.split("\n")[0] for d in held} - {"Short"}
+    assert len(valid) == 5 and train[0]["source"].endswith("of the list.")
+    baseline = json.loads((tmp_path / "t" / "baseline.json").read_text())
+    assert baseline["k"] == 2 and baseline["exact_match"] == 100.0  # "Title N" is the first two words
+    capsys.readouterr()
+    assert make_titles([str(wiki), "--run", str(tmp_path), "--out", str(tmp_path / "u")]) == 2
+    assert "no config.yaml" in capsys.readouterr().err

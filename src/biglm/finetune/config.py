@@ -215,7 +215,12 @@ class FinetuneTrainConfig(TrainConfig):
     eval_batches: int = 4
     best_metric: str = ""
     """Default: the task's main metric (accuracy, f1, rougeL...)."""
+    best_mode: Literal["min", "max"] = "max"
     prefetch: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.steps, int) and self.steps >= 0, f"train.steps={self.steps!r}: must be an integer >= 0")
 
 
 @dataclass
@@ -230,10 +235,13 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Resolved from ``init`` + the task's heads + ``model`` overrides when the run starts."""
     model_overrides: dict[str, Any] = field(default_factory=dict, repr=False)
+    mean_row_tokens: int = field(default=0, repr=False)
+    """Mean tokens of a training row (measured when the run starts; rows are padded per micro-batch)."""
 
     @property
     def seq_len(self) -> int:
-        return self.model.max_seq_len
+        """Tokens per row as the trainer counts them for MFU: the measured mean, else the model's maximum."""
+        return self.mean_row_tokens or self.model.max_seq_len
 
     def to_dict(self) -> dict[str, Any]:
         """The sections as plain data (what ``config.yaml`` holds; ``model`` fully resolved)."""

@@ -26,6 +26,7 @@ from biglm.errors import BiglmError, ConfigError
 from biglm.finetune.config import FinetuneConfig
 from biglm.finetune.data import ExampleStream, steps_per_epoch
 from biglm.finetune.tasks import FinetuneTask, build_task
+from biglm.train.batches import RowSeeds
 from biglm.train.loop import Trainer
 from biglm.train.parallel import init_distributed
 from biglm.train.setup import assemble, check_run_dir
@@ -102,7 +103,9 @@ def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = Fals
         updates["save_every"] = spe
     if not t.best_metric and valid:
         updates.update(best_metric=f"val_{task.main_metric}", best_mode=task.mode)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, **updates))
+    sample = train[:256]
+    mean_tokens = round(task.batcher()(sample, RowSeeds(0, 0)).num_tokens / len(sample))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, **updates), mean_row_tokens=mean_tokens)
     if env.is_main:
         print(f"biglm finetune: {task.kind}, {len(train)} training rows ({spe} steps of {t.global_batch_size} per "
               f"epoch, {cfg.train.steps} steps), {len(valid)} validation examples", file=sys.stderr)
