@@ -263,11 +263,14 @@ def test_cli_finetune_predict_and_eval_only(init, tmp_path, capsys):
     assert "not a fine-tuned checkpoint" in capsys.readouterr().err
 
 
-def test_zero_shot_cloze_eval(init, tmp_path):
+def test_zero_shot_cloze_eval(init, tmp_path, capsys):
     rows = [{"text": "a b", "label": "p"}, {"text": "c d", "label": "q"}]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     assert finetune("--eval-only", "--init", str(init), "--task", "cloze-classification", "--valid", str(data),
-                    "--verbalizer", "p=yes", "--verbalizer", "q=no way", "--out", str(tmp_path / "ev")) == 0
+                    "--verbalizer", "p=yes", "--verbalizer", "q=no way", "--out", str(tmp_path / "ev"),
+                    "--show", "2") == 0
+    shown = capsys.readouterr().out
+    assert "a b ___" in shown and "[gold: p]" in shown and "[gold: q]" in shown
     result = json.loads((tmp_path / "ev" / "finetune_valid.json").read_text())
     assert result["scores"]["examples"] == 2 and "accuracy" in result["scores"]
     preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions_valid.jsonl").read_text().splitlines()]
@@ -294,7 +297,7 @@ def test_prediction_is_the_same_with_and_without_the_prefix_cache(init, tmp_path
     assert cached.scores == pytest.approx(plain.scores, abs=1e-5)
 
 
-def test_extractive_qa_model_exports_to_transformers(init, tmp_path):
+def test_extractive_qa_model_exports_to_transformers(init, tmp_path, capsys):
     from transformers import AutoModelForQuestionAnswering
 
     from biglm.checkpoint import load_model
@@ -307,6 +310,8 @@ def test_extractive_qa_model_exports_to_transformers(init, tmp_path):
     assert finetune("--task", "extractive-qa", "--init", str(init), "--train", str(data), "--out", str(run),
                     "--epochs", "1", "--train.global_batch_size", "2", "--task.extractive_qa.max_length", "32",
                     "--task.extractive_qa.doc_stride", "4") == 0
+    assert finetune("--eval-only", "--ckpt", str(run), "--valid", str(data), "--show", "1") == 0
+    assert "[gold: c d]" in capsys.readouterr().out
     out = export_hf(run, tmp_path / "hf")
     hf = AutoModelForQuestionAnswering.from_pretrained(out, trust_remote_code=True).eval()
     ours = load_model(run).model

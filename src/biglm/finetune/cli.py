@@ -57,6 +57,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ckpt", help="--eval-only: fine-tuned run folder (its best/) or checkpoint")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"), help="--eval-only: which split")
     p.add_argument("--device", default="cpu", help="--eval-only: torch device (training: --train.device)")
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="print N examples with their predictions after scoring (--eval-only, or the test split)")
     p.set_defaults(func=finetune_command, accepts_overrides=True)
 
     q = subparsers.add_parser("predict", help="predict with a fine-tuned checkpoint",
@@ -115,10 +117,10 @@ def finetune_command(args: argparse.Namespace) -> int:
             raise BiglmError(f"{args.out}: no config.yaml to resume from")
         saved = load_yaml(args.out / "config.yaml")
     cfg = resolve_config(args, saved)
-    return train_and_test(cfg, args.out, args.resume)
+    return train_and_test(cfg, args.out, args.resume, args.show)
 
 
-def train_and_test(cfg: Any, out: Path, resume: bool) -> int:
+def train_and_test(cfg: Any, out: Path, resume: bool, show: int = 0) -> int:
     """Fine-tune, then score the best checkpoint on the test split when there is one."""
     import torch.distributed as dist
 
@@ -143,13 +145,14 @@ def train_and_test(cfg: Any, out: Path, resume: bool) -> int:
     if trainer.cfg.data.spec("test")[0]:
         predictor = load_predictor(out)
         scores, examples, predictions = evaluate_split(predictor, "test")
-        write_outputs(out / "eval", "test", scores, predictor, examples, predictions)
+        write_outputs(out / "eval", "test", scores, predictor, examples, predictions, show)
     return 0
 
 
 def write_outputs(folder: Path, split: str, scores: dict[str, Any], predictor: Any, examples: list[Any],
-                  predictions: list[dict]) -> None:
-    """``finetune_<split>.json`` / ``.md`` (scores) and the predictions in ``folder``; the table is printed."""
+                  predictions: list[dict], show: int = 0) -> None:
+    """``finetune_<split>.json`` / ``.md`` (scores) and the predictions in ``folder``; the table and ``show``
+    examples are printed."""
     from biglm.finetune.predict import report, write_predictions
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,6 +164,8 @@ def write_outputs(folder: Path, split: str, scores: dict[str, Any], predictor: A
     suffix = ".json" if predictor.task.kind == "extractive-qa" else ".jsonl"
     write_predictions(predictor.task, examples, predictions, folder / f"predictions_{split}{suffix}")
     print(table)
+    for example, prediction in list(zip(examples, predictions))[:show]:
+        print(predictor.task.show(example, prediction))
     print(f"wrote {folder / f'finetune_{split}'}.json / .md and predictions_{split}{suffix}", file=sys.stderr)
 
 
@@ -179,7 +184,7 @@ def eval_only(args: argparse.Namespace) -> int:
         raise BiglmError("--eval-only needs --ckpt (a fine-tuned checkpoint) or --init (zero-shot cloze)")
     scores, examples, predictions = evaluate_split(predictor, args.split)
     out = args.out or predictor.loaded.path / "eval"
-    write_outputs(Path(out), args.split, scores, predictor, examples, predictions)
+    write_outputs(Path(out), args.split, scores, predictor, examples, predictions, args.show)
     return 0
 
 

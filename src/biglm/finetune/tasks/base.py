@@ -8,7 +8,8 @@ A task kind is data + loss + metric on the shared trainer (no loop of its own):
 - ``predict(model, examples)``: one prediction (a dict) per example, through the generation engine or
   the evaluation scorers;
 - ``score(examples, predictions)``: the task's metrics; ``main_metric`` / ``mode`` pick the best epoch;
-- ``output(example, prediction)``: the JSON object ``biglm predict`` writes for an input line.
+- ``output(example, prediction)``: the JSON object ``biglm predict`` writes for an input line;
+- ``show(example, prediction)``: one line for a person (input, prediction, reference).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class FinetuneTask(Protocol):
     def predict(self, model: nn.Module, examples: Sequence[Any]) -> list[dict[str, Any]]: ...
     def score(self, examples: Sequence[Any], predictions: Sequence[dict[str, Any]]) -> dict[str, float]: ...
     def output(self, example: Any, prediction: dict[str, Any]) -> dict[str, Any]: ...
+    def show(self, example: Any, prediction: dict[str, Any]) -> str: ...
 
 
 class TaskBase:
@@ -89,6 +91,10 @@ class TaskBase:
     def train_items(self, examples: Sequence[Any]) -> list[Any]:
         """The training rows of ``examples`` (one per example; extractive QA has one per window)."""
         return list(examples)
+
+    def text(self, ids: Sequence[int]) -> str:
+        """Decoded ids without special tokens (for showing examples)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
     def example_id(self, record: Record, index: int) -> str:
         value = record.fields.get(self.fields.id_field)

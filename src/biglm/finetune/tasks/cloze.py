@@ -144,6 +144,12 @@ class ClozeTask(TaskBase):
     def output(self, example: ClozeExample, prediction: dict[str, Any]) -> dict[str, Any]:
         return {"id": example.id, "label": prediction["label"], "probs": prediction["probs"]}
 
+    def show(self, example: ClozeExample, prediction: dict[str, Any]) -> str:
+        gold = f"   [gold: {self.labels[example.label]}]" if example.label is not None else ""
+        p = prediction["probs"][prediction["label"]]
+        return (f"{self.text(example.before)} ___ {self.text(example.after)}\n    -> {prediction['label']} "
+                f"(p={p:.2f}){gold}")
+
 
 class ClozeBatcher:
     """Training rows: ``BOS before [MASK]×|gold verbalizer| after``; the blank is Y, the rest X."""

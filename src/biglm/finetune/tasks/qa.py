@@ -181,6 +181,11 @@ class QATask(TaskBase):
     def output(self, example: QAExample, prediction: dict[str, Any]) -> dict[str, Any]:
         return {"id": example.id, "answer": prediction["answer"]}
 
+    def show(self, example: QAExample, prediction: dict[str, Any]) -> str:
+        question = self.text(example.windows[0].ids[1:example.windows[0].context_start - 1])
+        gold = f"   [gold: {' | '.join(example.answers)}]" if example.answers else ""
+        return f"{question}\n    -> {prediction['answer']!r}{gold}"
+
 
 def _token_span(window: QAWindow, span: tuple[int, int]) -> tuple[int, int]:
     """Row positions of the answer's first and last token if the window holds all of it, else (0, 0)."""

@@ -151,6 +151,10 @@ class Seq2SeqTask(TaskBase):
     def output(self, example: Seq2SeqExample, prediction: dict[str, Any]) -> dict[str, Any]:
         return {"id": example.id, "prediction": prediction["prediction"]}
 
+    def show(self, example: Seq2SeqExample, prediction: dict[str, Any]) -> str:
+        ref = f"   [reference: {example.target_text}]" if example.target_text is not None else ""
+        return f"{self.text(example.source)}\n    -> {prediction['prediction']}{ref}"
+
 
 class Seq2SeqBatcher:
     """Training rows: ``BOS source | target`` with the target (and optionally the source) masked."""
