@@ -31,10 +31,9 @@ import torch
 
 from biglm.config import ModelConfig
 from biglm.model import BiGLM
-from biglm.objectives import ObjectiveConfig, build_objective
-from biglm.train.batches import mask_rows
+from biglm.objectives import ObjectiveConfig, build_criterion, build_objective
+from biglm.train.batches import ObjectiveBatcher, RowSeeds
 from biglm.train.config import TrainConfig
-from biglm.train.loop import loss_parts
 from biglm.train.metrics import flops_per_token, measure_matmul_peak
 from biglm.train.optim import build_optimizer
 from biglm.train.streams import SyntheticRows
@@ -94,7 +93,7 @@ def bench_shape(name: str, batch: int, seq_len: int, steps: int) -> dict:
         obj = build_objective(ObjectiveConfig.from_preset(objective), 1, cfg.vocab_size, specials)
         t = time.perf_counter()
         for _ in range(5):
-            batches[objective] = mask_rows(obj, raw, 0, 0, 1)
+            batches[objective] = ObjectiveBatcher(obj)(raw, RowSeeds(0, 0))
         transform_s[objective] = (time.perf_counter() - t) / 5
 
     models, steps_fn = {}, {}
@@ -102,9 +101,10 @@ def bench_shape(name: str, batch: int, seq_len: int, steps: int) -> dict:
         models[objective] = BiGLM(cfg)
         b = batches[objective]
 
-        def loss(m=models[objective], b=b) -> torch.Tensor:
-            parts = loss_parts(m, b)
-            return parts.loss_sum / (parts.x_count + parts.y_count).clamp(min=1)
+        criterion = build_criterion(ObjectiveConfig.from_preset(objective))
+
+        def loss(m=models[objective], b=b, criterion=criterion) -> torch.Tensor:
+            return criterion(m, b).terms["next_token"] / max(b.num_targets, 1)
 
         steps_fn[objective] = make_step(models[objective], loss)
     ids = raw["input_ids"]

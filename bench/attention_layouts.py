@@ -28,7 +28,7 @@ def step_time(model: BiGLM, batch, layout: AttentionLayout, steps: int, warmup: 
         out = model(batch.input_ids, layout, batch.position_ids, logits_mask=batch.loss_mask)
         parts = masked_lm_loss(out.logits, batch.labels[batch.loss_mask], None)
         opt.zero_grad(set_to_none=True)
-        (parts.loss_sum / batch.num_targets).backward()
+        (parts.terms["mlm"] / batch.num_targets).backward()
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)

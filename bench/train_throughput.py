@@ -30,10 +30,9 @@ import torch
 
 from biglm.config import ModelConfig
 from biglm.model import BiGLM
-from biglm.objectives import ObjectiveConfig, build_objective
-from biglm.train.batches import mask_rows
+from biglm.objectives import MaskedLMCriterion, ObjectiveConfig, build_objective
+from biglm.train.batches import ObjectiveBatcher, RowSeeds
 from biglm.train.config import TrainConfig
-from biglm.train.loop import loss_parts
 from biglm.train.metrics import flops_per_token, measure_matmul_peak, peak_flops
 from biglm.train.optim import build_optimizer
 from biglm.train.streams import SyntheticRows
@@ -80,13 +79,13 @@ def bench_shape(name: str, batch: int, seq_len: int, steps: int, device: torch.d
     rows = SyntheticRows(seq_len, cfg.vocab_size - 1, doc_len=(seq_len // 4, 2 * seq_len), motif_len=(64, 256))
     raw = next(rows.batches(batch))
     objective = build_objective(ObjectiveConfig(), cfg.vocab_size - 1, cfg.vocab_size)
-    b = mask_rows(objective, raw, 0, 0, 1).to(device)
+    b = ObjectiveBatcher(objective)(raw, RowSeeds(0, 0)).to(device)
+    criterion = MaskedLMCriterion()
     masked = b.num_targets / b.input_ids.numel()
 
     ours = BiGLM(cfg).to(device)
     def ours_loss() -> torch.Tensor:
-        parts = loss_parts(ours, b)
-        return parts.loss_sum / (parts.x_count + parts.y_count).clamp(min=1)
+        return criterion(ours, b).terms["mlm"] / max(b.num_targets, 1)
 
     ours_step = make_step(ours, ours_loss, device, dtype)
     ids = raw["input_ids"].to(device)

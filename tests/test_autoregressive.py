@@ -129,8 +129,7 @@ def test_micro_model_learns_a_synthetic_language_both_ways(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     unigram = math.log(64)
     first, last = rows[0], rows[-1]
-    assert first["loss_x"] > 0.9 * unigram and first["loss_y"] > 0.9 * unigram, first
-    # loss_x is the L2R part, loss_y the R2L part (regions 0 / 1)
-    assert last["loss_x"] < 0.5 * unigram and last["loss_y"] < 0.5 * unigram, last
-    print(f"unigram {unigram:.3f}; L2R {first['loss_x']:.3f} -> {last['loss_x']:.3f}; "
-          f"R2L {first['loss_y']:.3f} -> {last['loss_y']:.3f}")
+    assert first["loss_l2r"] > 0.9 * unigram and first["loss_r2l"] > 0.9 * unigram, first
+    assert last["loss_l2r"] < 0.5 * unigram and last["loss_r2l"] < 0.5 * unigram, last
+    print(f"unigram {unigram:.3f}; L2R {first['loss_l2r']:.3f} -> {last['loss_l2r']:.3f}; "
+          f"R2L {first['loss_r2l']:.3f} -> {last['loss_r2l']:.3f}")

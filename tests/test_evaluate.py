@@ -132,6 +132,38 @@ def test_methods_match_direct_computation(model):
         assert d.logprob == pytest.approx(ref.logprob, abs=1e-5) and d.is_greedy == ref.is_greedy
 
 
+def _blank_logprobs(model, pre, gold, post, hide):
+    """Log-probs of ``gold`` in a blank between ``pre`` and ``post`` (tokens ``hide`` masked), full sequence."""
+    n = len(gold)
+    ids = torch.tensor([pre + [MASK if k in hide else t for k, t in enumerate(gold)] + post])
+    regions = torch.tensor([[0] * len(pre) + [1] * n + [0] * len(post)], dtype=torch.int8)
+    with torch.no_grad():
+        logits = model(ids, AttentionLayout("prefix_blind", None, regions)).logits[0, len(pre):len(pre) + n]
+    return logits.log_softmax(-1).gather(1, torch.tensor(gold)[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("method", ["single-pass", "greedy-order", "left-to-right"])
+def test_blank_inside_the_context_matches_the_full_sequence(model, method):
+    # (prefix, suffix, post): the continuation fills a blank with context after it (a cloze template).
+    reqs = [([1, 11, 12, 13], [40, 41], [50, 51, 52]), ([1, 11, 12, 13], [60], [50, 51, 52]),
+            ([1, 9], [70, 71, 72], [80]), ([1, 11, 12, 13], [40, 41], [])]
+    cached = score_requests(model, reqs, mask_token_id=MASK, config=ScoringConfig(method=method, batch_size=8))
+    plain = score_requests(model, reqs, mask_token_id=MASK,
+                           config=ScoringConfig(method=method, batch_size=1, use_cache=False))
+    for (pre, gold, post), a, b in zip(reqs, cached, plain):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+        n = len(gold)
+        if method == "single-pass":
+            want = float(_blank_logprobs(model, pre, gold, post, set(range(n))).sum())
+        elif method == "left-to-right":
+            want = sum(float(_blank_logprobs(model, pre, gold, post, set(range(k, n)))[k]) for k in range(n))
+        else:
+            continue  # greedy-order's order is checked against the reference without post context above
+        assert a.logprob == pytest.approx(want, abs=1e-5)
+    # The text after the blank matters: the same blank scores differently without it.
+    assert abs(cached[0].logprob - cached[3].logprob) > 1e-4
+
+
 def test_beam_over_orders_never_lowers_the_score(model):
     reqs = _requests(4)
     one = score_requests(model, reqs, mask_token_id=MASK)
@@ -166,7 +198,7 @@ def test_request_errors_and_truncation(model):
     with pytest.raises(BiglmError, match="unknown scoring method 'greedy'"):
         ScoringConfig(method="greedy")
     long_prefix = [1, *range(5, 105)]
-    fitted, _ = fit_request(long_prefix, [7, 8], 64)
+    fitted, _, _ = fit_request(long_prefix, [7, 8], 64)
     assert fitted == [1, *range(44, 105)] and len(fitted) + 2 == 64  # BOS kept, oldest context dropped
     a = score_requests(model, [(long_prefix, [7, 8])], mask_token_id=MASK)[0]
     b = score_requests(model, [(fitted, [7, 8])], mask_token_id=MASK)[0]

@@ -43,11 +43,11 @@ def test_trained_micro_model_beats_chance_on_continuation_task(tmp_path):
                   "eval_batches": 4, "save_every": 0, "log_every": 100, "prefetch": 0, "progress": False,
                   "tensorboard": False, "peak_flops": 1e11}})
     trainer = setup(cfg, tmp_path / "run")
-    before = trainer.evaluate()
+    before = trainer.evaluate()["val_loss"]
     start = time.time()
     trainer.fit()
     train_seconds = time.time() - start
-    after = trainer.evaluate()
+    after = trainer.evaluate()["val_loss"]
     trainer.close()
     assert after < before - 1.0, (before, after)
 

@@ -46,7 +46,7 @@ def test_micro_model_learns_to_copy_the_prefix_into_a_masked_suffix():
         out = model(batch.input_ids, batch.layout, batch.position_ids, logits_mask=batch.loss_mask)
         parts = masked_lm_loss(out.logits, batch.labels[batch.loss_mask], batch.layout.regions[batch.loss_mask])
         opt.zero_grad()
-        (parts.loss_sum / batch.num_targets).backward()
+        (parts.terms["mlm"] / batch.num_targets).backward()
         opt.step()
     end = suffix_loss(model, eval_g())
     assert start > 3.5  # about ln(64): chance

@@ -131,3 +131,100 @@ def test_flops_per_token():
     assert flops_per_token(cfg, 2048) == pytest.approx(6 * non_embedding + attention + head)
     # Logits only at the masked 35 % of the positions save 65 % of the LM-head FLOPs.
     assert flops_per_token(cfg, 2048, 0.35) == pytest.approx(flops_per_token(cfg, 2048) - 0.65 * head)
+
+
+class TwoTermCriterion:
+    """The masked loss split into an X term and a Y term with different weights (each normalised by its
+    own global count), to check the trainer's per-term normalisation."""
+
+    def __init__(self):
+        self.weights = {"x": 1.0, "y": 0.5}
+
+    def counts(self, batch):
+        mask = batch.loss_mask
+        y = int((batch.layout.regions[mask] == 1).sum())
+        return {"x": float(int(mask.sum()) - y), "y": float(y)}
+
+    def __call__(self, model, batch):
+        from biglm.objectives import LossParts, masked_lm_loss
+
+        mask = batch.loss_mask
+        logits = model(batch.input_ids, batch.layout, batch.position_ids, logits_mask=mask).logits
+        per_token = torch.nn.functional.cross_entropy(logits, batch.labels[mask], reduction="none")
+        regions = batch.layout.regions[mask]
+        parts = masked_lm_loss(logits, batch.labels[mask], regions).parts
+        is_y = regions == 1
+        return LossParts({"x": per_token[~is_y].sum(), "y": per_token[is_y].sum()}, parts)
+
+
+def train_with(criterion, cfg, run_dir):
+    trainer = setup(cfg, run_dir, data=synthetic_data())
+    trainer.criterion = criterion
+    trainer.fit()
+    trainer.close()
+    return read_rows(run_dir)
+
+
+def test_weighted_terms_are_normalised_per_term_over_the_global_batch(tmp_path):
+    big = train_with(TwoTermCriterion(), micro_config(micro_batch_size=4, steps=3), tmp_path / "big")
+    accum = train_with(TwoTermCriterion(), micro_config(micro_batch_size=1, steps=3), tmp_path / "accum")
+    assert [r["loss"] for r in accum] == pytest.approx([r["loss"] for r in big], abs=1e-5)
+    for r in big:  # the logged loss is the weighted sum of the per-term means, each term reported apart
+        assert r["loss"] == pytest.approx(r["loss_x"] + 0.5 * r["loss_y"], rel=1e-6)
+        assert {"loss_x", "loss_y"} <= set(r)
+
+
+class ScriptedValidator:
+    """Returns a fixed sequence of scores, one per evaluation (resumable by evaluation count)."""
+
+    def __init__(self, scores):
+        self.scores, self.calls = list(scores), 0
+
+    def __call__(self, model):
+        self.calls += 1
+        return {"score": self.scores[self.calls - 1]}
+
+
+def run_scripted(cfg, run_dir, scores, until=None, resume=False, skip=0):
+    trainer = setup(cfg, run_dir, resume=resume, data=synthetic_data())
+    trainer.validator = ScriptedValidator(scores)
+    trainer.validator.calls = skip
+    trainer.fit(until)
+    trainer.close()
+    return trainer
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+    cfg = micro_config(steps=6, eval_every=1, save_every=1, keep_last=10, best_metric="val_score",
+                       best_mode="max", patience=2)
+    trainer = run_scripted(cfg, tmp_path / "run", scores)
+    # 0.3 at step 2 is the best; steps 3 and 4 do not beat it, so patience 2 stops the run after step 4.
+    assert trainer.stopped_early and trainer.step == 4
+    assert [r["val_score"] for r in read_rows(tmp_path / "run")] == scores[:4]
+    meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
+    assert meta["step"] == 2 and meta["best"] == {"metric": "val_score", "value": 0.3}
+    best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    step2 = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000002" / "model.safetensors"))
+    assert all(torch.equal(best[k], step2[k]) for k in step2)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()  # the stopping step is saved
+    # Resuming a run that stopped early trains no further (raise train.patience to go on).
+    again = run_scripted(cfg, tmp_path / "run", scores, resume=True, skip=4)
+    assert again.step == 4 and again.stopped_early and len(read_rows(tmp_path / "run")) == 4
+
+
+def test_best_state_resumes_exactly(tmp_path):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+    cfg = micro_config(steps=6, eval_every=1, best_metric="val_score", best_mode="max", patience=2)
+    run_scripted(cfg, tmp_path / "run", scores, until=3)  # best 0.3 at step 2, one evaluation without gain
+    resumed = run_scripted(cfg, tmp_path / "run", scores, resume=True, skip=3)
+    assert resumed.step == 4 and resumed.stopped_early  # the count of evaluations without gain came back
+    assert json.loads((tmp_path / "run" / "best" / "meta.json").read_text())["step"] == 2
+
+
+def test_lower_is_better_by_default(tmp_path):
+    cfg = micro_config(steps=4, eval_every=2, best_metric="val_loss")
+    train(cfg, tmp_path / "run")
+    rows = [r for r in read_rows(tmp_path / "run") if "val_loss" in r]
+    best_step = min(rows, key=lambda r: r["val_loss"])["step"]
+    assert json.loads((tmp_path / "run" / "best" / "meta.json").read_text())["step"] == best_step

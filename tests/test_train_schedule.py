@@ -64,3 +64,13 @@ def test_weight_decay_groups():
     assert len(decayed) + len(plain) == len(list(model.parameters()))  # tied head counted once
     no_emb = build_optimizer(model, TrainConfig(decay_embeddings=False)).param_groups
     assert "model.embed_tokens.weight" in {names[id(p)] for p in no_emb[1]["params"]}
+
+
+def test_linear_shape():
+    cfg = TrainConfig(steps=101, lr=5e-5, min_lr=0.0, warmup_steps=1, schedule="linear")
+    lr = [learning_rate(s, cfg) for s in range(cfg.steps)]
+    assert lr[0] == pytest.approx(5e-5)  # warm-up of one step ends at the peak
+    # Straight down from the peak at the end of warm-up (step 1) to min_lr at the last step (100).
+    assert lr[1:] == pytest.approx([5e-5 * (1 - k / 99) for k in range(100)])
+    assert lr[-1] == pytest.approx(0.0)
+    assert all(a >= b for a, b in itertools.pairwise(lr))

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("biglm.train.cli", "plot a run's loss and learning-rate curves to PNG"),
     "tokenizer": ("biglm.data.cli", "train a byte-level BPE tokenizer"),
     "prepare-data": ("biglm.data.cli", "fetch the bundled demo corpus"),
+    "finetune": ("biglm.finetune.cli", "fine-tune a checkpoint: cloze classification, extractive QA, seq2seq"),
+    "predict": ("biglm.finetune.cli", "predict with a fine-tuned checkpoint"),
     "generate": ("biglm.generate.cli", "generate text (Mask-Predict, or autoregressive with the KV cache)"),
     "evaluate": ("biglm.evaluate.cli", "zero-shot evaluation through lm-evaluation-harness"),
     "export-hf": ("biglm.hf.cli", "export a checkpoint as a transformers model folder (masked or causal LM)"),

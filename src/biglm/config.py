@@ -58,6 +58,8 @@ class ModelConfig:
     """Add a length-prediction head (mean-pooled prefix → target length classes) for Mask-Predict."""
     max_target_length: int = 256
     """Number of length classes of the length head (lengths 0 .. max_target_length-1)."""
+    span_head: bool = False
+    """Add a span head (start and end logits per token) for extractive question answering."""
     family: Literal["masked", "causal", "bidirectional-ar"] = "masked"
     """How the model is trained and used (see ``MODEL_FAMILIES``); checkpoints without it are ``masked``.
     A run config whose model section does not set it takes it from the objective."""
@@ -111,6 +113,8 @@ class ModelConfig:
             total += self.vocab_size * h
         if self.length_head:
             total += h * self.max_target_length + self.max_target_length
+        if self.span_head:
+            total += 2 * h + 2
         return total
 
     @classmethod

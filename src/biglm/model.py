@@ -50,6 +50,8 @@ class BiGLMOutput:
     hidden_states: Tensor | None = None
     """(B, T, hidden) after the final norm."""
     cache: KVCache | None = None
+    span_logits: Tensor | None = None
+    """(B, T, 2) start and end logits of every token when the span head is on."""
 
 
 def build_norm(config: ModelConfig) -> nn.Module:
@@ -209,7 +211,8 @@ def _concat_layouts(past: AttentionLayout | None, new: AttentionLayout, batch: i
 
 
 class BiGLM(nn.Module):
-    """BiGLM for masked-token prediction: backbone, tied LM head, optional length-prediction head."""
+    """BiGLM for masked-token prediction: backbone, tied LM head, optional length-prediction head and
+    span (extractive question answering) head."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -217,6 +220,7 @@ class BiGLM(nn.Module):
         self.model = BiGLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.length_head = nn.Linear(config.hidden_size, config.max_target_length) if config.length_head else None
+        self.span_head = nn.Linear(config.hidden_size, 2) if config.span_head else None
         self.tie_weights()
         if self.lm_head.weight.device.type != "meta":
             self.init_weights()
@@ -273,4 +277,5 @@ class BiGLM(nn.Module):
             weights = length_mask.to(hidden.dtype)[..., None]
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
             length_logits = self.length_head(pooled)
-        return BiGLMOutput(logits, length_logits, hidden, cache)
+        span_logits = self.span_head(hidden) if self.span_head is not None else None
+        return BiGLMOutput(logits, length_logits, hidden, cache, span_logits)

@@ -27,12 +27,13 @@ _EXPORTS = {
     "Shard": "shards", "ShardResult": "shards", "tokenize_source": "shards", "write_shard": "shards",
     "PackedRows": "packing", "build_rows": "packing",
     "fetch_demo_corpus": "corpus",
+    "Record": "records", "read_records": "records",
 }
 
 __all__ = [
-    "DataConfig", "PackedRows", "PreparedData", "PreparedSource", "Shard", "ShardResult", "SourceConfig",
+    "DataConfig", "PackedRows", "PreparedData", "PreparedSource", "Record", "Shard", "ShardResult", "SourceConfig",
     "TokenizerInfo", "build_rows", "ensure_special_tokens", "fetch_demo_corpus", "iter_documents",
-    "load_tokenizer", "padded_vocab_size", "prepare_data", "resolve_files", "tokenize_source",
+    "load_tokenizer", "padded_vocab_size", "prepare_data", "read_records", "resolve_files", "tokenize_source",
     "tokenizer_fingerprint", "train_tokenizer", "write_shard",
 ]
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from biglm.data.config import DataConfig, PreparedData, PreparedSource, SourceConfig, prepare_data
     from biglm.data.corpus import fetch_demo_corpus
     from biglm.data.packing import PackedRows, build_rows
+    from biglm.data.records import Record, read_records
     from biglm.data.shards import Shard, ShardResult, tokenize_source, write_shard
     from biglm.data.sources import iter_documents, resolve_files
     from biglm.data.tokenizer import (

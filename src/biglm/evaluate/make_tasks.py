@@ -116,25 +116,36 @@ def synthetic_documents(n: int, seed: int = 0) -> list[str]:
 def held_out_documents(sources: Iterable[str], val_fraction: float, val_seed: int, all_docs: bool = False,
                        text_field: str = "text") -> list[str]:
     """The documents of ``sources`` that the data pipeline holds out (see module doc)."""
+    if all_docs:
+        from biglm.data.config import SourceConfig
+        from biglm.data.sources import iter_documents
+
+        return [d for s in sources for d in iter_documents(SourceConfig(path=str(s), text_field=text_field))]
+    return split_documents(sources, val_fraction, val_seed, text_field)[1]
+
+
+def split_documents(sources: Iterable[str], val_fraction: float, val_seed: int,
+                    text_field: str = "text") -> tuple[list[str], list[str]]:
+    """(trained on, held out): the documents of ``sources`` split by the data pipeline's held-out rule."""
     from biglm.data.config import SourceConfig
     from biglm.data.shards import val_mask
     from biglm.data.sources import iter_documents
 
-    per_source = [list(iter_documents(SourceConfig(path=str(s), text_field=text_field))) for s in sources]
-    if all_docs:
-        return [d for docs in per_source for d in docs]
     if not 0.0 < val_fraction < 1.0:
         raise BiglmError(f"val_fraction={val_fraction}: must be in (0, 1) (or use --all)")
     # The data pipeline numbers each source's documents from 0, so the held-out rule applies per source.
-    held = []
-    for docs in per_source:
+    trained, held = [], []
+    for source in sources:
+        docs = list(iter_documents(SourceConfig(path=str(source), text_field=text_field)))
         keep = val_mask(np.arange(len(docs)), val_seed, val_fraction)
-        held.extend(d for d, k in zip(docs, keep) if k)
-    return held
+        for doc, k in zip(docs, keep):
+            (held if k else trained).append(doc)
+    return trained, held
 
 
 # ---- items ----------------------------------------------------------------------------------------
-def _sentences(text: str) -> list[str]:
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text`` (split after . ! ? and whitespace; whitespace folded)."""
     return [s for s in _SENTENCE.split(" ".join(text.split())) if s]
 
 
@@ -171,7 +182,7 @@ def continuation_items(docs: list[str], seed: int = 0, context_words: int = 40, 
     rng = random.Random(seed)
     pairs = []
     for doc in docs:
-        sents = _sentences(doc)
+        sents = sentences(doc)
         cuts = _cuts(sents, cut, min_context_words, cont_words)
         if cuts:
             b, k = rng.choice(cuts)
@@ -200,7 +211,7 @@ def cloze_items(docs: list[str], seed: int = 0, context_words: int = 40, min_con
     rng = random.Random(seed)
     items = []
     for doc in docs:
-        sents = _sentences(doc)
+        sents = sentences(doc)
         options = []
         for b, s in enumerate(sents):
             words = s.split()
@@ -292,7 +303,7 @@ def write_jsonl(path: str | Path, docs: Iterable[str]) -> Path:
     return path
 
 
-def _run_held_out(run: str) -> tuple[float, int]:
+def run_held_out(run: str) -> tuple[float, int]:
     """``data.val_fraction`` / ``data.val_seed`` of a training run, so its held-out rule is used exactly."""
     from biglm.configurable import load_yaml
     from biglm.data.config import DataConfig
@@ -325,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.run:
-            args.val_fraction, args.val_seed = _run_held_out(args.run)
+            args.val_fraction, args.val_seed = run_held_out(args.run)
         if args.synthetic:
             corpus = write_jsonl(Path(args.out) / ".synthetic.jsonl", synthetic_documents(args.synthetic,
                                                                                          args.synthetic_seed))

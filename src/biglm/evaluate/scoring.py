@@ -3,6 +3,9 @@
 A request is ``(prefix, suffix)`` token ids; ``prefix`` is X (``BOS context``), ``suffix`` is Y. Every
 method starts from X followed by Y with some Y tokens replaced by [MASK], under the prefix-blind
 layout (X never attends Y), and reads the log-probability of gold tokens at masked positions.
+A request ``(prefix, suffix, post)`` puts Y in a blank *inside* the context: X is ``prefix + post``
+with the ``post`` tokens at the positions after Y (a cloze prompt with text after its blank); X still
+never attends Y, so the cache stays exact.
 
 Methods (``METHODS``):
 
@@ -90,9 +93,15 @@ class Score:
     stderr: float | None = None
 
 
-def fit_request(prefix: Sequence[int], suffix: Sequence[int], max_len: int) -> tuple[list[int], list[int]]:
-    """Check a request and left-truncate its prefix (keeping the first token, BOS) to fit ``max_len``."""
-    prefix, suffix = list(prefix), list(suffix)
+Request = tuple[Sequence[int], Sequence[int]] | tuple[Sequence[int], Sequence[int], Sequence[int]]
+"""``(prefix, suffix)``, or ``(prefix, suffix, post)`` with context after the blank."""
+
+
+def fit_request(prefix: Sequence[int], suffix: Sequence[int], max_len: int,
+                post: Sequence[int] = ()) -> tuple[list[int], list[int], list[int]]:
+    """Check a request and make it fit ``max_len``: the prefix loses its oldest tokens (its first, BOS,
+    is kept), then the context after the blank loses its last ones."""
+    prefix, suffix, post = list(prefix), list(suffix), list(post)
     if not suffix:
         raise BiglmError("empty continuation: there is nothing to score")
     if not prefix:
@@ -103,7 +112,7 @@ def fit_request(prefix: Sequence[int], suffix: Sequence[int], max_len: int) -> t
     room = max_len - len(suffix)
     if len(prefix) > room:
         prefix = prefix[:1] + prefix[len(prefix) - (room - 1):]
-    return prefix, suffix
+    return prefix, suffix, post[:room - len(prefix)]
 
 
 def rolling_requests(tokens: Sequence[int], bos_token_id: int, max_len: int,
@@ -121,20 +130,26 @@ def rolling_requests(tokens: Sequence[int], bos_token_id: int, max_len: int,
 
 
 class _PrefixGroup:
-    """A group's distinct prefixes, left-padded and encoded once; runs suffix passes against them."""
+    """A group's distinct contexts X, left-padded and encoded once; runs suffix passes against them.
 
-    def __init__(self, model: BiGLM, prefixes: list[list[int]], pad_token_id: int, use_cache: bool) -> None:
+    A context is ``(prefix, post, blank)``: X = ``prefix + post`` with ``post`` at the positions after a
+    blank of ``blank`` tokens; Y's first token sits at position ``len(prefix)``.
+    """
+
+    def __init__(self, model: BiGLM, contexts: list[tuple[list[int], list[int], int]], pad_token_id: int,
+                 use_cache: bool) -> None:
         device = model.lm_head.weight.device
-        G, P = len(prefixes), max(len(p) for p in prefixes)
+        G, P = len(contexts), max(len(p) + len(q) for p, q, _ in contexts)
         self.ids = torch.full((G, P), pad_token_id, dtype=torch.long)
         self.docs = torch.full((G, P), -1, dtype=torch.int32)
         self.pos = torch.zeros(G, P, dtype=torch.long)
-        for i, p in enumerate(prefixes):
-            self.ids[i, P - len(p):] = torch.tensor(p)
-            self.docs[i, P - len(p):] = 0
-            self.pos[i, P - len(p):] = torch.arange(len(p))
+        for i, (p, q, blank) in enumerate(contexts):
+            n = len(p) + len(q)
+            self.ids[i, P - n:] = torch.tensor(p + q)
+            self.docs[i, P - n:] = 0
+            self.pos[i, P - n:] = torch.cat([torch.arange(len(p)), len(p) + blank + torch.arange(len(q))])
         self.ids, self.docs, self.pos = self.ids.to(device), self.docs.to(device), self.pos.to(device)
-        self.lengths = torch.tensor([len(p) for p in prefixes], device=device)
+        self.lengths = torch.tensor([len(p) for p, _, _ in contexts], device=device)  # Y's first position
         self.model, self.device, self.cache = model, device, None
         if use_cache:
             layout = AttentionLayout("prefix_blind", self.docs, torch.zeros(G, P, dtype=torch.int8, device=device))
@@ -318,10 +333,10 @@ def _beam_step(owner: Tensor, revealed: Tensor, cand: Tensor, am: Tensor, greedy
 
 
 @torch.no_grad()
-def score_requests(model: BiGLM, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, mask_token_id: int,
+def score_requests(model: BiGLM, requests: Sequence[Request], *, mask_token_id: int,
                    pad_token_id: int = 0, config: ScoringConfig | None = None,
                    progress: Callable[[int], None] | None = None) -> list[Score]:
-    """Score every ``(prefix, suffix)`` request; results in the input order.
+    """Score every ``(prefix, suffix)`` or ``(prefix, suffix, post)`` request; results in the input order.
 
     Identical requests are scored once (lm-eval's ``acc_mutual_info`` asks for each choice's
     context-free score once per item it appears in). The distinct ones are sorted (longest prefix
@@ -330,11 +345,12 @@ def score_requests(model: BiGLM, requests: Sequence[tuple[Sequence[int], Sequenc
     """
     cfg = config or ScoringConfig()
     max_len = model.config.max_seq_len
-    fitted = [fit_request(p, s, max_len) for p, s in requests]
-    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    same_as = [first.setdefault((tuple(p), tuple(s)), i) for i, (p, s) in enumerate(fitted)]
+    fitted = [fit_request(r[0], r[1], max_len, r[2] if len(r) > 2 else ()) for r in requests]
+    first: dict[tuple[tuple[int, ...], ...], int] = {}
+    same_as = [first.setdefault(tuple(map(tuple, f)), i) for i, f in enumerate(fitted)]
     copies = Counter(same_as)
-    order = sorted(first.values(), key=lambda i: (-len(fitted[i][0]), fitted[i][0], len(fitted[i][1])))
+    order = sorted(first.values(), key=lambda i: (-len(fitted[i][0]), fitted[i][0], fitted[i][2],
+                                                  len(fitted[i][1])))
     results: list[Score | None] = [None] * len(fitted)
     was_training = model.training
     model.eval()
@@ -350,12 +366,14 @@ def score_requests(model: BiGLM, requests: Sequence[tuple[Sequence[int], Sequenc
     return [results[i] for i in same_as]  # type: ignore[misc]
 
 
-def _score_group(model: BiGLM, reqs: list[tuple[list[int], list[int]]], request_ids: Sequence[int],
+def _score_group(model: BiGLM, reqs: list[tuple[list[int], list[int], list[int]]], request_ids: Sequence[int],
                  cfg: ScoringConfig, mask_id: int, pad_id: int) -> list[Score]:
-    distinct: dict[tuple[int, ...], int] = {}
-    prefix_idx = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p, _ in reqs])
-    group = _PrefixGroup(model, [list(p) for p in distinct], pad_id, cfg.use_cache)
-    gold, valid = _pad([s for _, s in reqs], pad_id)
+    # Contexts without text after the blank do not depend on the continuation's length.
+    distinct: dict[tuple[tuple[int, ...], tuple[int, ...], int], int] = {}
+    keys = [(tuple(p), tuple(q), len(s) if q else 0) for p, s, q in reqs]
+    prefix_idx = torch.tensor([distinct.setdefault(k, len(distinct)) for k in keys])
+    group = _PrefixGroup(model, [(list(p), list(q), n) for p, q, n in distinct], pad_id, cfg.use_cache)
+    gold, valid = _pad([s for _, s, _ in reqs], pad_id)
     if cfg.method == "greedy-order":
         return _greedy_order(group, prefix_idx, gold, valid, cfg, mask_id, pad_id)
     if cfg.method == "single-pass":
@@ -370,7 +388,7 @@ def _score_group(model: BiGLM, reqs: list[tuple[list[int], list[int]]], request_
 def reference_greedy_order(model: BiGLM, prefix: Sequence[int], suffix: Sequence[int], mask_token_id: int) -> Score:
     """The BiGLM reference code's scoring, kept as the baseline: one request, no cache, input
     ``prefix [MASK]×|Y|`` re-encoded in full for each of the |Y| reveals."""
-    prefix, suffix = fit_request(prefix, suffix, model.config.max_seq_len)
+    prefix, suffix, _ = fit_request(prefix, suffix, model.config.max_seq_len)
     device = model.lm_head.weight.device
     P, n = len(prefix), len(suffix)
     ids = torch.tensor([prefix + [mask_token_id] * n], device=device)
@@ -390,5 +408,5 @@ def reference_greedy_order(model: BiGLM, prefix: Sequence[int], suffix: Sequence
     return Score(total, greedy)
 
 
-__all__ = ["METHODS", "Score", "ScoringConfig", "fit_request", "reference_greedy_order",
+__all__ = ["METHODS", "Request", "Score", "ScoringConfig", "fit_request", "reference_greedy_order",
            "rolling_requests", "score_requests"]

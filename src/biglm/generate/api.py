@@ -109,7 +109,7 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
              max_new_tokens: int = 32, steps: int = 10, strategy: str | None = None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              prefix_cache: bool = True, length: Literal["fixed", "predict"] = "fixed",
-             length_candidates: int = 3, return_trajectory: bool = False,
+             length_candidates: int = 3, length_rule: str = "average", return_trajectory: bool = False,
              device: str | torch.device | None = None, direction: str = "l2r", num_beams: int = 1,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
              early_stopping: bool = False, **strategy_options: Any) -> str | list[str] | GenerationResult:
@@ -123,6 +123,8 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
     is T (1..L). ``strategy`` is ``mask-predict``, ``threshold`` (option ``threshold=0.9``) or
     ``blocks`` (option ``block_size=32``). ``temperature=0`` is greedy; sampling is deterministic for
     a given ``seed``. ``prefix_cache=False`` re-encodes the prompt every pass (same result, slower).
+    ``length='predict'`` decodes the length head's ``length_candidates`` best lengths and keeps the winner
+    by ``length_rule`` (``average`` or ``joint``, see ``biglm.generate.length``).
 
     Returns the text (a ``str`` prompt) or the list of texts; with ``return_trajectory`` a
     ``GenerationResult`` with ids, per-pass partial texts and forward-pass counts.
@@ -159,7 +161,7 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
         model, encoded, bos_token_id=ids["bos"], eos_token_id=ids["eos"], mask_token_id=ids["mask"],
             pad_token_id=ids["pad"], max_new_tokens=max_new_tokens, steps=steps, strategy=strategy or "mask-predict",
             sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, prefix_cache=prefix_cache,
-            length=length, length_candidates_k=length_candidates,
+            length=length, length_candidates_k=length_candidates, length_rule=length_rule,
             banned_token_ids=banned_ids(tokenizer, model.config.vocab_size),
             record_trajectory=return_trajectory, **strategy_options)
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in output.token_ids]

@@ -48,6 +48,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--length", choices=("fixed", "predict"), default="fixed",
                    help="fixed L, or candidates from the model's length head")
     p.add_argument("--length-candidates", type=int, default=3, help="length candidates decoded in parallel")
+    p.add_argument("--length-rule", choices=("average", "joint"), default="average",
+                   help="winner among length candidates: best average token log-prob, or log p(length) + sum")
     p.add_argument("--show-steps", action="store_true",
                    help="print the partly decoded text of every pass (▢ = still masked)")
     ar = p.add_argument_group("autoregressive models (causal, bidirectional-ar)")
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result = generate(args.ckpt, prompts, max_new_tokens=args.max_new_tokens, steps=args.steps,
                       strategy=args.strategy, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, seed=args.seed, prefix_cache=not args.no_prefix_cache,
-                      length=args.length, length_candidates=args.length_candidates,
+                      length=args.length, length_candidates=args.length_candidates, length_rule=args.length_rule,
                       return_trajectory=True, device=args.device, direction=args.direction,
                       num_beams=args.num_beams, length_penalty=args.length_penalty,
                       no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens,

@@ -229,10 +229,11 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
                  max_new_tokens: int = 32, steps: int = 10, strategy: str = "mask-predict",
                  sampling: SamplingConfig | None = None, seed: int | None = None, prefix_cache: bool = True,
                  length: Literal["fixed", "predict"] = "fixed", length_candidates_k: int = 3,
-                 banned_token_ids: Sequence[int] = (), record_trajectory: bool = False,
+                 length_rule: str = "average", banned_token_ids: Sequence[int] = (), record_trajectory: bool = False,
                  **strategy_options: Any) -> GenerationOutput:
     """Generate a suffix for each prompt (token ids without BOS). ``max_new_tokens`` is the length L
-    with ``length='fixed'`` and the largest candidate with ``length='predict'``."""
+    with ``length='fixed'`` and the largest candidate with ``length='predict'`` (the winner picked by
+    ``length_rule``, see ``biglm.generate.length``)."""
     get_strategy(strategy)
     if steps <= 0 or steps > max_new_tokens:
         raise BiglmError(f"steps={steps}: must be in 1..max_new_tokens={max_new_tokens}")
@@ -266,7 +267,11 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
     result = decode(model, prefix, active, steps=steps, mask_token_id=mask_token_id, strategy=strategy,
                     sampling=sampling, generator=generator, banned_token_ids=banned_token_ids,
                     record_trajectory=record_trajectory, **strategy_options)
-    best = pick_best(result.scores, active, k) if k > 1 else torch.arange(batch, device=device)
+    length_logprobs = None
+    if cands is not None:
+        length_logprobs = prefix.length_logits.log_softmax(-1).gather(1, row_lengths[:, None])[:, 0]
+    best = pick_best(result.scores, active, k, length_rule, length_logprobs) if k > 1 \
+        else torch.arange(batch, device=device)
     tokens, scores = result.tokens[best].cpu(), result.scores[best].float().cpu()
     chosen = row_lengths[best].cpu().tolist()
     full = [tokens[i, :n].tolist() for i, n in enumerate(chosen)]

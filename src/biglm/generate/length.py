@@ -3,11 +3,16 @@
 With ``ModelConfig.length_head`` the model mean-pools the hidden states of the prompt tokens (BOS and
 prompt, no padding: the ``length_mask`` given to the prefix pass) and scores the lengths
 0 .. max_target_length-1. We keep the ``k`` most probable lengths in 1 .. ``max_length`` and decode
-them all in parallel (one row each). **Rule:** the winner is the candidate whose tokens have the
-highest *average* log-probability — the mean over its l positions of each token's log-probability when
-it was last predicted (so longer candidates are not penalised for their length); ties go to the
-candidate the length head ranked higher. This follows the reference code (Mask-Predict with a length
-head: 10 iterations, 3 candidates by default).
+them all in parallel (one row each). **Rules** (``LENGTH_RULES``), ties going to the candidate the
+length head ranked higher:
+
+- ``average`` (default, the reference code's; Mask-Predict with a length head: 10 iterations, 3
+  candidates): the highest *average* log-probability of the candidate's tokens — the mean over its l
+  positions of each token's log-probability when it was last predicted (so longer candidates are not
+  penalised for their length). A candidate one token shorter than the truth that copies a prefix is as
+  confident per token as the right one, so this rule can prefer it.
+- ``joint``: the highest log p(l | X) + Σ log p(y_i | X, l): the length head's log-probability plus
+  the tokens' summed log-probabilities, the model's joint score of length and text.
 """
 
 from __future__ import annotations
@@ -44,10 +49,23 @@ def average_logprob(scores: Tensor, active: Tensor) -> Tensor:
     return total / active.sum(dim=1).clamp_min(1)
 
 
-def pick_best(scores: Tensor, active: Tensor, num_candidates: int) -> Tensor:
+LENGTH_RULES: tuple[str, ...] = ("average", "joint")
+
+
+def pick_best(scores: Tensor, active: Tensor, num_candidates: int, rule: str = "average",
+              length_logprobs: Tensor | None = None) -> Tensor:
     """Index (into the N = B·k rows, candidates of a prompt adjacent, best-ranked first) of the winner of
-    each prompt under the average log-probability rule; (B,) long."""
-    avg = average_logprob(scores, active).view(-1, num_candidates)
+    each prompt under ``rule``; ``joint`` needs each row's length log-probability ``length_logprobs`` (N,).
+    Returns (B,) long."""
+    if rule not in LENGTH_RULES:
+        raise BiglmError(f"length rule {rule!r}: expected one of {', '.join(LENGTH_RULES)}")
+    if rule == "joint":
+        if length_logprobs is None:
+            raise BiglmError("the joint length rule needs the length head's log-probabilities")
+        total = (scores.float() * active).sum(dim=1) + length_logprobs.float()
+        avg = total.view(-1, num_candidates)
+    else:
+        avg = average_logprob(scores, active).view(-1, num_candidates)
     # argmax returns the first maximum: ties go to the higher-ranked length.
     best = avg.argmax(dim=1)
     return torch.arange(avg.shape[0], device=avg.device) * num_candidates + best

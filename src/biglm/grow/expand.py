@@ -73,6 +73,8 @@ GLOBAL_RULES: dict[str, tuple[tuple[str, str] | None, ...]] = {
     "lm_head.weight": (None, ("hidden", "copy")),
     "length_head.weight": (None, ("hidden", "copy")),
     "length_head.bias": (None,),
+    "span_head.weight": (None, ("hidden", "copy")),
+    "span_head.bias": (None,),
 }
 """Other model kinds register the roles of their extra parameters here (e.g. learned position tables:
 ``(None, ("hidden", "copy"))``); a parameter without a rule is an error, never silently copied."""

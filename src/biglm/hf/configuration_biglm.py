@@ -26,7 +26,8 @@ class BiGLMConfig(PretrainedConfig):
     (SwiGLU), ``max_seq_len``, ``rope_theta``, ``rotary_fraction`` (fraction of each head's dimensions
     that RoPE rotates), ``norm`` (``"rmsnorm"`` or ``"layernorm"``), ``norm_eps``, ``dropout``,
     ``tie_embeddings``, ``init_std``, ``scaled_residual_init``, ``length_head`` (Mask-Predict length
-    classifier on the mean-pooled prefix), ``max_target_length`` (its number of classes) and ``family``
+    classifier on the mean-pooled prefix), ``max_target_length`` (its number of classes), ``span_head``
+    (start/end logits for extractive question answering, ``BiGLMForQuestionAnswering``) and ``family``
     (``masked``, ``causal`` or ``bidirectional-ar``: how the model is meant to be used).
     ``biglm_format_version`` records the biglm checkpoint format the weights came from.
     """
@@ -60,6 +61,7 @@ class BiGLMConfig(PretrainedConfig):
         scaled_residual_init: bool = True,
         length_head: bool = False,
         max_target_length: int = 256,
+        span_head: bool = False,
         family: str = "masked",
         biglm_format_version: int = BIGLM_FORMAT_VERSION,
         pad_token_id: int | None = None,
@@ -92,6 +94,7 @@ class BiGLMConfig(PretrainedConfig):
         self.scaled_residual_init = scaled_residual_init
         self.length_head = length_head
         self.max_target_length = max_target_length
+        self.span_head = span_head
         self.family = family
         self.biglm_format_version = biglm_format_version
         self.pad_token_id = pad_token_id

@@ -52,6 +52,9 @@ def hf_config(config: ModelConfig, tokenizer: Any = None, dtype: torch.dtype = t
     cfg = BiGLMConfig(**config.to_dict(), **ids, biglm_format_version=FORMAT_VERSION, biglm_step=step)
     cfg.auto_map = dict(AUTO_MAP)
     cfg.architectures = ["BiGLMForMaskedLM"]
+    if config.span_head:  # a model fine-tuned for extractive QA loads as a question-answering model too
+        cfg.auto_map["AutoModelForQuestionAnswering"] = "modeling_biglm.BiGLMForQuestionAnswering"
+        cfg.architectures = ["BiGLMForQuestionAnswering"]
     setattr(cfg, "dtype" if _V5 else "torch_dtype", dtype)
     return cfg
 

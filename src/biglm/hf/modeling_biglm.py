@@ -1,6 +1,6 @@
-"""transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM`` and
-``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout Llama cannot express: LayerNorm or
-partial rotary; with a KV cache for ``generate()``).
+"""transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM``,
+``BiGLMForQuestionAnswering`` and ``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout
+Llama cannot express: LayerNorm or partial rotary; with a KV cache for ``generate()``).
 
 SELF-CONTAINED: this file imports only torch and transformers (and its sibling
 ``configuration_biglm``), because ``biglm export-hf`` copies it next to the weights as remote code.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast, QuestionAnsweringModelOutput
 from transformers.utils import ModelOutput
 
 from .configuration_biglm import BiGLMConfig
@@ -323,6 +323,40 @@ class BiGLMForMaskedLM(BiGLMPreTrainedModel):
             items = (loss, logits, length_logits, out.hidden_states)
             return tuple(t for t in items if t is not None)
         return BiGLMMaskedLMOutput(loss, logits, length_logits, out.hidden_states)
+
+
+class BiGLMForQuestionAnswering(BiGLMPreTrainedModel):
+    """BiGLM with the span head of extractive question answering (``biglm finetune --task extractive-qa``):
+    start and end logits per token over ``BOS question EOS context EOS`` windows."""
+
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__(config)
+        self.model = BiGLMModel(config)
+        self.span_head = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> QuestionAnsweringModelOutput | tuple[Tensor, ...]:
+        """``start_logits`` / ``end_logits`` (B, T); with ``start_positions`` / ``end_positions`` the loss is
+        the mean of their cross-entropies."""
+        hidden = self.model(input_ids, attention_mask, None, position_ids, inputs_embeds,
+                            return_dict=True).last_hidden_state
+        start_logits, end_logits = self.span_head(hidden).float().unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)) / 2
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return tuple(t for t in (loss, start_logits, end_logits) if t is not None)
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
 
 
 class BiGLMForCausalLM(BiGLMPreTrainedModel, GenerationMixin):

@@ -26,7 +26,7 @@ from biglm.objectives.config import (
     MLMObjectiveConfig,
     ObjectiveConfig,
 )
-from biglm.objectives.loss import LossParts, masked_lm_loss
+from biglm.objectives.loss import Criterion, LossParts, MaskedLMCriterion, masked_lm_loss
 from biglm.objectives.mlm import MLMObjective
 
 
@@ -41,6 +41,15 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "bidirectional-ar": AutoregressiveObjective,
 }
 assert set(OBJECTIVES) == set(OBJECTIVE_NAMES), "every objective needs a config section and a registry entry"
+
+
+def build_criterion(config: ObjectiveConfig) -> Criterion:
+    """The loss an objective trains with: masked-token cross-entropy with the X / Y parts, or for the
+    autoregressive objectives the next-token cross-entropy with the L2R / R2L parts (``loss_l2r``,
+    ``loss_r2l`` in the metrics)."""
+    if config.name in ("causal", "bidirectional-ar"):
+        return MaskedLMCriterion(term="next_token", parts=("l2r", "r2l"))
+    return MaskedLMCriterion()
 
 
 def build_objective(config: ObjectiveConfig, mask_token_id: int, vocab_size: int,
@@ -66,11 +75,14 @@ __all__ = [
     "BiGLMObjectiveConfig",
     "BidirectionalARObjectiveConfig",
     "CausalObjectiveConfig",
+    "Criterion",
     "LossParts",
     "MLMObjective",
     "MLMObjectiveConfig",
+    "MaskedLMCriterion",
     "Objective",
     "ObjectiveConfig",
+    "build_criterion",
     "build_objective",
     "masked_lm_loss",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -17,13 +17,16 @@ class Batch:
     """Model inputs and targets for one micro-batch of packed rows.
 
     ``labels`` hold the original token where a loss is taken and ``IGNORE_INDEX`` elsewhere;
-    ``layout.regions`` tells prefix (0) from suffix (1) tokens for the X / Y metrics.
+    ``layout.regions`` tells prefix (0) from suffix (1) tokens for the X / Y metrics. ``extras`` holds
+    further per-row inputs or targets of a task (e.g. ``length_targets`` (B,), ``length_mask`` (B, T)),
+    moved and concatenated with the rest.
     """
 
     input_ids: Tensor  # (B, T)
     labels: Tensor  # (B, T)
     position_ids: Tensor  # (B, T)
     layout: AttentionLayout
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def loss_mask(self) -> Tensor:
@@ -33,9 +36,16 @@ class Batch:
     def num_targets(self) -> int:
         return int(self.loss_mask.sum())
 
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens: document id >= 0, or every position without document ids."""
+        docs = self.layout.document_ids
+        return self.input_ids.numel() if docs is None else int((docs >= 0).sum())
+
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
-                     self.position_ids.to(device, non_blocking=True), self.layout.to(device))
+        move = lambda t: t.to(device, non_blocking=True)
+        return Batch(move(self.input_ids), move(self.labels), move(self.position_ids), self.layout.to(device),
+                     {k: move(v) for k, v in self.extras.items()})
 
 
 @dataclass

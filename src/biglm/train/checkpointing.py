@@ -26,6 +26,7 @@ from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 
 OPTIMIZER, TRAINER_STATE, CONFIG = "optimizer.pt", "trainer_state.pt", "config.yaml"
+BEST = "best"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -68,13 +69,17 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def weights_to_save(model_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """A gathered state dict as stored: tied LM head dropped, tensors contiguous on the CPU."""
+    drop = "lm_head.weight" if config.tie_embeddings else None
+    return {k: v.detach().cpu().contiguous() for k, v in model_state.items() if k != drop}
+
+
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], model_config: ModelConfig,
                     tokenizer: Any, optimizer_state: dict[str, Any], trainer_state: dict[str, Any],
                     run_config: dict[str, Any], keep_last: int) -> Path:
     """Write ``checkpoints/step_<step>`` atomically (rank 0 only), then prune to ``keep_last``."""
-    if model_config.tie_embeddings:
-        model_state = {k: v for k, v in model_state.items() if k != "lm_head.weight"}
-    model_state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    model_state = weights_to_save(model_state, model_config)
     extra = {
         OPTIMIZER: lambda p: torch.save(optimizer_state, p),
         TRAINER_STATE: lambda p: torch.save(trainer_state, p),
@@ -84,6 +89,17 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
                               extra=extra, meta={"tokens_seen": trainer_state.get("tokens_seen", 0)})
     prune_checkpoints(run_dir, keep_last)
     return folder
+
+
+def save_best(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], model_config: ModelConfig,
+              tokenizer: Any, run_config: dict[str, Any], best: dict[str, Any]) -> Path:
+    """Write ``RUN_DIR/best`` (weights, tokenizer, run config; no optimizer) atomically, replacing the old one.
+
+    ``best`` (``{"metric": name, "value": v}``) goes into ``meta.json`` with the step.
+    """
+    model_state = weights_to_save(model_state, model_config)
+    return write_checkpoint(run_dir / BEST, model_state, model_config, tokenizer, step,
+                            extra={CONFIG: lambda p: save_yaml(run_config, p)}, meta={"best": best})
 
 
 def read_model_state(folder: Path, config: ModelConfig) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
 from biglm.configurable import apply_overrides, from_dict, load_yaml, to_dict
@@ -69,6 +69,9 @@ class TrainConfig:
     (must divide exactly). ``micro_batch_size: 0`` means ``global_batch_size / world_size`` (no accumulation).
     """
 
+    positive_fields: ClassVar[tuple[str, ...]] = ("steps", "global_batch_size", "log_every", "keep_last",
+                                                  "eval_batches")
+
     steps: int = 1000
     """Optimizer steps of the whole run."""
     global_batch_size: int = 8
@@ -77,7 +80,7 @@ class TrainConfig:
     """Peak learning rate (reached at the end of warm-up)."""
     min_lr: float = 6e-5
     """Final learning rate of the decay (WSD and cosine)."""
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
     warmup_steps: int = 100
     """Linear warm-up from lr/warmup_steps to lr over this many steps."""
     decay_fraction: float = 0.2
@@ -115,6 +118,13 @@ class TrainConfig:
     """Evaluate on the validation split every this many steps (0: only at the end)."""
     eval_batches: int = 20
     """Micro-batches per rank in each evaluation (the same masked rows every time)."""
+    best_metric: str = ""
+    """Keep the weights of the best evaluation by this metrics key (e.g. ``val_loss``, ``val_rougeL``) in
+    ``RUN_DIR/best``; empty: no best checkpoint."""
+    best_mode: Literal["min", "max"] = "min"
+    """Whether a lower (``min``) or higher (``max``) ``best_metric`` is better."""
+    patience: int = 0
+    """Stop early after this many evaluations without a better ``best_metric`` (0: never stop early)."""
     save_every: int = 1000
     """Save a checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 3
@@ -128,10 +138,10 @@ class TrainConfig:
     ``[{step: 1000, layers: 2x}]``; see ``biglm.train.growth``."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches"):
+        for name in self.positive_fields:
             v = getattr(self, name)
             check(isinstance(v, int) and v > 0, f"train.{name}={v!r}: must be a positive integer")
-        for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch"):
+        for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch", "patience"):
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 0, f"train.{name}={v!r}: must be an integer >= 0")
         check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
@@ -142,8 +152,11 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
         check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0")
         check(self.peak_flops is None or self.peak_flops > 0, f"train.peak_flops={self.peak_flops}: must be > 0")
-        check(self.schedule in ("wsd", "cosine", "constant"),
-              f"train.schedule={self.schedule!r}: expected wsd, cosine or constant")
+        check(self.schedule in ("wsd", "cosine", "linear", "constant"),
+              f"train.schedule={self.schedule!r}: expected wsd, cosine, linear or constant")
+        check(self.best_mode in ("min", "max"), f"train.best_mode={self.best_mode!r}: expected min or max")
+        check(not self.patience or bool(self.best_metric),
+              f"train.patience={self.patience}: early stopping needs train.best_metric")
         check(self.precision in ("auto", "fp32", "bf16"),
               f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: expected ddp or fsdp")
@@ -184,6 +197,11 @@ class RunConfig:
               f"model.family={self.model.family!r} does not fit objective '{self.objective.name}' (it trains "
               f"{' or '.join(repr(f) for f in families)}); set model.family or leave it out to take "
               f"{families[0]!r}")
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per packed row."""
+        return self.data.seq_len
 
     def to_dict(self) -> dict[str, Any]:
         """The four sections as plain data (what ``config.yaml`` holds)."""

@@ -90,12 +90,12 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 class Progress:
     """A tqdm bar over optimizer steps showing loss, tokens/s and (tqdm's) ETA; ``enabled=False`` is silent."""
 
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str = "pretrain") -> None:
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="pretrain")
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc=desc)
 
     def update(self, metrics: dict[str, float] | None = None) -> None:
         if self.bar is None:

@@ -1,4 +1,6 @@
-"""``biglm plot``: loss (train, X, Y, validation) and learning-rate curves of a run, as one PNG."""
+"""``biglm plot``: loss (train, X, Y, validation) and learning-rate curves of a run, as one PNG, with a
+panel of the validation task metrics (``val_rougeL``, ``val_accuracy``, ... of fine-tuning runs) when the
+run logged any."""
 
 from __future__ import annotations
 
@@ -51,17 +53,29 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     out = Path(out) if out else run_dir / "metrics.png"
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 1))
+    task_metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
+    if task_metrics:
+        fig, (ax_loss, ax_task, ax_lr) = plt.subplots(3, 1, figsize=(9, 9), sharex=True, height_ratios=(3, 2, 1))
+        for key in task_metrics:
+            steps, values = _series(rows, key)
+            ax_task.plot(steps, values, "o-", label=key[4:], markersize=3)
+        ax_task.set_ylabel("validation metrics")
+        ax_task.grid(alpha=0.3)
+        ax_task.legend(fontsize=8, ncol=2)
+    else:
+        fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 1))
     autoregressive = _objective(run_dir) in ("causal", "bidirectional-ar")
     parts = ("left to right", "right to left") if autoregressive else ("prefix X", "suffix Y")
     styles = {"loss": ("train", "-"), "loss_x": (parts[0], ":"), "loss_y": (parts[1], "--"),
               "loss_l2r": ("left to right", ":"), "loss_r2l": ("right to left", "--"),
               "val_loss": ("validation", "o-")}
+    for key in sorted({k for r in rows for k in r if k.startswith("loss_")} - set(styles)):
+        styles[key] = (key[5:], "-.")  # further loss terms and parts, e.g. a length head's loss
     for key, (label, style) in styles.items():
         steps, values = _series(rows, key)
         if steps:
             ax_loss.plot(steps, values, style, label=label, markersize=3)
-    ax_loss.set_ylabel("next-token loss (nats)" if autoregressive else "masked-token loss (nats)")
+    ax_loss.set_ylabel("next-token loss (nats)" if autoregressive else "loss (nats)")
     ax_loss.set_title(f"biglm run {run_dir.name}")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()

@@ -6,6 +6,7 @@ Step ``s`` is the 0-based index of the optimizer step about to be taken; a run h
 * ``wsd`` (warmup-stable-decay, paper §3.2): constant ``lr`` until ``decay_start = steps - round(decay_fraction ·
   steps)``, then linear from ``lr`` at ``decay_start`` to ``min_lr`` at the last step ``steps - 1``.
 * ``cosine``: from ``lr`` at the end of warm-up to ``min_lr`` at the last step along a half cosine.
+* ``linear``: from ``lr`` at the end of warm-up straight down to ``min_lr`` at the last step (fine-tuning).
 * ``constant``: ``lr`` after warm-up.
 """
 
@@ -38,4 +39,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr + (cfg.min_lr - cfg.lr) * progress
     span = last - cfg.warmup_steps
     progress = 1.0 if span <= 0 else min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "linear":
+        return cfg.lr + (cfg.min_lr - cfg.lr) * progress
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))

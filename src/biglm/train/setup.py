@@ -1,8 +1,10 @@
 """``setup``: from a resolved ``RunConfig`` and a run folder to a ready ``Trainer`` (fresh or resumed).
 
 Order: distributed init → data (tokenizer, cached shards, row streams) → ``model.vocab_size: auto``
-resolved from the tokenizer → model built (on the meta device for FSDP) → parallelised → weights
-initialised or loaded → AdamW (state loaded on resume) → trainer state (step, data position, RNG).
+resolved from the tokenizer → objective → ``assemble``: model built (on the meta device for FSDP) →
+parallelised → weights initialised or loaded → AdamW (state loaded on resume) → trainer state (step,
+data position, RNG, best metric). Fine-tuning (``biglm.finetune``) builds its own data, batcher,
+criterion and validator and calls the same ``assemble``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from biglm.checkpoint import check_state_dict, resolve_checkpoint
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError, ConfigError
 from biglm.model import BiGLM
-from biglm.objectives import build_objective
+from biglm.objectives import Criterion, build_criterion, build_objective
 from biglm.train import checkpointing as ckpt
+from biglm.train.batches import Batcher, ObjectiveBatcher
 from biglm.train.config import RunConfig
 from biglm.train.growth import config_at
-from biglm.train.loop import Trainer
+from biglm.train.loop import Trainer, TrainerConfig, Validator
 from biglm.train.metrics import JsonlLogger, MultiLogger, NullLogger, Progress, TensorBoardLogger, truncate_metrics
 from biglm.train.optim import build_optimizer
 from biglm.train.parallel import DistEnv, autocast_dtype, init_distributed, is_sharded, parallelize
@@ -75,23 +78,46 @@ def resolve_vocab(cfg: RunConfig, data: DataBundle) -> RunConfig:
 
 
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                "norm", "tie_embeddings", "length_head", "max_target_length")
+                "norm", "tie_embeddings")
 
 
-def check_init_shapes(cfg: RunConfig, folder: Path) -> None:
-    """``train.init_from`` needs the run's model to have the checkpoint's shapes; say which overrides fit."""
+def check_init_shapes(cfg: TrainerConfig, folder: Path) -> None:
+    """``train.init_from`` needs the run's backbone to have the checkpoint's shapes; say which overrides fit."""
     from biglm.config import ModelConfig
 
     theirs = ModelConfig.from_file(folder / "model_config.yaml")
-    diff = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(cfg.model, f)
-            and (f != "max_target_length" or theirs.length_head)]
+    diff = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(cfg.model, f)]
     if diff:
         fix = " ".join(f"--model.{f} {getattr(theirs, f)}" for f in diff)
         raise ConfigError(f"train.init_from={cfg.train.init_from}: the checkpoint's model differs in "
                           f"{', '.join(diff)}; pass {fix} (or set them in the model section)")
 
 
-def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None,
+def initial_weights(cfg: TrainerConfig, path: Path, strict: bool, quiet: bool = False) -> dict[str, torch.Tensor]:
+    """The full state dict to start from: a checkpoint of this run (``strict``), or ``train.init_from``,
+    where task heads the checkpoint lacks (e.g. a length head added for fine-tuning) start freshly
+    initialised and heads this model does not have are dropped, each with a note."""
+    state = ckpt.read_model_state(path, cfg.model)
+    with torch.device("meta"):
+        expected = BiGLM(cfg.model).state_dict()
+    if not strict:
+        is_head = lambda k: not k.startswith(("model.", "lm_head."))
+        missing = sorted({k.split(".")[0] for k in set(expected) - set(state) if is_head(k)})
+        extra = sorted({k.split(".")[0] for k in set(state) - set(expected) if is_head(k)})
+        if missing or extra:
+            fresh = BiGLM(cfg.model).state_dict()
+            state = {k: v for k, v in state.items() if k in expected}
+            state.update({k: v for k, v in fresh.items() if k not in state and is_head(k)})
+            what = [f"{', '.join(missing)} initialised fresh"] if missing else []
+            what += [f"{', '.join(extra)} dropped"] if extra else []
+            if not quiet:
+                print(f"note: starting from {path}: {'; '.join(what)}", file=sys.stderr)
+    with torch.device("meta"):
+        check_state_dict(state, BiGLM(cfg.model), path / "model.safetensors")
+    return state
+
+
+def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, strict: bool = True,
                 state: dict[str, torch.Tensor] | None = None) -> tuple[BiGLM, torch.nn.Module]:
     """The model, parallelised, with initial or checkpointed weights (or the full ``state`` given, on rank 0
     when sharded: a model grown during training). Returns (model, module to train)."""
@@ -99,9 +125,8 @@ def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None,
     torch.manual_seed(cfg.train.seed)
     if not sharded:
         model = BiGLM(cfg.model)
-        if resume_from is not None:
-            state = ckpt.read_model_state(resume_from, cfg.model)
-            check_state_dict(state, model, resume_from / "model.safetensors")
+        if weights_from is not None:
+            state = initial_weights(cfg, weights_from, strict, quiet=not env.is_main)
         if state is not None:
             model.load_state_dict(state)
         return model, parallelize(model, cfg.train, env)
@@ -110,7 +135,7 @@ def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None,
     full: dict[str, torch.Tensor] = {}
     if env.is_main:
         full = state if state is not None else (
-            ckpt.read_model_state(resume_from, cfg.model) if resume_from else BiGLM(cfg.model).state_dict())
+            initial_weights(cfg, weights_from, strict) if weights_from else BiGLM(cfg.model).state_dict())
     with torch.device("meta"):
         model = BiGLM(cfg.model)
     train_model = parallelize(model, cfg.train, env)
@@ -120,7 +145,8 @@ def build_model(cfg: RunConfig, env: DistEnv, resume_from: Path | None,
 
 
 def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataFactory | None = None) -> Trainer:
-    """Build a ``Trainer`` for ``cfg`` writing to ``run_dir``; with ``resume``, continue its newest checkpoint.
+    """Build a pre-training ``Trainer`` for ``cfg`` writing to ``run_dir``; with ``resume``, continue its
+    newest checkpoint.
 
     ``data`` builds the row streams (default: ``load_data``, the real data pipeline); tests pass a
     factory of ``biglm.train.streams.synthetic_data``.
@@ -128,28 +154,39 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     env = init_distributed(cfg.train.device)
-    if env.device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
     micro = cfg.train.micro_batch(env.world_size)
     cfg.train.grad_accum(env.world_size)  # validates the batch sizes before any data work
     bundle = (data or load_data)(cfg, env, micro)
     cfg = resolve_vocab(cfg, bundle)
+    objective = build_objective(cfg.objective, bundle.mask_token_id, cfg.model.vocab_size, bundle.special_ids)
+    return assemble(cfg, env, run_dir, resume, bundle, ObjectiveBatcher(objective), build_criterion(cfg.objective))
+
+
+def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bundle: DataBundle, batcher: Batcher,
+             criterion: Criterion, validator: Validator | None = None, steps_per_epoch: int | None = None,
+             verb: str = "pretrain") -> Trainer:
+    """The shared second half of every training set-up: model (fresh, ``train.init_from`` or resumed),
+    optimizer, loggers, progress bar and trainer state. The caller has checked ``run_dir`` and built the
+    data and the task's batcher / criterion / validator."""
+    if env.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
     resume_from = ckpt.find_resume_checkpoint(run_dir, note=None if env.is_main else (lambda _: None)) \
         if resume else None
     trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None
     start_step = int(trainer_state["step"]) if trainer_state is not None else 0
-    weights_from = resume_from
-    if weights_from is None and cfg.train.init_from:
-        weights_from = resolve_checkpoint(cfg.train.init_from)
-        check_init_shapes(cfg, weights_from)
     run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
-    model, train_model = build_model(cfg, env, weights_from)
+    if resume_from is not None:
+        model, train_model = build_model(cfg, env, resume_from)
+    else:
+        init = resolve_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+        if init is not None:
+            check_init_shapes(cfg, init)
+        model, train_model = build_model(cfg, env, init, strict=False)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
     if resume_from is not None:
         state = ckpt.read_optimizer_state(resume_from) if (env.is_main or not sharded) else {}
         ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
-    objective = build_objective(cfg.objective, bundle.mask_token_id, cfg.model.vocab_size, bundle.special_ids)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,23 +196,24 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
         if cfg.train.tensorboard:
             loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
         logger = MultiLogger(*loggers)
-        progress = Progress(cfg.train.steps, start_step, enabled=cfg.train.progress)
-    trainer = Trainer(cfg, env, model, train_model, optimizer, objective, bundle, run_dir, logger, progress)
+        progress = Progress(cfg.train.steps, start_step, enabled=cfg.train.progress, desc=verb)
+    trainer = Trainer(cfg, env, model, train_model, optimizer, batcher, criterion, bundle, run_dir, logger,
+                      progress, validator, steps_per_epoch)
     if trainer_state is not None:
         trainer.load_state_dict(trainer_state)
     if env.is_main:
-        progress.write(describe(trainer, resume_from))
+        progress.write(describe(trainer, resume_from, verb))
     return trainer
 
 
-def describe(trainer: Trainer, resume_from: Path | None) -> str:
+def describe(trainer: Trainer, resume_from: Path | None, verb: str = "pretrain") -> str:
     """One line on what is about to run."""
     cfg, env = trainer.cfg, trainer.env
     n = sum(p.numel() for p in trainer.model.parameters())
     start = f"resuming from {resume_from} at step {trainer.step}" if resume_from else "starting at step 0"
     prec = "bf16" if autocast_dtype(cfg.train, env.device) == torch.bfloat16 else "fp32"
-    return (f"biglm pretrain: {cfg.model.name} ({n / 1e6:.1f}M params, vocab {cfg.model.vocab_size}), "
+    return (f"biglm {verb}: {cfg.model.name} ({n / 1e6:.1f}M params, vocab {cfg.model.vocab_size}), "
             f"{env.world_size} rank(s) on {env.device.type} [{cfg.train.parallel if env.distributed else 'single'}, "
             f"{prec}], {trainer.micro} rows × {trainer.grad_accum} accum × {env.world_size} = "
-            f"{cfg.train.global_batch_size} rows × {cfg.data.seq_len} tokens per step, {cfg.train.steps} steps; "
+            f"{cfg.train.global_batch_size} rows × {cfg.seq_len} tokens per step, {cfg.train.steps} steps; "
             f"{start}")

@@ -1,0 +1,201 @@
+"""``biglm finetune`` and ``biglm predict``.
+
+    biglm finetune --task seq2seq --init runs/demo --train train.jsonl --valid valid.jsonl \\
+        --source-field document --target-field summary --out runs/ft [--epochs 5] [--train.lr 1e-4 ...]
+    biglm finetune --task cloze-classification --init runs/demo --train mnli.jsonl --valid dev.jsonl \\
+        --template "{premise} Question: {hypothesis}? Answer: {blank}" \\
+        --verbalizer entailment=Yes --verbalizer neutral=Maybe --verbalizer contradiction=No --out runs/mnli
+    biglm finetune --task extractive-qa --init runs/demo --train squad-train.json --valid squad-dev.json --out runs/qa
+    biglm finetune --config configs/finetune/xsum.yaml --init runs/136m --out runs/xsum
+    biglm finetune --eval-only --ckpt runs/ft [--split test]          # score a fine-tuned checkpoint
+    biglm predict --ckpt runs/ft --input new.jsonl --out predictions.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from biglm.errors import BiglmError
+
+# flag -> config key it sets (values are passed as JSON strings so that YAML keeps them verbatim)
+SHORTCUTS = {
+    "task": "task.kind", "init": "init", "train": "data.train", "valid": "data.valid", "test": "data.test",
+    "epochs": "train.epochs", "id_field": "data.id_field", "text_field": "data.text_field",
+    "label_field": "data.label_field", "source_field": "data.source_field", "target_field": "data.target_field",
+    "question_field": "data.question_field", "context_field": "data.context_field",
+    "answers_field": "data.answers_field", "template": "task.cloze_classification.template",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``finetune`` and ``predict`` to the ``biglm`` command line."""
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a checkpoint: cloze classification, extractive QA, seq2seq",
+        description="Fine-tune a pretrained checkpoint on a task (or score one with --eval-only). Any config "
+                    "field can be overridden with --section.field VALUE (e.g. --train.lr 1e-4 "
+                    "--task.seq2seq.label_smoothing 0.1).", allow_abbrev=False)
+    p.add_argument("--config", type=Path, help="fine-tuning config YAML (e.g. configs/finetune/xsum.yaml)")
+    p.add_argument("--task", choices=("cloze-classification", "extractive-qa", "seq2seq"), help="task kind")
+    p.add_argument("--init", help="pretrained checkpoint or run folder to start from")
+    p.add_argument("--train", help="training examples (.jsonl/.json/.csv/.tsv/.parquet, or hf:NAME)")
+    p.add_argument("--valid", help="validation examples, scored after every epoch")
+    p.add_argument("--test", help="test examples, scored with the best checkpoint at the end")
+    p.add_argument("--out", type=Path, help="run folder (checkpoints, best/, metrics.jsonl)")
+    p.add_argument("--epochs", type=int, help="passes over the training examples")
+    for name in ("id", "text", "label", "source", "target", "question", "context", "answers"):
+        p.add_argument(f"--{name}-field", dest=f"{name}_field", metavar="FIELD", help=f"field holding the {name}")
+    p.add_argument("--template", help="cloze template over the fields with one {blank}")
+    p.add_argument("--verbalizer", action="append", default=[], metavar="LABEL=WORDS",
+                   help="cloze: the words a label fills the blank with (repeat per label)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--eval-only", action="store_true",
+                   help="score --ckpt (or --init, zero-shot cloze) on --split instead of training")
+    p.add_argument("--ckpt", help="--eval-only: fine-tuned run folder (its best/) or checkpoint")
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"), help="--eval-only: which split")
+    p.add_argument("--device", default="cpu", help="--eval-only: torch device (training: --train.device)")
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="print N examples with their predictions after scoring (--eval-only, or the test split)")
+    p.set_defaults(func=finetune_command, accepts_overrides=True)
+
+    q = subparsers.add_parser("predict", help="predict with a fine-tuned checkpoint",
+                              description="Write predictions of a fine-tuned checkpoint for every example of a "
+                                          "file (targets/labels not needed).")
+    q.add_argument("--ckpt", required=True, help="fine-tuned run folder (its best/ checkpoint) or checkpoint")
+    q.add_argument("--input", required=True, help="examples (.jsonl/.json/.csv/.tsv/.parquet)")
+    q.add_argument("--out", required=True, type=Path,
+                   help="JSONL, one object per input example (extractive QA: a .json path gets {id: answer})")
+    q.add_argument("--batch-size", type=int, default=None, help="examples predicted together")
+    q.add_argument("--device", default="cpu", help="torch device")
+    q.set_defaults(func=predict_command)
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """The shortcut flags as ``--section.field value`` overrides (before the explicit ones)."""
+    out: list[str] = []
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out += [f"--{key}", json.dumps(value)]
+    if args.verbalizer:
+        mapping = {}
+        for item in args.verbalizer:
+            label, sep, words = item.partition("=")
+            if not sep or not label or not words.strip():
+                raise BiglmError(f"--verbalizer {item!r}: expected LABEL=WORDS, e.g. entailment=Yes")
+            mapping[label] = words
+        out += ["--task.cloze_classification.verbalizer", json.dumps(mapping)]
+    return out + list(getattr(args, "overrides", []) or [])
+
+
+def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    """defaults < ``saved`` (a run's or checkpoint's config) < ``--config`` < flags and overrides."""
+    from biglm.configurable import apply_overrides
+    from biglm.finetune.config import FinetuneConfig
+    from biglm.train.config import deep_merge, read_config_file
+
+    data = dict(saved or {})
+    if args.config:
+        data = deep_merge(data, read_config_file(args.config))
+    data = apply_overrides(data, cli_overrides(args))
+    return FinetuneConfig.from_dict(data, str(args.config or "config"))
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    if args.eval_only:
+        return eval_only(args)
+    from biglm.configurable import load_yaml
+
+    if args.out is None:
+        raise BiglmError("--out is required: the run folder to write")
+    saved = None
+    if args.resume:
+        if not (args.out / "config.yaml").is_file():
+            raise BiglmError(f"{args.out}: no config.yaml to resume from")
+        saved = load_yaml(args.out / "config.yaml")
+    cfg = resolve_config(args, saved)
+    return train_and_test(cfg, args.out, args.resume, args.show)
+
+
+def train_and_test(cfg: Any, out: Path, resume: bool, show: int = 0) -> int:
+    """Fine-tune, then score the best checkpoint on the test split when there is one."""
+    import torch.distributed as dist
+
+    from biglm.finetune.predict import evaluate_split, load_predictor
+    from biglm.finetune.setup import setup_finetune
+
+    try:
+        trainer = setup_finetune(cfg, out, resume=resume)
+        metrics = trainer.fit()
+        trainer.close()
+        main = trainer.env.is_main
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not main:
+        return 0
+    best = trainer.best
+    best_text = f"; best {trainer.tcfg.best_metric} {best.value:.4g} at step {best.step} ({out / 'best'})" \
+        if trainer.tcfg.best_metric and best.step >= 0 else ""
+    loss = f"loss {metrics['loss']:.4f}" if metrics else "no new steps"
+    print(f"done: step {trainer.step}, {loss}{best_text}; run folder {out}")
+    if trainer.cfg.data.spec("test")[0]:
+        predictor = load_predictor(out)
+        scores, examples, predictions = evaluate_split(predictor, "test")
+        write_outputs(out / "eval", "test", scores, predictor, examples, predictions, show)
+    return 0
+
+
+def write_outputs(folder: Path, split: str, scores: dict[str, Any], predictor: Any, examples: list[Any],
+                  predictions: list[dict], show: int = 0) -> None:
+    """``finetune_<split>.json`` / ``.md`` (scores) and the predictions in ``folder``; the table and ``show``
+    examples are printed."""
+    from biglm.finetune.predict import report, write_predictions
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = predictor.loaded.path
+    result = {"checkpoint": str(path), "task": predictor.cfg.task.kind, "split": split, "scores": scores}
+    (folder / f"finetune_{split}.json").write_text(json.dumps(result, indent=2))
+    table = report(scores, f"{path} — {predictor.cfg.task.kind}, {split}")
+    (folder / f"finetune_{split}.md").write_text(table)
+    suffix = ".json" if predictor.task.kind == "extractive-qa" else ".jsonl"
+    write_predictions(predictor.task, examples, predictions, folder / f"predictions_{split}{suffix}")
+    print(table)
+    for example, prediction in list(zip(examples, predictions))[:show]:
+        print(predictor.task.show(example, prediction))
+    print(f"wrote {folder / f'finetune_{split}'}.json / .md and predictions_{split}{suffix}", file=sys.stderr)
+
+
+def eval_only(args: argparse.Namespace) -> int:
+    from biglm.finetune.predict import evaluate_split, finetune_config_of, load_predictor, resolve_finetuned, zero_shot
+
+    if args.ckpt:
+        folder = resolve_finetuned(args.ckpt)
+        saved = finetune_config_of(folder)
+        cfg = resolve_config(args, saved.to_dict() if saved else None)
+        predictor = load_predictor(folder, cfg, device=args.device)
+    elif args.init:
+        cfg = resolve_config(args)
+        predictor = zero_shot(args.init, cfg, device=args.device)
+    else:
+        raise BiglmError("--eval-only needs --ckpt (a fine-tuned checkpoint) or --init (zero-shot cloze)")
+    scores, examples, predictions = evaluate_split(predictor, args.split)
+    out = args.out or predictor.loaded.path / "eval"
+    write_outputs(Path(out), args.split, scores, predictor, examples, predictions, args.show)
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from biglm.finetune.predict import load_predictor, predict_file
+
+    predictor = load_predictor(args.ckpt, device=args.device)
+    if args.batch_size is not None:
+        if args.batch_size <= 0:
+            raise BiglmError(f"--batch-size {args.batch_size}: must be > 0")
+        predictor.task.batch_size = args.batch_size
+    n = predict_file(predictor, args.input, args.out)
+    print(f"biglm predict: {n} predictions from {predictor.loaded.path} -> {args.out}", file=sys.stderr)
+    return 0

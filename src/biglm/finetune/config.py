@@ -1,0 +1,274 @@
+"""``FinetuneConfig``: everything ``biglm finetune`` needs, loaded from YAML + ``--section.field`` overrides.
+
+Sections::
+
+    task:   kind (cloze-classification | extractive-qa | seq2seq) and one section per kind
+    data:   train / valid / test files (or hf:NAME with splits) and the field mapping
+    train:  TrainConfig with fine-tuning defaults; ``epochs`` sets ``steps``
+    model:  overrides of the pretrained model's config (e.g. ``dropout: 0.1``); the task adds the heads it
+            needs (a length head for seq2seq, a span head for extractive QA)
+
+``init`` (top level) is the pretrained checkpoint or run folder. Resolution is defaults < YAML (with
+``base:``) < command line, as for pre-training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from biglm.config import ModelConfig
+from biglm.configurable import apply_overrides, from_dict, to_dict
+from biglm.errors import ConfigError, check
+from biglm.train.config import TrainConfig, read_config_file
+
+TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq")
+SECTIONS = ("init", "task", "data", "train", "model")
+
+
+@dataclass
+class ClozeConfig:
+    """Classification as a cloze: the template's ``{blank}`` is filled with the label's verbalizer."""
+
+    template: str = "{text} {blank}"
+    """Python format string over the example's fields, with exactly one ``{blank}`` (the answer slot).
+    Text after the blank is context too: BiGLM sees it (it is in X), it just cannot see the blank."""
+    verbalizer: dict[str, str] = field(default_factory=dict)
+    """Label -> the word(s) that fill the blank (multi-token allowed), e.g. ``{entailment: "Yes"}``.
+    Labels are compared as strings (``0`` and ``"0"`` are the same label)."""
+    scoring: Literal["single-pass", "greedy-order"] = "single-pass"
+    """How each label's verbalizer is scored at prediction time (``biglm.evaluate.scoring``)."""
+    length_normalise: bool = False
+    """Divide each verbalizer's log-probability by its token count before comparing labels."""
+
+    def __post_init__(self) -> None:
+        check(self.scoring in ("single-pass", "greedy-order"),
+              f"task.cloze_classification.scoring={self.scoring!r}: expected single-pass or greedy-order")
+        self.verbalizer = {str(k): str(v) for k, v in (self.verbalizer or {}).items()}
+
+
+@dataclass
+class QAConfig:
+    """Extractive question answering (SQuAD v1.1): a start/end span head over the context tokens."""
+
+    max_length: int = 384
+    """Tokens per window (BOS question EOS context EOS); at most the model's max_seq_len."""
+    doc_stride: int = 128
+    """Tokens shared by consecutive windows of a long context."""
+    max_question_length: int = 64
+    """Questions longer than this keep their first tokens."""
+    max_answer_length: int = 30
+    """Longest answer span (tokens) considered at prediction."""
+    n_best: int = 20
+    """Start and end candidates per window kept by the post-processing."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "max_question_length", "max_answer_length", "n_best"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and v > 0, f"task.extractive_qa.{name}={v!r}: must be a positive integer")
+        check(self.doc_stride >= 0, f"task.extractive_qa.doc_stride={self.doc_stride}: must be >= 0")
+
+
+@dataclass
+class Seq2SeqConfig:
+    """Source X -> target Y with Mask-Predict: Y masked uniformly in training, decoded in T passes."""
+
+    length: Literal["head", "eos"] = "head"
+    """How the output length is decided: ``head`` trains the length head (mean-pooled X -> length class) and
+    decodes its top-k lengths; ``eos`` pads Y with EOS to ``max_target_length`` (EOS in the loss, as LLaDA
+    does) and cuts the output at the first EOS."""
+    max_source_length: int = 0
+    """Source tokens kept (its first ones); 0: whatever fits beside the target in max_seq_len."""
+    max_target_length: int = 64
+    """Longest target (tokens); the length head gets max_target_length + 1 classes, ``eos`` pads to it."""
+    truncate_targets: bool = False
+    """A target longer than max_target_length is an error (naming the line), or cut when this is true."""
+    source_mask_ratio: float = 0.0
+    """Fraction of source tokens masked in training (0 in BiGLM's code; Instruct-XMLR used 0.15)."""
+    min_mask_ratio: float = 0.0
+    """Target masking ratio ~ U(min_mask_ratio, 1), at least one token."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the token loss (0.1 in Instruct-XMLR)."""
+    length_loss_weight: float = 0.1
+    """Weight of the length head's cross-entropy (BiGLM's code: 0.1)."""
+    steps: int = 10
+    """Mask-Predict passes T at prediction."""
+    length_candidates: int = 3
+    """Lengths decoded in parallel with ``length: head``."""
+    length_rule: Literal["average", "joint"] = "average"
+    """How the winning length candidate is chosen: the best average token log-probability (BiGLM's code), or
+    the best joint score log p(length) + Σ log p(token) (``biglm.generate.length``)."""
+    strategy: str = "mask-predict"
+    """Decoding strategy (``biglm.generate.STRATEGIES``)."""
+    prefix_cache: bool = True
+    """Encode the source once and reuse its keys/values in every pass (exact; false re-encodes, to check)."""
+    metrics: list[str] = field(default_factory=lambda: ["rouge", "bleu", "exact_match"])
+    """Of rouge (1/2/L/Lsum, stemmed), bleu (sacrebleu BLEU-4), meteor (nltk; needs WordNet), exact_match."""
+
+    def __post_init__(self) -> None:
+        w = "task.seq2seq"
+        check(self.length in ("head", "eos"), f"{w}.length={self.length!r}: expected head or eos")
+        check(self.max_target_length > 0, f"{w}.max_target_length={self.max_target_length}: must be > 0")
+        check(self.max_source_length >= 0, f"{w}.max_source_length={self.max_source_length}: must be >= 0")
+        check(0.0 <= self.source_mask_ratio < 1.0, f"{w}.source_mask_ratio={self.source_mask_ratio}: must be in [0, 1)")
+        check(0.0 <= self.min_mask_ratio <= 1.0, f"{w}.min_mask_ratio={self.min_mask_ratio}: must be in [0, 1]")
+        check(0.0 <= self.label_smoothing < 1.0, f"{w}.label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        check(self.length_loss_weight >= 0, f"{w}.length_loss_weight={self.length_loss_weight}: must be >= 0")
+        check(self.steps > 0 and self.length_candidates > 0, f"{w}.steps and length_candidates: must be > 0")
+        check(self.length_rule in ("average", "joint"),
+              f"{w}.length_rule={self.length_rule!r}: expected average or joint")
+        known = ("rouge", "bleu", "meteor", "exact_match")
+        for m in self.metrics:
+            check(m in known, f"{w}.metrics: unknown metric {m!r}; expected some of {', '.join(known)}")
+
+
+@dataclass
+class TaskConfig:
+    """Which task kind to fine-tune for; only the section of ``kind`` is used."""
+
+    kind: str = "seq2seq"
+    cloze_classification: ClozeConfig = field(default_factory=ClozeConfig)
+    extractive_qa: QAConfig = field(default_factory=QAConfig)
+    seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
+    eval_batch_size: int = 32
+    """Examples per batch when predicting (validation, --eval-only, biglm predict)."""
+
+    def __post_init__(self) -> None:
+        check(self.kind in TASK_KINDS, f"task.kind={self.kind!r}: expected one of {', '.join(TASK_KINDS)}")
+        check(self.eval_batch_size > 0, f"task.eval_batch_size={self.eval_batch_size}: must be > 0")
+
+    @property
+    def options(self) -> Any:
+        """The section of ``kind``."""
+        return getattr(self, self.kind.replace("-", "_"))
+
+
+@dataclass
+class FinetuneDataConfig:
+    """Where the examples are and which fields hold what."""
+
+    train: str = ""
+    """Training examples: a .jsonl/.json/.csv/.tsv/.parquet file or hf:NAME (split ``train_split``)."""
+    valid: str = ""
+    """Validation examples (evaluated after every epoch); empty: the ``valid_split`` of an hf: train set,
+    or none."""
+    test: str = ""
+    """Test examples (``--eval-only --split test``); empty: ``test_split`` of an hf: train set, or none."""
+    hf_config: str | None = None
+    """Dataset configuration name for hf: sources (e.g. ``mnli`` of ``hf:nyu-mll/glue``)."""
+    train_split: str = "train"
+    valid_split: str = "validation"
+    test_split: str = "test"
+    max_examples: int = 0
+    """Read at most this many examples per split (0: all); for quick runs."""
+    id_field: str = "id"
+    """Example id (optional; the line number is used when absent)."""
+    text_field: str = "text"
+    label_field: str = "label"
+    source_field: str = "source"
+    target_field: str = "target"
+    question_field: str = "question"
+    context_field: str = "context"
+    answers_field: str = "answers"
+    """SQuAD layout: ``{"text": [...], "answer_start": [...]}``."""
+
+    def __post_init__(self) -> None:
+        check(self.max_examples >= 0, f"data.max_examples={self.max_examples}: must be >= 0")
+
+    def spec(self, split: str) -> tuple[str, str]:
+        """(source, split name) of ``split`` in train / valid / test; ("", "") when there is none."""
+        path = getattr(self, split)
+        hf_split = getattr(self, f"{split}_split")
+        if path:
+            return path, hf_split
+        if self.train.startswith("hf:") and split != "train":
+            return self.train, hf_split
+        return "", ""
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """``TrainConfig`` with fine-tuning defaults: ``epochs`` instead of steps, linear decay, an evaluation,
+    a checkpoint and a best-checkpoint check after every epoch."""
+
+    positive_fields: ClassVar[tuple[str, ...]] = ("global_batch_size", "log_every", "keep_last", "eval_batches",
+                                                  "epochs")
+
+    epochs: int = 3
+    """Passes over the training examples (the paper: 5 for MNLI and SQuAD, 50 for XSUM and MSQG)."""
+    steps: int = 0
+    """0: epochs × steps per epoch (set when the run starts)."""
+    global_batch_size: int = 32
+    lr: float = 5e-5
+    min_lr: float = 0.0
+    schedule: Literal["wsd", "cosine", "linear", "constant"] = "linear"
+    warmup_steps: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    """0: after every epoch."""
+    save_every: int = 0
+    """0: after every epoch."""
+    keep_last: int = 1
+    eval_batches: int = 4
+    best_metric: str = ""
+    """Default: the task's main metric (accuracy, f1, rougeL...)."""
+    best_mode: Literal["min", "max"] = "max"
+    prefetch: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.steps, int) and self.steps >= 0, f"train.steps={self.steps!r}: must be an integer >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """The resolved configuration of one fine-tuning run."""
+
+    init: str = ""
+    """The pretrained checkpoint or run folder to start from."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Resolved from ``init`` + the task's heads + ``model`` overrides when the run starts."""
+    model_overrides: dict[str, Any] = field(default_factory=dict, repr=False)
+    mean_row_tokens: int = field(default=0, repr=False)
+    """Mean tokens of a training row (measured when the run starts; rows are padded per micro-batch)."""
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per row as the trainer counts them for MFU: the measured mean, else the model's maximum."""
+        return self.mean_row_tokens or self.model.max_seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sections as plain data (what ``config.yaml`` holds; ``model`` fully resolved)."""
+        return {"init": self.init, "task": to_dict(self.task), "data": to_dict(self.data),
+                "train": to_dict(self.train), "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> FinetuneConfig:
+        for key in data:
+            if key not in SECTIONS:
+                match = difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.0)
+                raise ConfigError(f"{where}: unknown config key '{key}'; did you mean '{match[0]}'?")
+        for key in SECTIONS[1:]:
+            check(isinstance(data.get(key) or {}, dict), f"{where}: '{key}' must be a mapping of fields")
+        model = dict(data.get("model") or {})
+        for key in model:
+            if key not in {f.name for f in dataclasses.fields(ModelConfig)}:
+                raise ConfigError(f"unknown config key 'model.{key}'")
+        return cls(init=str(data.get("init") or ""),
+                   task=from_dict(TaskConfig, dict(data.get("task") or {}), "task"),
+                   data=from_dict(FinetuneDataConfig, dict(data.get("data") or {}), "data"),
+                   train=from_dict(FinetuneTrainConfig, dict(data.get("train") or {}), "train"),
+                   model_overrides=model)
+
+
+def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
+    """Resolve a fine-tuning config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
+    data = read_config_file(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    return FinetuneConfig.from_dict(data, str(path) if path is not None else "config")

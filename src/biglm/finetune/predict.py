@@ -1,0 +1,122 @@
+"""Predicting and scoring with a fine-tuned checkpoint (``biglm predict``, ``biglm finetune --eval-only``).
+
+A fine-tuned checkpoint holds its run config (``config.yaml``: task, templates, verbalizer, field
+mapping, decoding settings), so prediction needs only the checkpoint and the input. A fine-tuning run
+folder resolves to its ``best/`` checkpoint when it has one (the best epoch), else its newest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biglm.checkpoint import LoadedModel, is_complete, load_model, resolve_checkpoint
+from biglm.configurable import load_yaml
+from biglm.data.records import read_records
+from biglm.errors import BiglmError
+from biglm.finetune.config import FinetuneConfig
+from biglm.finetune.setup import prepare, read_split
+from biglm.finetune.tasks import FinetuneTask, build_task
+from biglm.train.checkpointing import BEST, CONFIG
+
+
+def resolve_finetuned(path: str | Path) -> Path:
+    """``RUN/best`` when ``path`` is a run folder with a best checkpoint, else ``resolve_checkpoint(path)``."""
+    path = Path(path)
+    if (path / BEST).is_dir() and is_complete(path / BEST):
+        return path / BEST
+    return resolve_checkpoint(path)
+
+
+def finetune_config_of(folder: Path) -> FinetuneConfig | None:
+    """The fine-tuning config saved in a checkpoint, or None (a pre-training checkpoint)."""
+    if not (folder / CONFIG).is_file():
+        return None
+    data = load_yaml(folder / CONFIG)
+    return FinetuneConfig.from_dict(data, str(folder / CONFIG)) if "task" in data else None
+
+
+@dataclass
+class Predictor:
+    """A loaded model with its task, ready to encode records, predict and score."""
+
+    loaded: LoadedModel
+    cfg: FinetuneConfig
+    task: FinetuneTask
+
+
+def load_predictor(ckpt: str | Path, cfg: FinetuneConfig | None = None, device: str = "cpu") -> Predictor:
+    """The model of ``ckpt`` with the task of its saved config (or of ``cfg``, e.g. to score a pretrained
+    model zero-shot with a cloze template)."""
+    folder = resolve_finetuned(ckpt)
+    saved = finetune_config_of(folder)
+    cfg = cfg or saved
+    if cfg is None:
+        raise BiglmError(f"{folder}: not a fine-tuned checkpoint (no task in its config.yaml); give the task "
+                         "(--task ...) to use it zero-shot")
+    loaded = load_model(folder, device=device)
+    if loaded.tokenizer is None:
+        raise BiglmError(f"{folder}: the checkpoint has no tokenizer")
+    task = build_task(cfg, loaded.tokenizer, loaded.config.max_seq_len)
+    needed = task.model_config(loaded.config)
+    if needed != loaded.config:
+        diff = ", ".join(f"model.{k}={getattr(needed, k)!r} (the checkpoint has {getattr(loaded.config, k)!r})"
+                         for k in needed.to_dict() if getattr(needed, k) != getattr(loaded.config, k))
+        raise BiglmError(f"{folder}: task {cfg.task.kind} as configured needs {diff}; fine-tune for it, or keep the "
+                         "task settings the checkpoint was fine-tuned with")
+    return Predictor(loaded, cfg, task)
+
+
+def evaluate_split(predictor: Predictor, split: str = "valid") -> tuple[dict[str, Any], list[Any], list[dict]]:
+    """Predict and score the ``split`` of the predictor's data config: (scores, examples, predictions)."""
+    examples = read_split(predictor.cfg, split, predictor.task, required=True)
+    start = time.perf_counter()
+    predictions = predictor.task.predict(predictor.loaded.model, examples)
+    scores = predictor.task.score(examples, predictions)
+    scores["examples"] = len(examples)
+    scores["seconds"] = round(time.perf_counter() - start, 2)
+    return scores, examples, predictions
+
+
+def predict_file(predictor: Predictor, input_path: str, out_path: str | Path) -> int:
+    """Predict every record of ``input_path`` (targets/labels not needed) and write ``out_path``: JSONL, one
+    object per input line; for extractive QA a ``.json`` out gets the SQuAD ``{id: answer}`` mapping."""
+    records = read_records(input_path)
+    examples = predictor.task.encode(records, labelled=False)
+    predictions = predictor.task.predict(predictor.loaded.model, examples)
+    write_predictions(predictor.task, examples, predictions, Path(out_path))
+    return len(examples)
+
+
+def write_predictions(task: FinetuneTask, examples: list[Any], predictions: list[dict], out: Path) -> None:
+    """JSONL of ``task.output`` per example (or SQuAD's ``{id: answer}`` for a ``.json`` path), atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    rows = [task.output(ex, p) for ex, p in zip(examples, predictions)]
+    if out.suffix == ".json" and task.kind == "extractive-qa":
+        tmp.write_text(json.dumps({r["id"]: r["answer"] for r in rows}, indent=1, ensure_ascii=False))
+    else:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(out)
+
+
+def zero_shot(init: str, cfg: FinetuneConfig, device: str = "cpu") -> Predictor:
+    """A pretrained checkpoint with the task of ``cfg`` and no fine-tuning: a cloze template scored
+    zero-shot. The other kinds need a trained head (length or span) and refuse."""
+    if cfg.task.kind != "cloze-classification":
+        raise BiglmError(f"task {cfg.task.kind} needs fine-tuning first; only cloze-classification runs zero-shot")
+    cfg.init = init
+    prepared = prepare(cfg)
+    return Predictor(load_model(prepared.init, device=device), prepared.cfg, prepared.task)
+
+
+def report(scores: dict[str, Any], title: str) -> str:
+    """Scores as a Markdown table."""
+    lines = [f"### {title}", "", "| Metric | Value |", "| --- | ---: |"]
+    for key, value in scores.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,122 @@
+"""From a ``FinetuneConfig`` to a ready ``Trainer``: the pretrained checkpoint's tokenizer and model config,
+the task, the encoded examples as an epoch stream, and the task's batcher, criterion and validator on
+the shared trainer (``biglm.train.setup.assemble``).
+
+Order: the starting checkpoint (``init``) → its tokenizer → the task (heads added to the model config)
+→ examples read and encoded (one-line errors naming the bad line) → ``epochs`` turned into steps, an
+evaluation and a checkpoint after every epoch, the best epoch kept by the task's main metric →
+``assemble`` (model from ``init`` with fresh task heads, optimizer, loggers; or the run's newest
+checkpoint with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biglm.checkpoint import resolve_checkpoint
+from biglm.config import ModelConfig
+from biglm.configurable import load_yaml
+from biglm.data.records import read_records
+from biglm.errors import BiglmError, ConfigError
+from biglm.finetune.config import FinetuneConfig
+from biglm.finetune.data import ExampleStream, steps_per_epoch
+from biglm.finetune.tasks import FinetuneTask, build_task
+from biglm.train.batches import RowSeeds
+from biglm.train.loop import Trainer
+from biglm.train.parallel import init_distributed
+from biglm.train.setup import assemble, check_run_dir
+from biglm.train.streams import DataBundle
+
+
+@dataclass
+class Prepared:
+    """A config resolved against its starting checkpoint: tokenizer, task and the full model config."""
+
+    cfg: FinetuneConfig
+    init: Path
+    tokenizer: Any
+    task: FinetuneTask
+
+
+def prepare(cfg: FinetuneConfig) -> Prepared:
+    """Resolve ``cfg.init``, load its tokenizer, build the task and the model config (heads added)."""
+    from biglm.data.tokenizer import load_tokenizer
+
+    if not cfg.init:
+        raise ConfigError("init: give the pretrained checkpoint or run folder to start from (--init CKPT)")
+    init = resolve_checkpoint(cfg.init)
+    if not (init / "tokenizer").is_dir():
+        raise BiglmError(f"{init}: the checkpoint has no tokenizer/ folder; fine-tuning needs the model's tokenizer")
+    tokenizer = load_tokenizer(init / "tokenizer")
+    base = load_yaml(init / "model_config.yaml")
+    model = ModelConfig.from_dict({**base, **cfg.model_overrides})
+    task = build_task(cfg, tokenizer, model.max_seq_len)
+    cfg = dataclasses.replace(cfg, model=task.model_config(model))
+    return Prepared(cfg, init, tokenizer, task)
+
+
+def read_split(cfg: FinetuneConfig, split: str, task: FinetuneTask, labelled: bool = True,
+               required: bool = False) -> list[Any]:
+    """Encoded examples of ``split`` (train / valid / test), or [] when the config names none."""
+    spec, hf_split = cfg.data.spec(split)
+    if not spec:
+        if required:
+            raise ConfigError(f"data.{split}: no {split} examples given (--{split} FILE)")
+        return []
+    records = read_records(spec, split=hf_split, hf_config=cfg.data.hf_config, limit=cfg.data.max_examples)
+    return task.encode(records, labelled=labelled)
+
+
+def numeric(scores: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a task's scores (what metrics.jsonl can hold)."""
+    return {k: float(v) for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def make_validator(task: FinetuneTask, examples: list[Any]) -> Callable[[Any], dict[str, float]]:
+    """The task metrics of the model on ``examples`` (predicted with the engine or the scorers)."""
+    return lambda model: numeric(task.score(examples, task.predict(model, examples)))
+
+
+def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
+    """A ``Trainer`` that fine-tunes ``cfg.init`` on ``cfg.task`` into ``run_dir`` (``resume``: continue it)."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    env = init_distributed(cfg.train.device)
+    prepared = prepare(cfg)
+    cfg, task = prepared.cfg, prepared.task
+    train = task.train_items(read_split(cfg, "train", task, required=True))
+    valid = read_split(cfg, "valid", task)
+    t = cfg.train
+    spe = steps_per_epoch(len(train), t.global_batch_size)
+    t.grad_accum(env.world_size)  # validates the batch sizes
+    updates: dict[str, Any] = {"init_from": str(prepared.init)}
+    if not t.steps:
+        updates["steps"] = t.epochs * spe
+    if not t.eval_every:
+        updates["eval_every"] = spe
+    if not t.save_every:
+        updates["save_every"] = spe
+    if not t.best_metric and valid:
+        updates.update(best_metric=f"val_{task.main_metric}", best_mode=task.mode)
+    sample = train[:256]
+    mean_tokens = round(task.batcher()(sample, RowSeeds(0, 0)).num_tokens / len(sample))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, **updates), mean_row_tokens=mean_tokens)
+    if env.is_main:
+        print(f"biglm finetune: {task.kind}, {len(train)} training rows ({spe} steps of {t.global_batch_size} per "
+              f"epoch, {cfg.train.steps} steps), {len(valid)} validation examples", file=sys.stderr)
+    rows = cfg.train.global_batch_size * spe
+    train_stream = ExampleStream(train, rows, cfg.train.seed, env.rank, env.world_size)
+    val_items = task.train_items(valid)
+    val_stream = ExampleStream(val_items, None, 0, env.rank, env.world_size, shuffle=False,
+                               num_rows=len(val_items)) if val_items else None
+    tok = prepared.tokenizer
+    bundle = DataBundle(train_stream, val_stream, mask_token_id=int(tok.mask_token_id),
+                        vocab_size=cfg.model.vocab_size, n_tokens=len(tok), tokenizer=tok)
+    validator = make_validator(task, valid) if valid else None
+    return assemble(cfg, env, run_dir, resume, bundle, task.batcher(), task.criterion(), validator,
+                    steps_per_epoch=spe, verb="finetune")

@@ -1,0 +1,118 @@
+"""What every fine-tuning task kind provides, and the pieces they share.
+
+A task kind is data + loss + metric on the shared trainer (no loop of its own):
+
+- ``model_config(base)``: the pretrained model's config with the heads the task needs;
+- ``encode(records, labelled)``: records -> encoded examples (one-line errors naming the bad line);
+- ``batcher`` / ``criterion``: training rows and their loss (``biglm.train`` runs them);
+- ``predict(model, examples)``: one prediction (a dict) per example, through the generation engine or
+  the evaluation scorers;
+- ``score(examples, predictions)``: the task's metrics; ``main_metric`` / ``mode`` pick the best epoch;
+- ``output(example, prediction)``: the JSON object ``biglm predict`` writes for an input line;
+- ``show(example, prediction)``: one line for a person (input, prediction, reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from biglm.attention import AttentionLayout
+from biglm.config import ModelConfig
+from biglm.data.records import Record
+from biglm.errors import BiglmError
+from biglm.finetune.config import FinetuneConfig
+from biglm.objectives import IGNORE_INDEX, Batch, Criterion
+from biglm.train.batches import Batcher
+
+
+@dataclass
+class TokenIds:
+    """The special token ids tasks need (from the checkpoint's tokenizer)."""
+
+    bos: int
+    eos: int
+    mask: int
+    pad: int
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TokenIds:
+        ids = {}
+        for name in ("bos", "eos", "mask"):
+            value = getattr(tokenizer, f"{name}_token_id", None)
+            if value is None:
+                raise BiglmError(f"the checkpoint's tokenizer has no {name} token; fine-tuning needs BOS, EOS "
+                                 "and [MASK]")
+            ids[name] = int(value)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return cls(pad=int(pad) if pad is not None else ids["eos"], **ids)
+
+
+class FinetuneTask(Protocol):
+    kind: str
+    main_metric: str
+    mode: str
+
+    def model_config(self, base: ModelConfig) -> ModelConfig: ...
+    def encode(self, records: Sequence[Record], labelled: bool = True) -> list[Any]: ...
+    def train_items(self, examples: Sequence[Any]) -> list[Any]: ...
+    def batcher(self) -> Batcher: ...
+    def criterion(self) -> Criterion: ...
+    def predict(self, model: nn.Module, examples: Sequence[Any]) -> list[dict[str, Any]]: ...
+    def score(self, examples: Sequence[Any], predictions: Sequence[dict[str, Any]]) -> dict[str, float]: ...
+    def output(self, example: Any, prediction: dict[str, Any]) -> dict[str, Any]: ...
+    def show(self, example: Any, prediction: dict[str, Any]) -> str: ...
+
+
+class TaskBase:
+    """Shared state of the task kinds: the run config, tokenizer, special ids and the model's length limit."""
+
+    kind = ""
+    main_metric = ""
+    mode = "max"
+
+    def __init__(self, cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int) -> None:
+        self.cfg, self.tokenizer, self.max_seq_len = cfg, tokenizer, max_seq_len
+        self.options = cfg.task.options
+        self.fields = cfg.data
+        self.ids = TokenIds.of(tokenizer)
+        self.batch_size = cfg.task.eval_batch_size
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens), in one batched call of the Rust tokenizer."""
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def train_items(self, examples: Sequence[Any]) -> list[Any]:
+        """The training rows of ``examples`` (one per example; extractive QA has one per window)."""
+        return list(examples)
+
+    def text(self, ids: Sequence[int]) -> str:
+        """Decoded ids without special tokens (for showing examples)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def example_id(self, record: Record, index: int) -> str:
+        value = record.fields.get(self.fields.id_field)
+        return str(value) if value is not None else str(index)
+
+
+def one_row(input_ids: Sequence[int], labels: Sequence[int], regions: Sequence[int], kind: str = "prefix_blind",
+            extras: dict[str, torch.Tensor] | None = None) -> Batch:
+    """A one-row ``Batch`` of one example (document 0, positions 0..T-1)."""
+    T = len(input_ids)
+    layout = AttentionLayout(kind, torch.zeros(1, T, dtype=torch.int32), torch.tensor([regions], dtype=torch.int8))
+    return Batch(torch.tensor([list(input_ids)]), torch.tensor([list(labels)]), torch.arange(T)[None], layout,
+                 extras or {})
+
+
+def no_labels(n: int) -> list[int]:
+    return [IGNORE_INDEX] * n
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
