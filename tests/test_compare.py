@@ -27,7 +27,8 @@ def recipes(tmp_path_factory) -> tuple[Path, list[Path]]:
             "data": {"tokenizer": str(root / "tok"), "sources": [{"path": str(corpus)}], "seq_len": 64,
                      "val_fraction": 0.1, "cache_dir": str(root / "cache"), "num_workers": 1},
             "train": {"steps": 6, "global_batch_size": 4, "warmup_steps": 1, "log_every": 2, "eval_every": 3,
-                      "eval_batches": 1, "save_every": 6, "tensorboard": False, "peak_flops": 1e11}}
+                      "eval_batches": 1, "save_every": 6, "tensorboard": False, "peak_flops": 1e11,
+                      "progress": False}}
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     paths = []
     for name in ("biglm", "causal"):
@@ -39,8 +40,8 @@ def recipes(tmp_path_factory) -> tuple[Path, list[Path]]:
 def test_compare_trains_scores_and_reports(recipes):
     root, paths = recipes
     out = root / "out"
-    assert main(["compare", *map(str, paths), "--out", str(out), "--jobs", "2", "--threads", "1",
-                 "--scoring", "single-pass", "--max-items", "12", "--limit", "6"]) == 0
+    assert main(["compare", *map(str, paths), "--out", str(out), "--jobs", "0", "--threads", "1",
+                 "--scoring", "single-pass", "--max-items", "12", "--limit", "4"]) == 0
     table = (out / "compare.md").read_text()
     assert "| biglm | masked | single-pass |" in table and "| causal | causal | l2r |" in table
     data = json.loads((out / "compare.json").read_text())

@@ -25,7 +25,8 @@ def register(subparsers: Any) -> None:
                         "held-out documents of it are used")
     p.add_argument("--max-items", type=int, default=400, help="items per multiple-choice task (default 400)")
     p.add_argument("--scoring", default="greedy-order", choices=METHODS, help="scoring method of masked recipes")
-    p.add_argument("--jobs", type=int, default=1, help="recipes trained at the same time (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="recipes trained at the same time, each in a subprocess (default 1; 0: in this process)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per training job (default: the cores shared out among --jobs)")
     p.add_argument("--batch-size", type=int, default=32, help="requests scored together")

@@ -62,6 +62,7 @@ class CompareOptions:
     max_items: int = 400
     scoring: str = "greedy-order"
     jobs: int = 1
+    """Recipes trained at once, each in a subprocess; 0: one after the other in this process."""
     threads: int = 1
     batch_size: int = 32
     limit: int | None = None
@@ -99,11 +100,22 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 
 def train_all(recipes: list[Recipe], opts: CompareOptions, log: Callable[[str], None] = print) -> None:
-    """Train the recipes not yet finished, ``opts.jobs`` at a time (subprocesses, ``opts.threads`` each)."""
+    """Train the recipes not yet finished, ``opts.jobs`` at a time (subprocesses, ``opts.threads`` each;
+    ``jobs=0``: one after the other in this process)."""
     todo = [r for r in recipes if not _finished(r.run_dir(opts.out), r.cfg.train.steps)]
     for r in recipes:
         if r not in todo:
             log(f"compare: {r.name}: finished run found in {r.run_dir(opts.out)}")
+    if opts.jobs == 0:
+        from biglm.train.setup import setup
+
+        for r in todo:
+            run_dir = r.run_dir(opts.out)
+            log(f"compare: training {r.name} -> {run_dir}")
+            trainer = setup(r.cfg, run_dir, resume=(run_dir / "checkpoints").is_dir())
+            trainer.fit()
+            trainer.close()
+        return
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
     running: list[tuple[Recipe, subprocess.Popen, float]] = []
     failed = []
