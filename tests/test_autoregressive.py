@@ -101,6 +101,17 @@ def test_r2l_prediction_depends_only_on_later_tokens():
     assert (logit_for_token_t(after) - base).abs().max() > 1e-3
 
 
+def test_checkpoints_without_a_family_load_as_masked(tmp_path):
+    from biglm.checkpoint import load_model, model_state_dict, write_checkpoint
+
+    model = BiGLM(ModelConfig.from_preset("micro", vocab_size=64))
+    folder = write_checkpoint(tmp_path / "old", model_state_dict(model), model.config)
+    text = (folder / "model_config.yaml").read_text()
+    (folder / "model_config.yaml").write_text("".join(x for x in text.splitlines(True) if not x.startswith("family")))
+    assert "family" not in (folder / "model_config.yaml").read_text()
+    assert load_model(folder).config.family == "masked"
+
+
 def test_family_follows_the_objective_or_is_checked():
     cfg = RunConfig.from_dict({"objective": {"preset": "bidirectional-ar"}})
     assert cfg.model.family == "bidirectional-ar"
