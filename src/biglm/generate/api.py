@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from biglm.errors import BiglmError
-from biglm.generate.autoregressive import AROptions, generate_ar_ids
+from biglm.generate.autoregressive import AR_STRATEGIES, AROptions, generate_ar_ids
 from biglm.generate.engine import GenerationOutput, generate_ids
 from biglm.generate.sampling import SamplingConfig
 
 MASK_SYMBOL = "▢"
-AR_STRATEGIES = ("greedy", "sample", "beam")
 
 
 @dataclass

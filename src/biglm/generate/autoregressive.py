@@ -36,6 +36,8 @@ from biglm.model import KVCache
 
 PAD_DOCUMENT = -1
 NEG = -1.0e9
+AR_STRATEGIES: tuple[str, ...] = ("greedy", "sample", "beam")
+"""``greedy`` and ``sample`` run one loop (``AROptions.sampling``), ``beam`` another (``num_beams > 1``)."""
 
 
 @dataclass
@@ -345,5 +347,5 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
 
 decode_ar = decode  # the name ``biglm.generate`` exports (``decode`` there is the Mask-Predict engine's)
 
-__all__ = ["DIRECTIONS", "AROptions", "ARResult", "ARState", "TokenFeed", "decode", "decode_ar", "direction_markers",
-           "generate_ar_ids", "next_position", "start_state"]
+__all__ = ["AR_STRATEGIES", "DIRECTIONS", "AROptions", "ARResult", "ARState", "TokenFeed", "decode", "decode_ar",
+           "direction_markers", "generate_ar_ids", "next_position", "start_state"]
