@@ -48,7 +48,7 @@ def test_compare_trains_scores_and_reports(recipes):
     rows = {r["recipe"]: r for r in data["rows"]}
     assert rows["biglm"]["masked_val_loss"] > 0 and "masked_val_loss" not in rows["causal"]
     for r in rows.values():
-        assert r["train"]["steps"] == 6
+        assert r["train"]["steps"] == 6 and r["train"]["flops"] > 0
         assert 0 <= r["results"]["compare_continuation"]["acc,none"] <= 1
         assert r["results"]["compare_perplexity"]["bits_per_byte,none"] > 0
     assert (out / "compare.png").stat().st_size > 10_000
@@ -63,6 +63,10 @@ def test_recipes_must_share_data_and_budget(recipes):
     with pytest.raises(BiglmError, match="recipe names"):
         load_recipes([str(paths[0]), str(paths[0])], [])
     odd = paths[1].with_name("odd.yaml")
-    odd.write_text(yaml.safe_dump({"base": "base.yaml", "objective": {"preset": "causal"}, "train": {"steps": 9}}))
-    with pytest.raises(BiglmError, match=r"differs from biglm in train\.steps"):
+    odd.write_text(yaml.safe_dump({"base": "base.yaml", "objective": {"preset": "causal"},
+                                   "data": {"seq_len": 32}}))
+    with pytest.raises(BiglmError, match=r"differs from biglm in data"):
         load_recipes([str(paths[0]), str(odd)], [])
+    fewer = paths[1].with_name("fewer.yaml")  # another step count is allowed: the table shows each row's budget
+    fewer.write_text(yaml.safe_dump({"base": "base.yaml", "objective": {"preset": "causal"}, "train": {"steps": 4}}))
+    assert [r.cfg.train.steps for r in load_recipes([str(paths[0]), str(fewer)], [])] == [6, 4]

@@ -1,9 +1,10 @@
 """``biglm compare``: several recipes (run configs) trained on the same data with the same budget, scored on
 the same held-out zero-shot tasks, in one table (Markdown + JSON) and one plot.
 
-A recipe is just a run config; its name is the file's stem. The recipes must agree on the data and on
-the budget (``data`` section, ``train.steps``, ``train.global_batch_size``); their objectives (and so
-their model families) differ. Steps:
+A recipe is just a run config; its name is the file's stem. The recipes must agree on the data (``data``
+section, ``train.global_batch_size``); their objectives (and so their model families) differ, and so may
+their steps (e.g. a row trained for fewer steps to match another's training FLOPs: the table shows every
+row's steps, tokens and training FLOPs). Steps:
 
 1. **Train** each recipe into ``OUT/<name>`` (``biglm pretrain`` in a subprocess; ``jobs`` at a time,
    each on ``threads`` CPU threads; a finished run is reused, an unfinished one resumed).
@@ -87,11 +88,10 @@ def load_recipes(paths: list[str], overrides: list[str]) -> list[Recipe]:
     first = recipes[0].cfg
     for r in recipes[1:]:
         for what, a, b in (("data", first.data.to_dict(), r.cfg.data.to_dict()),
-                           ("train.steps", first.train.steps, r.cfg.train.steps),
                            ("train.global_batch_size", first.train.global_batch_size, r.cfg.train.global_batch_size)):
             if a != b:
                 raise BiglmError(f"compare: {r.name} differs from {recipes[0].name} in {what}; recipes must share "
-                                 "the data and the budget")
+                                 "the data and the batch")
     return recipes
 
 
@@ -203,19 +203,30 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
                "agreement": getattr(lm, "direction_agreement", {}), "eval_seconds": round(time.time() - start, 1)}
         if family == "masked":
             row["masked_val_loss"] = masked_validation(recipe, loaded.model, loaded.tokenizer.mask_token_id)
-        row["train"] = _train_summary(run_dir)
+        row["train"] = _train_summary(run_dir, recipe.cfg)
         cache.write_text(json.dumps(row, indent=1, default=float))
         log(f"compare: scored {recipe.name} ({label}) in {row['eval_seconds']:.0f} s")
         rows.append(row)
     return rows
 
 
-def _train_summary(run_dir: Path) -> dict[str, float]:
+def _train_summary(run_dir: Path, cfg: Any) -> dict[str, float]:
+    """Steps, tokens, training FLOPs (``flops_per_token`` of the model at each step, with the run's measured
+    fraction of positions with logits), last losses and the median training speed of a run."""
+    from biglm.train.growth import config_at
+    from biglm.train.metrics import flops_per_token
+
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last_val = [r["val_loss"] for r in lines if "val_loss" in r]
     speed = [r["tokens_per_s"] for r in lines if r.get("tokens_per_s")]
-    return {"steps": lines[-1]["step"], "tokens": lines[-1].get("tokens_seen", 0.0), "loss": lines[-1]["loss"],
-            "val_loss": last_val[-1] if last_val else float("nan"),
+    fractions = [r["masked_fraction"] for r in lines if "masked_fraction" in r] or [1.0]
+    frac = sum(fractions) / len(fractions)
+    steps = int(lines[-1]["step"])
+    tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
+    flops = sum(tokens_per_step * flops_per_token(config_at(cfg, k).model, cfg.data.seq_len, frac)
+                for k in range(steps))
+    return {"steps": steps, "tokens": lines[-1].get("tokens_seen", 0.0), "loss": lines[-1]["loss"],
+            "val_loss": last_val[-1] if last_val else float("nan"), "target_fraction": frac, "flops": flops,
             "median_tokens_per_s": sorted(speed)[len(speed) // 2] if speed else float("nan")}
 
 
