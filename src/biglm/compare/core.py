@@ -192,7 +192,9 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
     for label, kwargs in FAMILY_SCORERS[family](opts.scoring):
         cache = run_dir / f"compare_{label}.json"
         if cache.is_file():
-            rows.append(json.loads(cache.read_text()))
+            row = json.loads(cache.read_text())
+            row["train"] = _train_summary(run_dir, recipe.cfg)  # cheap: always from the run as it is now
+            rows.append(row)
             continue
         start = time.time()
         lm = BiGLMEvalModel(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=opts.batch_size, **kwargs)
