@@ -30,12 +30,12 @@ def _cell(value: float, err: float | None) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ["recipe", "family", "steps", "train PFLOP", "scored by", *[c[0] for c in COLUMNS],
+    head = ["recipe", "family", "steps", "train TFLOP", "scored by", *[c[0] for c in COLUMNS],
             "held-out bits/byte", "masked val loss (β grid)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|---|" + "---:|" * (len(head) - 5)]
     for r in rows:
         flops = r["train"].get("flops", float("nan"))
-        cells = [r["recipe"], r["family"], str(r["train"]["steps"]), f"{flops / 1e15:.3f}", r["scoring"]]
+        cells = [r["recipe"], r["family"], str(r["train"]["steps"]), f"{flops / 1e12:.1f}", r["scoring"]]
         cells += [_cell(*metric(r, task, name)) for _, task, name in COLUMNS]
         cells.append(_cell(metric(r, "compare_perplexity", "bits_per_byte")[0], None))
         cells.append(_cell(r.get("masked_val_loss", float("nan")), None))
