@@ -18,17 +18,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from biglm.config import ModelConfig
-from biglm.configurable import apply_overrides, from_dict, load_yaml, to_dict
+from biglm.configurable import apply_overrides, check_keys, from_dict, load_yaml, to_dict
 from biglm.data.config import DataConfig
 from biglm.errors import ConfigError, check
 from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
 
 SECTIONS = ("model", "objective", "data", "train")
+PSEUDO_KEYS = ("model.preset", "objective.preset")
+"""Keys of a run config that are no dataclass field: the presets the sections start from."""
 
 
 @dataclass
@@ -103,7 +106,7 @@ class TrainConfig:
         for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch"):
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 0, f"train.{name}={v!r}: must be an integer >= 0")
-        check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        check(math.isfinite(self.lr) and self.lr > 0, f"train.lr={self.lr}: must be a finite number > 0")
         check(0 <= self.min_lr <= self.lr, f"train.min_lr={self.min_lr}: must be in [0, lr={self.lr}]")
         check(0.0 <= self.decay_fraction <= 1.0, f"train.decay_fraction={self.decay_fraction}: must be in [0, 1]")
         check(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0,
@@ -202,6 +205,7 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     check(path not in _seen, f"{path}: 'base:' chain loops back to itself")
     data = load_yaml(path)
     base = data.pop("base", None)
+    check_keys(data, RunConfig, str(path), PSEUDO_KEYS)
     if base is None:
         return data
     check(isinstance(base, str), f"{path}: 'base' must be a path to another YAML file")
@@ -211,5 +215,5 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a run config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
     data = read_config_file(path) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []))
+    data = apply_overrides(data, list(overrides or []), RunConfig, PSEUDO_KEYS)
     return RunConfig.from_dict(data, str(path) if path is not None else "config")
