@@ -98,3 +98,33 @@ def test_init_from_starts_a_new_run_from_checkpoint_weights(tmp_path, corpus, ca
                     "--model.intermediate_size", "64") == 2
     err = capsys.readouterr().err.strip()
     assert "model.embed_tokens.weight" in err and len(err.splitlines()) == 1, err
+
+
+def strict_rows(run: Path) -> list[dict]:
+    def refuse(token: str) -> None:
+        raise AssertionError(f"metrics.jsonl holds {token}, which is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_diverging_run_stops_and_keeps_finite_checkpoints(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert pretrain(run, corpus, "--train.lr", "1e4", "--train.min_lr", "0", "--train.steps", "40",
+                    "--train.save_every", "5", "--train.keep_last", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite" in err[0] and "in a row, train.nonfinite_patience=10" in err[0], err
+    rows = strict_rows(run)
+    assert sum(r["skipped_steps"] for r in rows) >= 5
+    saved = sorted((run / "checkpoints").glob("step_*"))
+    assert saved, "the checkpoints written before the divergence are kept"
+    for folder in saved:
+        weights = load_model(folder).model.state_dict()
+        assert all(torch.isfinite(w).all() for w in weights.values()), folder
+
+
+def test_metrics_are_strict_json(tmp_path, corpus):
+    # mlm-15 has no suffix Y: its loss_y is absent, written as null (not NaN, which is not JSON).
+    run = tmp_path / "run"
+    assert pretrain(run, corpus, "--train.steps", "5", "--objective.preset", "mlm-15") == 0
+    rows = strict_rows(run)
+    assert rows and all(r["loss_y"] is None and r["loss"] > 0 for r in rows)

@@ -94,13 +94,18 @@ class TrainConfig:
     """Save a checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 3
     """Keep the newest K complete checkpoints."""
+    nonfinite: Literal["skip", "stop"] = "skip"
+    """A step whose loss or gradient norm is NaN/Inf: ``skip`` it (no update; the step counter, schedule and
+    data position advance) or ``stop`` at once. See ``biglm.train.guard``."""
+    nonfinite_patience: int = 10
+    """With ``nonfinite: skip``, stop after this many consecutive skipped steps."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; default: a table for H100/A100 bf16, else a measured matmul peak."""
     tensorboard: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches"):
+        for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches", "nonfinite_patience"):
             v = getattr(self, name)
             check(isinstance(v, int) and v > 0, f"train.{name}={v!r}: must be a positive integer")
         for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch"):
@@ -119,6 +124,7 @@ class TrainConfig:
         check(self.precision in ("auto", "fp32", "bf16"),
               f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: expected ddp or fsdp")
+        check(self.nonfinite in ("skip", "stop"), f"train.nonfinite={self.nonfinite!r}: expected skip or stop")
 
     def grad_accum(self, world_size: int) -> int:
         """Micro-steps per optimizer step on each rank; raises ``ConfigError`` if the sizes do not divide."""

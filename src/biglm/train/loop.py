@@ -26,6 +26,7 @@ from biglm.objectives import IGNORE_INDEX, Batch, LossParts, Objective, masked_l
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, BatchProducer, StepBatches, mask_rows
 from biglm.train.config import RunConfig
+from biglm.train.guard import NonFiniteGuard
 from biglm.train.metrics import MetricsLogger, Progress, flops_per_token, mfu, peak_flops
 from biglm.train.optim import set_learning_rate
 from biglm.train.parallel import (
@@ -65,6 +66,8 @@ class Trainer:
             if env.is_main else 0.0
         self.val_batches = self._prepare_val()
         self.last_metrics: dict[str, float] = {}
+        self.guard = NonFiniteGuard(self.tcfg.nonfinite, self.tcfg.nonfinite_patience, env.distributed,
+                                    progress.write if env.is_main else None)
 
     # --- batches ------------------------------------------------------------------------------------------
     def _prepare_val(self) -> list[Batch]:
@@ -105,12 +108,13 @@ class Trainer:
         max_norm = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        self.optimizer.step()
+        sums, norm, apply = self.guard.check(item.step, sums, norm, lr)  # the step's one host transfer
+        if apply:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b.input_ids.numel() for b in batches)
-        sums = sums.tolist()
         return {"x_sum": sums[0], "x_count": sums[1], "y_sum": sums[2], "y_count": sums[3],
-                "tokens": tokens, "lr": lr, "grad_norm": float(norm)}
+                "tokens": tokens, "lr": lr, "grad_norm": norm, "skipped": float(not apply)}
 
     # --- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -143,11 +147,12 @@ class Trainer:
         rngs = all_gather_object(ckpt.rng_state(), self.env)
         return {"step": self.step, "tokens_seen": self.tokens_seen, "annealing": self.annealing,
                 "world_size": self.env.world_size, "global_batch_size": self.tcfg.global_batch_size,
-                "data": self.data_state, "rng": rngs}
+                "data": self.data_state, "rng": rngs, "guard": self.guard.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.annealing = bool(state["annealing"])
+        self.guard.load_state_dict(state.get("guard", {}))
         if self.annealing:
             self.data.train.set_phase("anneal")
         self.data.train.load_state_dict(state["data"])
@@ -219,12 +224,13 @@ class Trainer:
         targets = x_count + y_count
         tokens_per_s = tokens / max(seconds, 1e-9)
         fpt = flops_per_token(self.cfg.model, self.seq_len, targets / max(tokens, 1.0))
-        return {"loss": (x_sum + y_sum) / max(targets, 1.0),
+        return {"loss": (x_sum + y_sum) / targets if targets else float("nan"),
                 "loss_x": x_sum / x_count if x_count else float("nan"),
                 "loss_y": y_sum / y_count if y_count else float("nan"),
                 "lr": acc.lr, "grad_norm": acc.grad_norm, "tokens_per_s": tokens_per_s,
                 "mfu": mfu(tokens_per_s, fpt, self.peak, self.env.world_size),
-                "masked_fraction": targets / max(tokens, 1.0), "tokens_seen": float(self.tokens_seen)}
+                "masked_fraction": targets / max(tokens, 1.0), "tokens_seen": float(self.tokens_seen),
+                "skipped_steps": int(acc.skipped)}
 
 
 @dataclass
@@ -238,6 +244,7 @@ class _Interval:
     tokens: float = 0.0
     lr: float = 0.0
     grad_norm: float = 0.0
+    skipped: float = 0.0
 
     def add(self, s: dict[str, float]) -> None:
         self.x_sum += s["x_sum"]
@@ -246,6 +253,7 @@ class _Interval:
         self.y_count += s["y_count"]
         self.tokens += s["tokens"]
         self.lr, self.grad_norm = s["lr"], s["grad_norm"]
+        self.skipped += s["skipped"]
 
 
 def all_reduce_max(value: float, env: DistEnv) -> float:

@@ -31,6 +31,12 @@ class NullLogger:
         pass
 
 
+def json_line(row: dict[str, Any]) -> str:
+    """One metrics row as strict JSON: NaN and ±Inf (absent or non-finite values) become ``null``."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 class JsonlLogger:
     """Appends one JSON object per call to ``path`` (``{"step": ..., **metrics}``), flushed at once."""
 
@@ -39,7 +45,7 @@ class JsonlLogger:
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.write(json_line({"step": step, **metrics}) + "\n")
         self.file.flush()
 
     def close(self) -> None:
