@@ -70,7 +70,8 @@ def test_incomplete_newest_checkpoint_is_skipped(tmp_path, capsys):
     (broken / "meta.json").unlink()
     notes: list[str] = []
     assert checkpointing.find_resume_checkpoint(run, notes.append).name == "step_00000004"
-    assert notes == ["note: skipping incomplete checkpoint step_00000006; resuming from step_00000004"]
+    assert notes == ["note: skipping incomplete checkpoint step_00000006 (no meta.json: its save did not finish); "
+                     "resuming from step_00000004"]
     # Resuming a finished run re-saves nothing and trains no further step.
     before = losses(run)
     assert train(micro_config(steps=4, save_every=2), run, resume=True) == before

@@ -8,6 +8,7 @@ trains (under ``torchrun`` on every rank; see ``biglm.train.parallel`` for multi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from biglm.errors import BiglmError
@@ -38,9 +39,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if config is None:
         if not args.resume:
             raise BiglmError("--config is required (only --resume may take RUN_DIR/config.yaml)")
-        config = args.out / "config.yaml"
-        if not config.is_file():
-            raise BiglmError(f"{args.out}: no config.yaml to resume from; pass --config")
+        config = resume_config(args.out)
     cfg = load_run_config(config, getattr(args, "overrides", []))
     try:
         trainer = setup(cfg, args.out, resume=args.resume)
@@ -55,6 +54,27 @@ def pretrain_command(args: argparse.Namespace) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def resume_config(run_dir: Path) -> Path:
+    """``RUN_DIR/config.yaml``, or when it is missing, empty or unreadable the copy saved in the newest
+    intact checkpoint (every checkpoint holds the run config), with a note."""
+    from biglm.configurable import load_yaml
+    from biglm.errors import ConfigError
+    from biglm.train.checkpointing import CONFIG, find_resume_checkpoint
+
+    path = run_dir / "config.yaml"
+    try:
+        problem = "" if load_yaml(path) else "empty"
+    except ConfigError as e:
+        problem = "missing" if not path.exists() else f"unreadable ({e})"
+    if not problem:
+        return path
+    newest = find_resume_checkpoint(run_dir, note=lambda _: None)
+    if newest is None:
+        raise BiglmError(f"{path}: {problem}, and {run_dir} has no checkpoint holding the run config; pass --config")
+    print(f"note: {path} is {problem}; using the run config saved in {newest / CONFIG}", file=sys.stderr)
+    return newest / CONFIG
 
 
 def plot_command(args: argparse.Namespace) -> int:
