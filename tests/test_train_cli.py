@@ -62,7 +62,7 @@ def test_pretrain_resume_and_plot(tmp_path, corpus, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--train.lrr", "1"], "unknown config key 'train.lrr'; did you mean 'lr'?"),
+    (["--train.lrr", "1"], "--train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'?"),
     (["--data.seq_len", "4096"], "data.seq_len=4096: exceeds model.max_seq_len=256"),
     (["--model.vocab_size", "100"], "model.vocab_size=100: smaller than the tokenizer's 300 tokens"),
 ])
