@@ -47,12 +47,15 @@ class TrainConfig:
     steps: int = 1000
     """Optimizer steps of the whole run."""
     global_batch_size: int = 8
+    """Packed rows per optimizer step, over all ranks."""
     micro_batch_size: int = 0
+    """Rows per forward pass on each rank (0: global_batch_size / world size, no accumulation)."""
     lr: float = 6e-4
     """Peak learning rate (reached at the end of warm-up)."""
     min_lr: float = 6e-5
     """Final learning rate of the decay (WSD and cosine)."""
     schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    """Learning-rate schedule after warm-up: WSD (warmup-stable-decay), cosine, or constant."""
     warmup_steps: int = 100
     """Linear warm-up from lr/warmup_steps to lr over this many steps."""
     decay_fraction: float = 0.2
@@ -60,8 +63,11 @@ class TrainConfig:
     anneal_data: bool = True
     """WSD: switch the data stream to ``data.anneal_sources`` when the decay starts (if any are given)."""
     beta1: float = 0.9
+    """AdamW beta1."""
     beta2: float = 0.95
+    """AdamW beta2."""
     eps: float = 1e-8
+    """AdamW epsilon."""
     weight_decay: float = 0.01
     """AdamW decay of weight matrices; norms and biases are never decayed."""
     decay_embeddings: bool = True
@@ -86,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the model init, dropout and the objective's masking (per row, see ``biglm.train.loop``)."""
     log_every: int = 10
+    """Write a metrics row every this many steps."""
     eval_every: int = 0
     """Evaluate on the validation split every this many steps (0: only at the end)."""
     eval_batches: int = 20
@@ -93,7 +100,7 @@ class TrainConfig:
     save_every: int = 1000
     """Save a checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 3
-    """Keep the newest K complete checkpoints."""
+    """Keep the newest K intact checkpoints (damaged or unfinished ones never count)."""
     nonfinite: Literal["skip", "stop"] = "skip"
     """A step whose loss or gradient norm is NaN/Inf: ``skip`` it (no update; the step counter, schedule and
     data position advance) or ``stop`` at once. See ``biglm.train.guard``."""
@@ -102,7 +109,9 @@ class TrainConfig:
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; default: a table for H100/A100 bf16, else a measured matmul peak."""
     tensorboard: bool = True
+    """Also write TensorBoard scalars to RUN_DIR/tensorboard."""
     progress: bool = True
+    """Show a progress bar (loss, tokens/s, ETA)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "log_every", "keep_last", "eval_batches", "nonfinite_patience"):
