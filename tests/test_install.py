@@ -1,7 +1,7 @@
 """The plain-pip install path: the wheel alone makes ``lm_eval --model biglm`` work.
 
 The wheel is built from a copy of the source tree and installed with ``--no-deps`` into a fresh virtual
-environment whose dependencies come from this environment's site-packages through a plain path line in a
+environment whose dependencies come from this environment's import path through plain path lines in a
 ``.pth`` file. A path line adds the folder to ``sys.path`` but runs none of the ``.pth`` files in it, so
 this environment's editable biglm and its own lm-eval hook stay inert: only the wheel's files and the
 wheel's hook are exercised. Then the stock lm-eval command line scores a shipped task (``--limit 5``).
@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,10 @@ def test_wheel_alone_makes_lm_eval_model_biglm_work(tmp_path):
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env,
                     tmp_path).stdout.strip())
-    (site / "_deps_from_main_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Every folder this interpreter imports from (its site-packages and any they chain to), but none that
+    # holds a biglm package (the source tree, an editable install's path entry).
+    deps = [p for p in sys.path if p and Path(p).is_dir() and not (Path(p) / "biglm").exists()]
+    (site / "_deps_from_main_env.pth").write_text("".join(f"{p}\n" for p in deps))
     run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
         env, tmp_path)
     assert (site / "biglm_lm_eval.pth").is_file(), "the wheel installs the hook into site-packages"
