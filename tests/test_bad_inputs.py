@@ -5,6 +5,7 @@ legitimate after all, works."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -91,9 +92,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("case, argv, status, text", [pytest.param(*c[:4], id=c[0], marks=c[4:]) for c in CASES])
-def test_bad_input(ctx, capsys, case, argv, status, text):
+def test_bad_input(ctx, capsys, caplog, case, argv, status, text):
     capsys.readouterr()
-    assert main(argv(ctx)) == status, case
+    with caplog.at_level(logging.WARNING, logger="biglm"):
+        assert main(argv(ctx)) == status, case
     out, err = capsys.readouterr()
     if status == 0:
         assert text in out, out
@@ -101,3 +103,5 @@ def test_bad_input(ctx, capsys, case, argv, status, text):
     lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert text in lines[0], lines[0]
+    # Log warnings would reach the terminal as extra lines next to the error.
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("biglm")], caplog.text

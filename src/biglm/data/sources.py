@@ -163,7 +163,6 @@ def _iter_jsonl(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
                 bad.add(f"{path}:{lineno}", record)
                 continue
             yield text
-    bad.report()
 
 
 def _iter_json(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
@@ -184,7 +183,6 @@ def _iter_json(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
             bad.add(f"{path} {where}", value)
             continue
         yield text
-    bad.report()
 
 
 def _iter_parquet(path: Path, field: str) -> Iterator[str]:
@@ -260,15 +258,18 @@ def _documents(spec: SourceConfig, files: list[Path]) -> Iterator[str]:
         yield text
         n += 1
         if spec.max_documents is not None and n >= spec.max_documents:
-            return
-    if n == 0:
-        lacking = [c for c in counters if c.without_field]
-        if lacking:
-            count = sum(c.without_field for c in counters)
-            fields = ", ".join(lacking[0].fields or []) or "none"
-            raise BiglmError(f"{spec.path}: no record has a string field '{spec.text_field}' ({count:,} records; "
-                             f"the first has fields: {fields}); set text_field to the field that holds the text")
-        raise BiglmError(f"{spec.path}: no documents found (empty corpus)")
+            break
+    if n:  # warnings for skipped records only when there is a corpus (else the error below says it all)
+        for counter in counters:
+            counter.report()
+        return
+    lacking = [c for c in counters if c.without_field]
+    if lacking:
+        count = sum(c.without_field for c in counters)
+        fields = ", ".join(lacking[0].fields or []) or "none"
+        raise BiglmError(f"{spec.path}: no record has a string field '{spec.text_field}' ({count:,} records; "
+                         f"the first has fields: {fields}); set text_field to the field that holds the text")
+    raise BiglmError(f"{spec.path}: no documents found (empty corpus)")
 
 
 def source_signature(spec: SourceConfig | str) -> list[tuple[str, int, int]]:
