@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
-from biglm.files import HASH_NAME, file_digest
+from biglm.files import HASH_NAME, bytes_digest, file_digest
 from biglm.model import BiGLM
 
 FORMAT_VERSION = 1
@@ -100,10 +100,8 @@ def _cache_key(folder: Path, files: list[str]) -> tuple:
 
 def _meta_digest(meta: dict[str, Any]) -> str:
     """Checksum of meta.json's own content (all but this field), so that damage to it is caught too."""
-    import xxhash
-
     body = {k: v for k, v in meta.items() if k != "meta_" + HASH_NAME}
-    return xxhash.xxh3_128(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return bytes_digest(json.dumps(body, sort_keys=True).encode())
 
 
 def verify_checkpoint(folder: str | Path) -> dict[str, Any]:

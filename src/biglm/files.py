@@ -38,3 +38,8 @@ def file_digest(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    """The xxHash3-128 hex digest of ``data``."""
+    return xxhash.xxh3_128(data).hexdigest()
