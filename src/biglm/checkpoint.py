@@ -41,6 +41,8 @@ from biglm.model import BiGLM
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
+MODEL_FILES = (WEIGHTS, "model_config.yaml", "tokenizer")
+"""What ``load_model`` reads: only these are verified before loading a model for inference."""
 Note = Callable[[str], None]
 
 
@@ -104,14 +106,15 @@ def _meta_digest(meta: dict[str, Any]) -> str:
     return bytes_digest(json.dumps(body, sort_keys=True).encode())
 
 
-def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
+def verify_checkpoint(folder: str | Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Check that a checkpoint folder is whole and undamaged; return its ``meta.json``.
 
     Raises ``CheckpointError`` naming the file and what is wrong (no ``meta.json``, a listed file
     missing, a size or checksum that differs from the record), and ``BiglmError`` for a format newer
     than this biglm. Checkpoints written before the ``integrity`` record get structural checks instead:
     the safetensors header and data, the zip structure (with CRCs) of ``.pt`` files, the YAML files,
-    and finite weights.
+    and finite weights. ``only`` restricts the check to these files and folders (``MODEL_FILES``: what
+    loading the model reads), so that damaged training state does not hide intact weights.
     """
     folder = Path(folder)
     meta_path = folder / "meta.json"
@@ -127,13 +130,16 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BiglmError(f"{folder}: checkpoint format version {version} is newer than this biglm "
                          f"understands ({FORMAT_VERSION}); upgrade biglm")
-    missing = [f for f in meta.get("files", []) if not (folder / f).exists()]
+    wanted = (lambda rel: True) if only is None else (lambda rel: rel in only or rel.startswith(
+        tuple(o.rstrip("/") + "/" for o in only)))
+    missing = [f for f in meta.get("files", []) if wanted(f) and not (folder / f).exists()]
     if missing:
         raise CheckpointError(folder, f"incomplete, missing {', '.join(missing)}", incomplete=True)
     record = (meta.get("integrity") or {}).get("files")
     if not record:
-        _check_structure(folder, meta)
+        _check_structure(folder, [n for n in meta.get("files", []) if wanted(n)])
         return meta
+    record = {rel: rec for rel, rec in record.items() if wanted(rel)}
     if meta.get("meta_" + HASH_NAME) != _meta_digest(meta):
         raise CheckpointError(folder, "meta.json does not match its checksum: damaged")
     try:
@@ -156,11 +162,16 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _check_structure(folder: Path, meta: dict[str, Any]) -> None:
+def verify_model(folder: str | Path) -> dict[str, Any]:
+    """``verify_checkpoint`` of the files a model is loaded from (``MODEL_FILES``)."""
+    return verify_checkpoint(folder, only=MODEL_FILES)
+
+
+def _check_structure(folder: Path, files: list[str]) -> None:
     """The checks for a checkpoint without an integrity record (written by an earlier biglm)."""
     import yaml
 
-    names = [n for n in meta.get("files", []) if (folder / n).is_file()]
+    names = [n for n in files if (folder / n).is_file()]
     for name in names:
         path = folder / name
         try:
@@ -316,13 +327,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None, note: Note | None = None) -> LoadedModel:
     """Load the model (and tokenizer, if saved) from a checkpoint or run folder, in eval mode.
 
-    The checkpoint is verified first (``verify_checkpoint``); from a run folder, damaged or unfinished
-    newer checkpoints are skipped with a note (see ``resolve_checkpoint``).
+    The files it reads (``MODEL_FILES``) are verified first (``verify_checkpoint``); from a run folder,
+    newer checkpoints where they are damaged or unfinished are skipped with a note (see
+    ``resolve_checkpoint``). Damage to the training state alone (``optimizer.pt``, ...) does not stop
+    inference from the newest weights; it does stop ``--resume`` from using that checkpoint.
     """
     from biglm.devices import resolve_device
 
     device = resolve_device(device, "device")
-    folder = resolve_checkpoint(path, note)
+    folder = resolve_checkpoint(path, note, check=verify_model)
     meta = read_meta(folder)
     try:
         config = ModelConfig.from_file(folder / "model_config.yaml")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from biglm.checkpoint import check_state_dict, resolve_checkpoint
+from biglm.checkpoint import check_state_dict, resolve_checkpoint, verify_model
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError, ConfigError
 from biglm.model import BiGLM
@@ -113,7 +113,7 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataF
         if resume else None
     weights_from = resume_from
     if weights_from is None and cfg.train.init_from:
-        weights_from = resolve_checkpoint(cfg.train.init_from)
+        weights_from = resolve_checkpoint(cfg.train.init_from, check=verify_model)
     model, train_model = build_model(cfg, env, weights_from)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
