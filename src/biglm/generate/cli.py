@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prompts-file", help="one prompt per line (blank lines skipped); '-' reads stdin")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="suffix length L (the largest candidate with --length predict)")
-    p.add_argument("--steps", type=int, default=10, help="refinement passes T (1..L)")
+    p.add_argument("--steps", type=int, default=None, help="refinement passes T (1..L; default min(10, L))")
     p.add_argument("--strategy", default="mask-predict", help="mask-predict, threshold or blocks")
     p.add_argument("--threshold", type=float, default=None,
                    help="threshold strategy: commit tokens at least this probable (default 0.9)")
@@ -64,8 +64,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biglm.devices import resolve_device
     from biglm.generate.api import MASK_SYMBOL, generate
 
+    resolve_device(args.device, "--device")
     prompts = read_prompts(args)
     options = {}
     if args.threshold is not None:
