@@ -24,8 +24,9 @@
 Timings take the minimum over interleaved repeats (``common.best_of``); the load average is printed and
 stored, so that readers can judge the noise of a shared machine.
 
-    python bench/finetune.py            # full run (about 15 minutes on 2 CPU cores)
-    python bench/finetune.py --quick    # tiny shape only, fewer repeats, shorter training
+    python bench/finetune.py            # full run: tiny and 136M shapes (20 minutes on 2 shared CPU cores)
+    python bench/finetune.py --quick    # tiny shape only, fewer repeats, 300 training steps (5 minutes)
+    python bench/finetune.py --parts quality --quality-tasks copy    # one part, one task
 
 Prints Markdown tables and writes ``bench/results/finetune.json`` (``finetune_quick.json`` with --quick).
 """
