@@ -57,7 +57,7 @@ SEQ2SEQ = ["--task.kind", "seq2seq", "--task.seq2seq.max_target_length", "10", "
 def test_seq2seq_copies_variable_length_sequences_with_predicted_lengths(tmp_path):
     init = make_checkpoint(tmp_path / "init", layers=2, hidden=128)
     trainer = finetune(tmp_path, init, copy_rows(4000, 0), copy_rows(200, 1), *SEQ2SEQ, "--train.steps", "500",
-                       "--train.eval_every", "500", "--task.seq2seq.length_rule", "joint")
+                       "--train.eval_every", "500")
     row = trainer.last_metrics
     assert row["val_exact_match"] > 80, row  # lengths 3..8 from the length head, 10 Mask-Predict passes
     assert row["val_length_accuracy"] > 90, row

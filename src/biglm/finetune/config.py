@@ -101,9 +101,10 @@ class Seq2SeqConfig:
     """Mask-Predict passes T at prediction."""
     length_candidates: int = 3
     """Lengths decoded in parallel with ``length: head``."""
-    length_rule: Literal["average", "joint"] = "average"
-    """How the winning length candidate is chosen: the best average token log-probability (BiGLM's code), or
-    the best joint score log p(length) + Σ log p(token) (``biglm.generate.length``)."""
+    length_rule: Literal["average", "joint"] = "joint"
+    """How the winning length candidate is chosen: the best joint score log p(length) + Σ log p(token), or the
+    best average token log-probability (BiGLM's code; on a copy task it picks a wrong length 82% of the time
+    where the length head itself is right: see the README)."""
     strategy: str = "mask-predict"
     """Decoding strategy (``biglm.generate.STRATEGIES``)."""
     prefix_cache: bool = True

@@ -106,7 +106,7 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
              max_new_tokens: int = 32, steps: int | None = None, strategy: str = "mask-predict",
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              prefix_cache: bool = True, length: Literal["fixed", "predict"] = "fixed",
-             length_candidates: int = 3, length_rule: str = "average", return_trajectory: bool = False,
+             length_candidates: int = 3, length_rule: str = "joint", return_trajectory: bool = False,
              device: str | torch.device | None = None, **strategy_options: Any) -> str | list[str] | GenerationResult:
     """Generate a continuation of each prompt non-autoregressively.
 

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--length", choices=("fixed", "predict"), default="fixed",
                    help="fixed L, or candidates from the model's length head")
     p.add_argument("--length-candidates", type=int, default=3, help="length candidates decoded in parallel")
-    p.add_argument("--length-rule", choices=("average", "joint"), default="average",
+    p.add_argument("--length-rule", choices=("average", "joint"), default="joint",
                    help="winner among length candidates: best average token log-prob, or log p(length) + sum")
     p.add_argument("--show-steps", action="store_true",
                    help="print the partly decoded text of every pass (▢ = still masked)")
