@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
     train, valid = copy_rows(60, 0), copy_rows(12, 1)  # 8 steps per epoch: the break falls inside epoch 1
     full = finetune(tmp_path, init, train, valid, *args, run="full")
     finetune(tmp_path, init, train, valid, *args, run="split", until=11)
+    shutil.rmtree(init)  # a resumed run needs only its own checkpoints
     torch.manual_seed(999)  # disturb the process RNG: the checkpoint must restore it
     resumed = finetune(tmp_path, init, train, valid, *args, run="split", resume=True)
     assert resumed.step == full.step == 16
