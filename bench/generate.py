@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,23 +34,10 @@ import torch
 from biglm import BiGLM, ModelConfig
 from biglm.generate import encode_prefix, generate_ids, suffix_logits
 from biglm.generate.engine import model_device
+from common import PassCounter, best_of, llama_like
 
 BOS, EOS, MASK, PAD = 1, 2, 3, 0
 STEPS = 10
-
-
-def best_of(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
-    """Best (minimum) wall time of each function over ``repeats`` interleaved runs after one warm-up
-    each, and its last result. Interleaving and the minimum keep the comparison fair on a shared
-    machine: other load only ever adds time."""
-    results = {name: fn() for name, fn in fns.items()}
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: (best[name], results[name]) for name in fns}
 
 
 def biglm_model(shape: str, device: str) -> BiGLM:
@@ -103,30 +89,14 @@ def bench_cache(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def llama_like(config: ModelConfig, device: str) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def peer(config: ModelConfig, device: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    hf = LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                     intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-                     num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-                     max_position_embeddings=2048, rms_norm_eps=config.norm_eps, tie_word_embeddings=True,
-                     bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-    hf._attn_implementation = "sdpa"
-    return LlamaForCausalLM(hf).eval().to(device)
-
-
-class PassCounter:
-    """Counts forward calls of a module."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.count = 0
-        module.register_forward_hook(lambda *_: setattr(self, "count", self.count + 1))
+    return llama_like(config, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD).eval().to(device)
 
 
 def bench_vs_autoregressive(args: argparse.Namespace, shape: str, batches: list[int]) -> dict[str, Any]:
     model = biglm_model(shape, args.device)
-    llama = llama_like(model.config, args.device)
+    llama = peer(model.config, args.device)
     nar_passes, ar_passes = PassCounter(model), PassCounter(llama)
     new, rows = 64, []
     for batch in batches:

@@ -32,45 +32,11 @@ from biglm.config import ModelConfig
 from biglm.model import BiGLM
 from biglm.objectives import MaskedLMCriterion, ObjectiveConfig, build_objective
 from biglm.train.batches import ObjectiveBatcher, RowSeeds
-from biglm.train.config import TrainConfig
 from biglm.train.metrics import flops_per_token, measure_matmul_peak, peak_flops
-from biglm.train.optim import build_optimizer
 from biglm.train.streams import SyntheticRows
+from common import llama_like, make_step
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
-
-
-def llama_like(cfg: ModelConfig) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    lc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                     num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_seq_len,
-                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=True,
-                     attention_dropout=0.0, initializer_range=cfg.init_std)
-    lc._attn_implementation = "sdpa"
-    return LlamaForCausalLM(lc)
-
-
-def make_step(model: torch.nn.Module, loss_fn, device: torch.device, dtype: torch.dtype):
-    opt = build_optimizer(model, TrainConfig())
-    ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else None
-
-    def step() -> float:
-        if ctx is None:
-            loss = loss_fn()
-        else:
-            with ctx():
-                loss = loss_fn()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return float(loss.detach())
-
-    return step
 
 
 def bench_shape(name: str, batch: int, seq_len: int, steps: int, device: torch.device, dtype: torch.dtype) -> dict:

@@ -21,6 +21,7 @@ if ! python -c "import biglm, lm_eval, pytest, ruff" 2>/dev/null; then
   echo "[setup] installing biglm and its dependencies"
   python -m pip install -q -e ".[eval,dev]"
 fi
-# lm-eval 0.4 reads no plugin entry points: a one-line .pth hook registers `--model biglm`.
+# lm-eval 0.4 reads no plugin entry points: a one-line .pth hook registers `--model biglm`. A wheel
+# (`pip install biglm`) installs it itself; this editable install does not carry it, so write it here.
 python -m biglm.evaluate.plugin install >/dev/null
 python -c "import torch, biglm; print(f'[setup] biglm {biglm.__version__}, torch {torch.__version__}')"

@@ -448,3 +448,34 @@ def test_gutenberg_boilerplate_is_stripped():
     raw = ("Header\r\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\nBody  \r\n\r\n\r\n\r\nMore\r\n"
            "*** END OF X\r\nLicence")
     assert clean_gutenberg(raw) == "Body\n\nMore"
+
+
+def test_binary_file_as_text_source_is_refused(tmp_path):
+    blob = bytes(range(256)) * 64  # NUL bytes and invalid UTF-8, like any image or archive
+    for name in ("photo.txt", "dump.jsonl", "data.json"):
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(BiglmError, match=rf"{name}: binary data \(NUL bytes in its first 64 KiB\), not UTF-8"):
+            list(iter_documents(str(tmp_path / name)))
+    with gzip.open(tmp_path / "z.txt.gz", "wb") as f:
+        f.write(blob)
+    with pytest.raises(BiglmError, match=r"z\.txt\.gz: binary data"):
+        list(iter_documents(str(tmp_path / "z.txt.gz")))
+    (tmp_path / "nul-free.txt").write_bytes(bytes(range(128, 256)) * 64)
+    with pytest.raises(BiglmError, match=r"nul-free\.txt: not UTF-8 text \(100% of its first 64 KiB"):
+        list(iter_documents(str(tmp_path / "nul-free.txt")))
+    # A text file with a few non-UTF-8 bytes (Latin-1 accents) is still text: read with replacements.
+    (tmp_path / "latin1.txt").write_bytes("Le café de la gare est fermé le dimanche.\n".encode("latin-1") * 50)
+    assert len(list(iter_documents(str(tmp_path / "latin1.txt")))) == 1
+
+
+def test_jsonl_without_the_text_field_names_it(tmp_path):
+    path = tmp_path / "posts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "body": f"post {i}"}) + "\n" for i in range(5)))
+    with pytest.raises(BiglmError, match=r"posts\.jsonl: no record has a string field 'text' \(5 records; the first "
+                                         r"has fields: id, body\); set text_field"):
+        list(iter_documents(str(path)))
+    assert list(iter_documents(SourceConfig(str(path), text_field="body"))) == [f"post {i}" for i in range(5)]
+    (tmp_path / "posts.json").write_text(json.dumps([{"title": "a"}, {"title": "b"}]))
+    with pytest.raises(BiglmError, match=r"no record has a string field 'text' \(2 records; the first has fields: "
+                                         r"title\)"):
+        list(iter_documents(str(tmp_path / "posts.json")))

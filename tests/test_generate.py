@@ -162,15 +162,20 @@ def test_eos_cuts_the_output():
     assert cut_at_eos([4, 4], EOS) == [4, 4] and cut_at_eos([EOS], EOS) == []
 
 
-def test_length_candidates_chosen_by_average_logprob():
+def test_length_candidates_chosen_by_average_or_joint_score():
     # Head ranks 5 > 3 > 7. Per-token log-probs: l=3: -0.2 (sum -0.6), l=5: -0.5, l=7: -0.1 (sum -0.7).
-    # The average rule picks 7 (the sum rule would pick 3, the head alone 5).
+    # The average rule picks 7 (the sum rule would pick 3, the head alone 5); the joint rule adds the head's
+    # log-probability to the sums: 2 - 0.6 = 1.4 (l=3) > 3 - 2.5 = 0.5 (l=5) > 1 - 0.7 = 0.3 (l=7), so 3.
     per_token = {3: -0.2, 5: -0.5, 7: -0.1}
     scores = [0.0] * 12
     scores[5], scores[3], scores[7] = 3.0, 2.0, 1.0
     mock = MockModel(token=lambda n, j: 5 + j, logprob=lambda n, j: per_token.get(n, -3.0), length_scores=scores)
+    joint = generate_ids(mock, [[7, 8], [9]], **IDS, max_new_tokens=10, steps=2, length="predict",
+                         length_candidates_k=3)
+    assert joint.lengths == [3, 3] and joint.token_ids[0] == [5, 6, 7]
+    mock = MockModel(token=lambda n, j: 5 + j, logprob=lambda n, j: per_token.get(n, -3.0), length_scores=scores)
     out = generate_ids(mock, [[7, 8], [9]], **IDS, max_new_tokens=10, steps=2, length="predict",
-                       length_candidates_k=3)
+                       length_candidates_k=3, length_rule="average")
     assert out.candidates == [[5, 3, 7], [5, 3, 7]]
     assert out.lengths == [7, 7] and out.token_ids[0] == list(range(5, 12))
     assert out.scores[0] == pytest.approx(-0.1, abs=1e-5)

@@ -304,3 +304,57 @@ def test_export_push_to_hub(ckpts: dict[str, Path], tmp_path: Path, monkeypatch:
     assert calls[1][:2] == ("upload", "user/biglm-micro")
     assert {"config.json", "model.safetensors", "modeling_biglm.py", "configuration_biglm.py",
             "tokenizer.json"} <= set(calls[1][2])
+
+
+def test_force_never_replaces_the_source(ckpts: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    run = tmp_path / "runs" / "r"
+    shutil.copytree(ckpts["a"], run / "checkpoints" / "step_00000007")
+    hf = shutil.copytree(ckpts["hf_a"], tmp_path / "hf")
+    save_llama(tmp_path / "llama")
+    cases = [
+        (["export-hf", "--ckpt", str(run), "--out", str(run)], "is the source"),
+        (["export-hf", "--ckpt", str(run), "--out", str(tmp_path / "runs")], "contains the source"),
+        (["export-hf", "--ckpt", str(run), "--out", str(run / "checkpoints")], "contains the source"),
+        (["import-hf", str(hf), "--out", str(hf)], "is the source"),
+        (["import-hf", str(hf), "--out", str(tmp_path)], "contains the source"),
+        (["import-hf", "--from-llama", str(tmp_path / "llama"), "--out", str(tmp_path / "llama")], "is the source"),
+    ]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert cli_main([*argv, "--force"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "replacing it would delete the source" in err and len(err.splitlines()) == 1
+    assert load_model(run).meta["step"] == 7 and (hf / "model.safetensors").is_file()
+    assert (tmp_path / "llama" / "config.json").is_file()
+    # --force on an unrelated folder replaces it, and only once the new folder is whole.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.txt").write_text("x")
+    assert cli_main(["export-hf", "--ckpt", str(run), "--out", str(tmp_path / "old"), "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "old").iterdir())[:2] == ["README.md", "config.json"]
+    assert not (tmp_path / "old" / "stale.txt").exists() and not list(tmp_path.glob(".old-*"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: (d / "config.json").write_text('{"model_type": "biglm", "hidden_size": 64,'),
+     r"config.json:1: not valid JSON \(Expecting"),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), r"config.json: expected a JSON object, got list"),
+    (lambda d: (d / "config.json").write_text(json.dumps(
+        {**json.loads((d / "config.json").read_text()), "hidden_size": "wide"})),
+     r"config.json: model.hidden_size='wide': expected int"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:5000]),
+     r"model.safetensors: cannot be read, truncated or damaged"),
+])
+def test_import_damaged_folder_is_one_line(ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+                                           edit, message: str) -> None:
+    import re
+    import shutil
+
+    bad = shutil.copytree(ckpts["hf_a"], tmp_path / "bad")
+    edit(bad)
+    assert cli_main(["import-hf", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -133,3 +133,27 @@ def test_train_rejects_tiny_vocab(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(BiglmError, match="vocab_size"):
         train_tokenizer([str(tmp_path / "a.txt")], vocab_size=100, out_dir=tmp_path / "t")
+
+
+def test_missing_relative_folder_is_not_tried_on_the_hub(tmp_path, monkeypatch):
+    import transformers
+
+    calls: list[str] = []
+
+    def offline(name, *args, **kwargs):
+        calls.append(str(name))
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    # data/ exists here: data/x is a local path that is missing, reported at once without any hub request.
+    with pytest.raises(BiglmError, match=r"^data/x: tokenizer folder not found \(no .*data/x; not tried as a Hugging "
+                                         r"Face Hub name"):
+        load_tokenizer("data/x")
+    assert calls == []
+    # Nothing local by that name: tried on the hub, and the error says both.
+    with pytest.raises(BiglmError, match=r"^someorg/sometok: no local folder .*someorg/sometok, and no Hugging Face "
+                                         r"Hub tokenizer of that name could be loaded \(We couldn't connect"):
+        load_tokenizer("someorg/sometok")
+    assert calls == ["someorg/sometok"]

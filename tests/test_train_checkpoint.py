@@ -70,7 +70,8 @@ def test_incomplete_newest_checkpoint_is_skipped(tmp_path, capsys):
     (broken / "meta.json").unlink()
     notes: list[str] = []
     assert checkpointing.find_resume_checkpoint(run, notes.append).name == "step_00000004"
-    assert notes == ["note: skipping incomplete checkpoint step_00000006; resuming from step_00000004"]
+    assert notes == ["note: skipping incomplete checkpoint step_00000006 (no meta.json: its save did not finish); "
+                     "resuming from step_00000004"]
     # Resuming a finished run re-saves nothing and trains no further step.
     before = losses(run)
     assert train(micro_config(steps=4, save_every=2), run, resume=True) == before
@@ -84,3 +85,28 @@ def test_resume_extends_a_finished_run(tmp_path):
     assert longer == pytest.approx(whole, abs=1e-6)
     meta = json.loads((run / "checkpoints" / "step_00000006" / "meta.json").read_text())
     assert meta["step"] == 6 and meta["tokens_seen"] == 6 * 4 * 64
+
+
+def test_resume_repairs_damaged_metrics_lines(tmp_path, capsys):
+    from biglm.train.plot import plot_run
+
+    cfg = micro_config(steps=6, save_every=3)
+    run = tmp_path / "run"
+    train(cfg, run, until=3)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    # An edit left junk in the middle, and a crash cut the last row mid-write (no newline).
+    lines.insert(1, "<<<<<<< junk from an editor")
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "loss": 3.1')
+    capsys.readouterr()
+    resumed = train(cfg, run, resume=True)
+    err = capsys.readouterr().err
+    assert "metrics.jsonl: dropped 2 damaged line(s) (first: line 2)" in err, err
+    assert resumed == pytest.approx(train(cfg, tmp_path / "whole"), abs=1e-6)
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    # plot skips (and names) damaged lines instead of refusing the whole file.
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')
+    notes: list[str] = []
+    assert plot_run(run, tmp_path / "p.png", note=notes.append).is_file()
+    assert notes == [f"note: {run / 'metrics.jsonl'}: skipped 1 damaged line(s) (first: line 7)"]

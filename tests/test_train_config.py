@@ -77,10 +77,18 @@ def test_base_and_objective_preset(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["--train.lrr", "1"], "unknown config key 'train.lrr'; did you mean 'lr'"),
-    (["--trian.lr", "1"], "unknown config key 'trian'; did you mean 'train'"),
-    (["--model.num_layer", "2"], "unknown config key 'model.num_layer'; did you mean 'num_layers'"),
-    (["--objective.biglm.alfa", "0.3"], "unknown config key 'objective.biglm.alfa'; did you mean 'alpha'"),
+    (["--train.lrr", "1"], "^--train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'"),
+    (["--trian.lr", "1"], "^--trian.lr: unknown config key 'trian.lr'; did you mean 'train.lr'"),
+    (["--trian.bogus", "1"], "^--trian.bogus: unknown config key 'trian.bogus'; did you mean 'train'"),
+    (["--model.num_layer", "2"], "unknown config key 'model.num_layer'; did you mean 'model.num_layers'"),
+    (["--model.prest", "micro"], "unknown config key 'model.prest'; did you mean 'model.preset'"),
+    (["--objective.biglm.alfa", "0.3"],
+     "unknown config key 'objective.biglm.alfa'; did you mean 'objective.biglm.alpha'"),
+    (["--train.steps", "--train.lr", "1e-3"], "^--train.steps: missing value \\(the next argument is the option"),
+    (["--train.steps"], "^--train.steps: missing value"),
+    (["--train.lr", ".inf"], "train.lr=inf: expected a finite number"),
+    (["--train.lr", "nan"], "train.lr='nan': expected a finite number"),
+    (["--train.steps", "1e400"], "train.steps='1e400': expected int"),
     (["--data.seq_len", "512"], "data.seq_len=512: exceeds model.max_seq_len=256"),
     (["--train.schedule", "cosin"], "train.schedule='cosin': expected one of"),
     (["--objective.preset", "nope"], "objective.preset='nope': expected one of"),
@@ -89,3 +97,14 @@ def test_bad_config_is_one_line_error(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_run_config(CONFIGS / "micro.yaml", overrides)
     assert "\n" not in str(err.value)
+
+
+def test_unknown_yaml_key_names_its_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {preset: micro}\ntrain: {lrr: 1}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ndata: {seq_len: 64}\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: unknown config key 'train.lrr'; did you mean 'train.lr'"):
+        load_run_config(tmp_path / "child.yaml")
+    (tmp_path / "src.yaml").write_text("data: {sources: [{pth: a.jsonl}]}\n")
+    with pytest.raises(ConfigError, match=r"src.yaml: data.sources\[0\]: unknown config key 'pth'; did you mean "
+                                          "'path'"):
+        load_run_config(tmp_path / "src.yaml")

@@ -33,25 +33,35 @@ class ModelConfig:
     """Architecture of a BiGLM encoder (a Llama-style block stack with bidirectional attention)."""
 
     name: str = "custom"
+    """A label saved with the checkpoint (the preset's name, or ``custom``)."""
     vocab_size: int = PAPER_VOCAB
     """Embedding rows, already padded (to a multiple of 64) and counting every added special token."""
     hidden_size: int = 576
+    """Width of the residual stream."""
     num_layers: int = 30
+    """Transformer blocks."""
     num_heads: int = 9
+    """Query heads (must divide ``hidden_size``)."""
     num_kv_heads: int = 3
     """Grouped-query attention: key/value heads shared by ``num_heads // num_kv_heads`` query heads."""
     intermediate_size: int = 1536
     """SwiGLU inner size."""
     max_seq_len: int = 2048
+    """Longest sequence (prompt and generated tokens together) the model handles."""
     rope_theta: float = 10000.0
+    """RoPE base."""
     rotary_fraction: float = 1.0
     """Fraction of each head's dimensions that RoPE rotates (1.0 = all, as in Llama)."""
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    """Normalisation layer: RMSNorm (Llama) or LayerNorm."""
     norm_eps: float = 1e-5
+    """Epsilon of the normalisation layers."""
     dropout: float = 0.0
     """The paper drops dropout (§3.1); kept as an ablation switch."""
     tie_embeddings: bool = True
+    """Share the input embedding with the LM head (stored once)."""
     init_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
     scaled_residual_init: bool = True
     """Scale the init of residual output projections by 1/sqrt(2·num_layers) (Megatron's default)."""
     length_head: bool = False

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from biglm.errors import ConfigError
+from biglm.files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -74,9 +78,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 raise ValueError
             if tp is int and isinstance(value, str):
                 return int(float(value)) if "e" in value.lower() else int(value)
-            return tp(value)
-        except (TypeError, ValueError):
+            out = tp(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}={value!r}: expected {tp.__name__}") from None
+        if tp is float and not math.isfinite(out):
+            raise ConfigError(f"{where}={value!r}: expected a finite number")
+        return out
     return value
 
 
@@ -120,11 +127,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None = None) -> dict[str, Any]:
+_OPTION = re.compile(r"--[A-Za-z_][\w-]*(\.[\w-]+)+(=.*)?$")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None = None,
+                    allowed: Iterable[str] = ()) -> dict[str, Any]:
     """Apply ``--section.field value`` (or ``--section.field=value``) pairs onto a nested dict.
 
     Values are parsed as YAML scalars so numbers and booleans keep their types; when ``cls`` is given,
-    each dotted key is checked against its fields first.
+    each dotted key is checked against its fields first (``allowed`` lists extra dotted keys such as
+    ``model.preset``). Errors name the option as typed.
     """
     data = dict(data)
     i = 0
@@ -138,13 +150,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None
             i += 1
         else:
             if i + 1 >= len(overrides):
-                raise ConfigError(f"override '{item}' has no value")
+                raise ConfigError(f"{item}: missing value (overrides look like {item} VALUE)")
             raw = overrides[i + 1]
+            if _OPTION.match(raw):
+                raise ConfigError(f"{item}: missing value (the next argument is the option {raw})")
             i += 2
         key = key.replace("-", "_")
         parts = key.split(".")
-        if cls is not None:
-            _check_path(cls, parts)
+        if cls is not None and key not in set(allowed):
+            problem = unknown_key(cls, parts, allowed)
+            if problem:
+                raise ConfigError(f"--{item[2:].split('=', 1)[0]}: {problem}")
         node = data
         for p in parts[:-1]:
             node[p] = dict(node.get(p) or {})
@@ -156,22 +172,69 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None
     return data
 
 
-def _check_path(cls: type, parts: list[str]) -> None:
+def _field_type(tp: Any, name: str) -> tuple[Any, bool]:
+    """The annotated type of field ``name`` of dataclass ``tp`` (Optional unwrapped); (None, False) if absent."""
+    hints = typing.get_type_hints(tp)
+    if name not in {f.name for f in dataclasses.fields(tp)}:
+        return None, False
+    ftp = hints[name]
+    if typing.get_origin(ftp) in (typing.Union, types.UnionType):
+        ftp = next(a for a in typing.get_args(ftp) if a is not type(None))
+    return ftp, True
+
+
+def unknown_key(cls: type, parts: list[str], allowed: Iterable[str] = ()) -> str | None:
+    """None if the dotted key ``parts`` names a field of dataclass ``cls`` (or is in ``allowed``), else
+    "unknown config key 'a.b'; did you mean 'a.c'?" with the nearest valid key."""
+    allowed = set(allowed)
+    if ".".join(parts) in allowed:
+        return None
     tp: Any = cls
     for depth, p in enumerate(parts):
+        dotted = ".".join(parts)
         if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"unknown config key '{'.'.join(parts)}': '{parts[depth - 1]}' has no sub-fields")
-        hints = typing.get_type_hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        if p not in names:
-            where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"unknown config key '{where}'{_nearest(p, names)}")
-        tp = hints[p]
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            return f"unknown config key '{dotted}': '{'.'.join(parts[:depth])}' has no sub-fields"
+        ftp, ok = _field_type(tp, p)
+        if not ok:
+            names = [f.name for f in dataclasses.fields(tp)]
+            names += [a.split(".")[depth] for a in allowed
+                      if a.count(".") == depth and a.split(".")[:depth] == parts[:depth]]
+            match = difflib.get_close_matches(p, names, n=1, cutoff=0.0)
+            if not match:
+                return f"unknown config key '{dotted}'"
+            fixed = [*parts[:depth], match[0], *parts[depth + 1:]]
+            if depth + 1 < len(parts) and unknown_key(cls, fixed, allowed) is not None:
+                fixed = fixed[:depth + 1]  # the rest does not fit either: suggest the section
+            return f"unknown config key '{dotted}'; did you mean '{'.'.join(fixed)}'?"
+        tp = ftp
+    return None
+
+
+def check_keys(data: dict[str, Any], cls: type, where: str, allowed: Iterable[str] = (),
+               _prefix: tuple[str, ...] = ()) -> None:
+    """Raise ``ConfigError`` ("WHERE: unknown config key ...") for the first key of the nested mapping
+    ``data`` that is no field of ``cls``; lists of dataclasses are checked item by item."""
+    allowed = set(allowed)
+    for key, value in data.items():
+        parts = [*_prefix, str(key)]
+        problem = unknown_key(cls, parts, allowed)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        if ".".join(parts) in allowed:
+            continue
+        tp: Any = cls
+        for p in parts:
+            tp, _ = _field_type(tp, p)
+        if isinstance(value, dict) and dataclasses.is_dataclass(tp):
+            check_keys(value, cls, where, allowed, tuple(parts))
+        elif isinstance(value, list) and typing.get_origin(tp) is list:
+            (inner,) = typing.get_args(tp) or (Any,)
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and dataclasses.is_dataclass(inner):
+                    check_keys(item, inner, f"{where}: {'.'.join(parts)}[{i}]", ())
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:
     """Write a dataclass (or dict) as YAML."""
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -27,6 +27,7 @@ class SourceConfig:
     """
 
     path: str
+    """A file, glob, folder or ``hf:NAME`` (see above)."""
     weight: float = 1.0
     """Mixture weight: each packed document comes from this source with probability ∝ weight."""
     name: str | None = None
@@ -36,7 +37,9 @@ class SourceConfig:
     split: str = "train"
     """Hugging Face dataset split (not the held-out validation split, see ``DataConfig.val_fraction``)."""
     hf_config: str | None = None
+    """Hugging Face dataset configuration name (``hf:`` sources)."""
     streaming: bool = False
+    """Stream an ``hf:`` dataset instead of downloading it whole."""
     data_files: list[str] = field(default_factory=list)
     """``data_files`` for ``hf:`` builders such as ``hf:json`` or ``hf:parquet``."""
     max_documents: int | None = None
@@ -87,14 +90,17 @@ class DataConfig:
     tokenizer: str = ""
     """Hugging Face tokenizer name or local folder (see ``biglm.data.load_tokenizer``)."""
     sources: list[SourceConfig] = field(default_factory=list)
+    """Training sources (paths, globs, folders or ``hf:NAME``; or mappings of the fields below), mixed by weight."""
     anneal_sources: list[SourceConfig] = field(default_factory=list)
     """Second mixture used once the trainer calls ``PackedRows.set_phase("anneal")`` (may be empty)."""
     seq_len: int = 2048
+    """Tokens per packed row."""
     min_doc_tokens: int = 20
     """Documents with at most this many tokens are dropped when packing."""
     val_fraction: float = 0.005
     """Fraction of documents (chosen by a hash of index and seed) held out for validation."""
     cache_dir: str = "data/cache"
+    """Folder of the tokenised shards (reused across runs with the same sources and tokenizer)."""
     num_workers: int = 0
     """Tokenisation processes; 0 means one per CPU core."""
     seed: int = 1234

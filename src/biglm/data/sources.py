@@ -11,8 +11,10 @@ File formats, chosen by suffix (an extra ``.gz`` is decompressed on the fly):
   or such objects (as in the bundled Wikipedia summaries). Bad entries are skipped and counted.
 * ``.parquet``: column ``text_field``.
 
-Empty and whitespace-only documents are skipped silently. A missing file, a glob matching nothing or
-a source yielding no document at all raises ``BiglmError`` with one line naming it.
+Empty and whitespace-only documents are skipped silently. A missing file, a glob matching nothing, a
+file that is not text (NUL bytes or mostly invalid UTF-8 in its first 64 KiB: a binary file given as a
+text source) or a source yielding no document at all raises ``BiglmError`` with one line naming it;
+when no record has the ``text_field``, the message says so and lists the fields the records do have.
 """
 
 from __future__ import annotations
@@ -78,15 +80,43 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace")  # the caller closes it
 
 
+SNIFF_BYTES = 1 << 16
+
+
+def check_text_file(path: Path) -> None:
+    """Raise ``BiglmError`` when the start of ``path`` (decompressed if ``.gz``) is not text."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except (OSError, EOFError) as e:
+        raise BiglmError(f"{path}: cannot be read ({e})") from None
+    if b"\x00" in head:
+        raise BiglmError(f"{path}: binary data (NUL bytes in its first 64 KiB), not UTF-8 text; a "
+                         f"{_kind(path)} source must be a text file")
+    text = head.decode("utf-8", errors="replace")
+    invalid = text.count("\ufffd")
+    if invalid > 0.1 * len(text):
+        raise BiglmError(f"{path}: not UTF-8 text ({invalid / len(text):.0%} of its first 64 KiB is not valid "
+                         "UTF-8); convert it to UTF-8")
+
+
 class _BadCounter:
-    """Counts skipped records of one file and warns once, at the end, with the first location."""
+    """Counts skipped records of one file and warns once, at the end, with the first location; remembers
+    the fields of the first object that lacked the text field."""
 
     def __init__(self, path: Path, unit: str):
         self.path, self.unit, self.count, self.first = path, unit, 0, ""
+        self.without_field = 0
+        self.fields: list[str] | None = None
 
-    def add(self, where: str) -> None:
+    def add(self, where: str, record: Any = None) -> None:
         self.count += 1
         self.first = self.first or where
+        if isinstance(record, dict):
+            self.without_field += 1
+            if self.fields is None:
+                self.fields = [str(k) for k in record]
 
     def report(self) -> None:
         if self.count:
@@ -119,24 +149,23 @@ def _iter_txt(path: Path, mode: str) -> Iterator[str]:
                 yield "".join(block).rstrip("\n")
 
 
-def _iter_jsonl(path: Path, field: str) -> Iterator[str]:
-    bad = _BadCounter(path, "lines")
+def _iter_jsonl(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                text = _text_of(json.loads(line), field)
+                record = json.loads(line)
             except json.JSONDecodeError:
-                text = None
+                record = None
+            text = _text_of(record, field)
             if text is None:
-                bad.add(f"{path}:{lineno}")
+                bad.add(f"{path}:{lineno}", record)
                 continue
             yield text
-    bad.report()
 
 
-def _iter_json(path: Path, field: str) -> Iterator[str]:
+def _iter_json(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
     with _open_text(path) as f:
         try:
             data = json.load(f)
@@ -148,14 +177,12 @@ def _iter_json(path: Path, field: str) -> Iterator[str]:
         items = ((f"item {i}", v) for i, v in enumerate(data))
     else:
         raise BiglmError(f"{path}: expected a JSON list or object of documents, got {type(data).__name__}")
-    bad = _BadCounter(path, "entries")
     for where, value in items:
         text = _text_of(value, field)
         if text is None:
-            bad.add(f"{path} {where}")
+            bad.add(f"{path} {where}", value)
             continue
         yield text
-    bad.report()
 
 
 def _iter_parquet(path: Path, field: str) -> Iterator[str]:
@@ -206,17 +233,21 @@ def iter_documents(spec: SourceConfig | str) -> Iterator[str]:
 
 
 def _documents(spec: SourceConfig, files: list[Path]) -> Iterator[str]:
+    counters: list[_BadCounter] = []
+
     def raw() -> Iterator[str]:
         if not files:
             yield from _iter_hf(spec)
         for f in files:
             kind = _kind(f)
+            if kind != ".parquet":
+                check_text_file(f)
             if kind == ".txt":
                 yield from _iter_txt(f, spec.txt_split)
-            elif kind == ".jsonl":
-                yield from _iter_jsonl(f, spec.text_field)
-            elif kind == ".json":
-                yield from _iter_json(f, spec.text_field)
+            elif kind in (".jsonl", ".json"):
+                counters.append(_BadCounter(f, "lines" if kind == ".jsonl" else "entries"))
+                reader = _iter_jsonl if kind == ".jsonl" else _iter_json
+                yield from reader(f, spec.text_field, counters[-1])
             else:
                 yield from _iter_parquet(f, spec.text_field)
 
@@ -227,9 +258,18 @@ def _documents(spec: SourceConfig, files: list[Path]) -> Iterator[str]:
         yield text
         n += 1
         if spec.max_documents is not None and n >= spec.max_documents:
-            return
-    if n == 0:
-        raise BiglmError(f"{spec.path}: no documents found (empty corpus)")
+            break
+    if n:  # warnings for skipped records only when there is a corpus (else the error below says it all)
+        for counter in counters:
+            counter.report()
+        return
+    lacking = [c for c in counters if c.without_field]
+    if lacking:
+        count = sum(c.without_field for c in counters)
+        fields = ", ".join(lacking[0].fields or []) or "none"
+        raise BiglmError(f"{spec.path}: no record has a string field '{spec.text_field}' ({count:,} records; "
+                         f"the first has fields: {fields}); set text_field to the field that holds the text")
+    raise BiglmError(f"{spec.path}: no documents found (empty corpus)")
 
 
 def source_signature(spec: SourceConfig | str) -> list[tuple[str, int, int]]:

@@ -55,14 +55,23 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:
     name = str(name_or_path)
     check(bool(name), "no tokenizer given (set data.tokenizer to a Hugging Face name or a folder)", BiglmError)
     local = Path(name).expanduser()
-    # Hub ids look like "org/name"; anything else that is not on disk is a missing folder.
-    if not local.exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
-        raise BiglmError(f"{name}: tokenizer folder not found")
+    # The local path is checked first. Hub ids look like "org/name" or "name"; a path that starts like a
+    # local one, has more parts, or whose first part exists here is a missing folder, not a hub id (trying
+    # the hub without a network costs most of a minute of retries).
+    if not local.exists():
+        first = Path(name).parts[0] if Path(name).parts else name
+        if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or \
+                (name.count("/") == 1 and Path(first).exists()):
+            raise BiglmError(f"{name}: tokenizer folder not found (no {local.absolute()}; not tried as a Hugging "
+                             "Face Hub name since it is a local path)")
     try:
         tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else name)
     except Exception as e:  # OSError, ValueError, hub errors: one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BiglmError(f"{name}: could not load tokenizer ({msg})") from None
+        if local.exists():
+            raise BiglmError(f"{name}: could not load the tokenizer in this folder ({msg})") from None
+        raise BiglmError(f"{name}: no local folder {local.absolute()}, and no Hugging Face Hub tokenizer of that "
+                         f"name could be loaded ({msg})") from None
     if not getattr(tok, "is_fast", False):
         raise BiglmError(f"{name}: not a fast (Rust `tokenizers`) tokenizer; convert it to tokenizer.json first")
     ensure_special_tokens(tok)

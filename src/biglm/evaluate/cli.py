@@ -88,11 +88,17 @@ def run(args: argparse.Namespace) -> int:
         from lm_eval import simple_evaluate
     except ImportError:
         raise BiglmError("lm-eval is not installed: pip install 'biglm[eval]'") from None
+    from biglm.devices import resolve_device
     from biglm.evaluate.lm_eval_model import BiGLMEvalModel
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise BiglmError("--tasks: give at least one task name")
+    if args.limit is not None and not (args.limit > 0 and (args.limit < 1 or float(args.limit).is_integer())):
+        raise BiglmError(f"--limit {args.limit:g}: expected a number of examples per task (1, 2, ...) or a "
+                         "fraction in (0, 1)")
+    if args.device is not None:
+        resolve_device(args.device, "--device")
     limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
     lm = BiGLMEvalModel(pretrained=args.ckpt, scoring=args.scoring, direction=args.direction, beam=args.beam,
                         samples=args.samples, seed=args.seed, batch_size=args.batch_size, device=args.device,

@@ -3,7 +3,12 @@
 lm-eval 0.4.13 resolves ``--model NAME`` in its own registry (``lm_eval.api.registry.model_registry``)
 and never reads the ``lm_eval.models`` entry points declared in our ``pyproject.toml``; it imports no
 user code before resolving the name. So something must add ``biglm`` to that registry inside the
-``lm_eval`` process. Three ways, from least to most global:
+``lm_eval`` process.
+
+**Installed from a wheel** (``pip install biglm``), nothing is needed: the wheel carries the hook of way 3
+below as a top-level ``biglm_lm_eval.pth`` (``setup.py`` writes it from ``PTH_LINE``), pip puts it into
+site-packages and ``pip uninstall biglm`` removes it. An editable install (``pip install -e .``) does not
+carry it; ``scripts/setup.sh`` runs way 3. The three ways, from least to most global:
 
 1. In Python: ``import biglm.evaluate.lm_eval_model`` (registers the class), or pass
    ``BiGLMEvalModel(...)`` to ``lm_eval.simple_evaluate``. ``biglm evaluate`` does this.

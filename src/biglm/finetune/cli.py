@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from biglm.config_cli import add_config_options
 from biglm.errors import BiglmError
 
 # flag -> config key it sets (values are passed as JSON strings so that YAML keeps them verbatim)
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
         "finetune", help="fine-tune a checkpoint: cloze classification, extractive QA, seq2seq",
         description="Fine-tune a pretrained checkpoint on a task (or score one with --eval-only). Any config "
                     "field can be overridden with --section.field VALUE (e.g. --train.lr 1e-4 "
-                    "--task.seq2seq.label_smoothing 0.1).", allow_abbrev=False)
+                    "--task.seq2seq.label_smoothing 0.1).", allow_abbrev=False, add_help=False)
     p.add_argument("--config", type=Path, help="fine-tuning config YAML (e.g. configs/finetune/xsum.yaml)")
     p.add_argument("--task", choices=("cloze-classification", "extractive-qa", "seq2seq"), help="task kind")
     p.add_argument("--init", help="pretrained checkpoint or run folder to start from")
@@ -59,6 +60,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", help="--eval-only: torch device (training: --train.device)")
     p.add_argument("--show", type=int, default=0, metavar="N",
                    help="print N examples with their predictions after scoring (--eval-only, or the test split)")
+    add_config_options(p, finetune_sections, finetune_extra)
     p.set_defaults(func=finetune_command, accepts_overrides=True)
 
     q = subparsers.add_parser("predict", help="predict with a fine-tuned checkpoint",
@@ -71,6 +73,20 @@ def register(subparsers: Any) -> None:
     q.add_argument("--batch-size", type=int, default=None, help="examples predicted together")
     q.add_argument("--device", default="cpu", help="torch device")
     q.set_defaults(func=predict_command)
+
+
+def finetune_sections() -> dict[str, type]:
+    """The sections of a fine-tuning config, for ``--help``."""
+    from biglm.finetune.config import FinetuneDataConfig, FinetuneTrainConfig, TaskConfig
+
+    return {"task": TaskConfig, "data": FinetuneDataConfig, "train": FinetuneTrainConfig}
+
+
+def finetune_extra() -> dict[str, tuple[str, str, str]]:
+    """Fine-tuning keys that are no dataclass field of the sections."""
+    return {"init": ("PATH", "none", "The pretrained checkpoint or run folder to start from (--init)."),
+            "model.FIELD": ("", "from init", "Override a field of the pretrained model's config (e.g. "
+                                             "model.dropout); the task adds the heads it needs.")}
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
@@ -99,17 +115,18 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None
 
     data = dict(saved or {})
     if args.config:
-        data = deep_merge(data, read_config_file(args.config))
-    data = apply_overrides(data, cli_overrides(args))
+        data = deep_merge(data, read_config_file(args.config, FinetuneConfig, ()))
+    data = apply_overrides(data, cli_overrides(args), FinetuneConfig)
     return FinetuneConfig.from_dict(data, str(args.config or "config"))
 
 
 def finetune_command(args: argparse.Namespace) -> int:
     if args.eval_only:
         return eval_only(args)
+    from biglm.config_cli import print_config
     from biglm.configurable import load_yaml
 
-    if args.out is None:
+    if args.out is None and not args.print_config:
         raise BiglmError("--out is required: the run folder to write")
     saved = None
     if args.resume:
@@ -117,6 +134,11 @@ def finetune_command(args: argparse.Namespace) -> int:
             raise BiglmError(f"{args.out}: no config.yaml to resume from")
         saved = load_yaml(args.out / "config.yaml")
     cfg = resolve_config(args, saved)
+    if args.print_config:  # as given; the model section is resolved against --init when the run starts
+        data = cfg.to_dict()
+        data["model"] = cfg.model_overrides
+        print_config(data)
+        return 0
     return train_and_test(cfg, args.out, args.resume, args.show)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biglm.checkpoint import LoadedModel, is_complete, load_model, resolve_checkpoint
+from biglm.checkpoint import CheckpointError, LoadedModel, load_model, resolve_checkpoint, stderr_note, verify_model
 from biglm.configurable import load_yaml
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
@@ -24,11 +24,16 @@ from biglm.train.checkpointing import BEST, CONFIG
 
 
 def resolve_finetuned(path: str | Path) -> Path:
-    """``RUN/best`` when ``path`` is a run folder with a best checkpoint, else ``resolve_checkpoint(path)``."""
+    """``RUN/best`` when ``path`` is a run folder with an intact best checkpoint, else ``resolve_checkpoint(path)``
+    (a damaged ``best/`` is skipped with a note)."""
     path = Path(path)
-    if (path / BEST).is_dir() and is_complete(path / BEST):
-        return path / BEST
-    return resolve_checkpoint(path)
+    if (path / BEST).is_dir():
+        try:
+            verify_model(path / BEST)
+            return path / BEST
+        except CheckpointError as e:
+            stderr_note(f"note: skipping {path / BEST} ({e.problem}); using the newest checkpoint")
+    return resolve_checkpoint(path, check=verify_model)
 
 
 def finetune_config_of(folder: Path) -> FinetuneConfig | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biglm.checkpoint import resolve_checkpoint
+from biglm.checkpoint import resolve_checkpoint, verify_model
 from biglm.config import ModelConfig
 from biglm.configurable import load_yaml
 from biglm.data.records import read_records
@@ -27,6 +27,7 @@ from biglm.finetune.config import FinetuneConfig
 from biglm.finetune.data import ExampleStream, steps_per_epoch
 from biglm.finetune.tasks import FinetuneTask, build_task
 from biglm.train.batches import RowSeeds
+from biglm.train.checkpointing import find_resume_checkpoint
 from biglm.train.loop import Trainer
 from biglm.train.parallel import init_distributed
 from biglm.train.setup import assemble, check_run_dir
@@ -43,13 +44,14 @@ class Prepared:
     task: FinetuneTask
 
 
-def prepare(cfg: FinetuneConfig) -> Prepared:
-    """Resolve ``cfg.init``, load its tokenizer, build the task and the model config (heads added)."""
+def prepare(cfg: FinetuneConfig, source: Path | None = None) -> Prepared:
+    """Resolve ``cfg.init``, load its tokenizer, build the task and the model config (heads added).
+    ``source`` reads the tokenizer and model config from another checkpoint (a resumed run's own)."""
     from biglm.data.tokenizer import load_tokenizer
 
-    if not cfg.init:
+    if not cfg.init and source is None:
         raise ConfigError("init: give the pretrained checkpoint or run folder to start from (--init CKPT)")
-    init = resolve_checkpoint(cfg.init)
+    init = source or resolve_checkpoint(cfg.init, check=verify_model)
     if not (init / "tokenizer").is_dir():
         raise BiglmError(f"{init}: the checkpoint has no tokenizer/ folder; fine-tuning needs the model's tokenizer")
     tokenizer = load_tokenizer(init / "tokenizer")
@@ -87,14 +89,16 @@ def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = Fals
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     env = init_distributed(cfg.train.device)
-    prepared = prepare(cfg)
+    # A resumed run reads its tokenizer and model from its own checkpoints (the init may be gone by now).
+    own = find_resume_checkpoint(run_dir, note=lambda _: None) if resume else None
+    prepared = prepare(cfg, own)
     cfg, task = prepared.cfg, prepared.task
     train = task.train_items(read_split(cfg, "train", task, required=True))
     valid = read_split(cfg, "valid", task)
     t = cfg.train
     spe = steps_per_epoch(len(train), t.global_batch_size)
     t.grad_accum(env.world_size)  # validates the batch sizes
-    updates: dict[str, Any] = {"init_from": str(prepared.init)}
+    updates: dict[str, Any] = {"init_from": cfg.train.init_from or str(prepared.init)}
     if not t.steps:
         updates["steps"] = t.epochs * spe
     if not t.eval_every:

@@ -100,15 +100,17 @@ def _resolve(model_or_ckpt: Any, tokenizer: Any, device: str | torch.device | No
     if tokenizer is None:
         raise BiglmError("generate: no tokenizer (pass tokenizer=..., or a checkpoint saved with one)")
     if device is not None:
-        model_or_ckpt = model_or_ckpt.to(device)
+        from biglm.devices import resolve_device
+
+        model_or_ckpt = model_or_ckpt.to(resolve_device(device, "device"))
     return model_or_ckpt.eval(), tokenizer
 
 
 def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = None, *,
-             max_new_tokens: int = 32, steps: int = 10, strategy: str | None = None,
+             max_new_tokens: int = 32, steps: int | None = None, strategy: str | None = None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              prefix_cache: bool = True, length: Literal["fixed", "predict"] = "fixed",
-             length_candidates: int = 3, length_rule: str = "average", return_trajectory: bool = False,
+             length_candidates: int = 3, length_rule: str = "joint", return_trajectory: bool = False,
              device: str | torch.device | None = None, direction: str = "l2r", num_beams: int = 1,
              length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
              early_stopping: bool = False, **strategy_options: Any) -> str | list[str] | GenerationResult:
@@ -119,7 +121,7 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
 
     ``model_or_ckpt``: a ``BiGLM`` (then ``tokenizer`` is required), a ``LoadedModel`` or a checkpoint
     / run folder. ``max_new_tokens`` is L (the largest candidate with ``length='predict'``), ``steps``
-    is T (1..L). ``strategy`` is ``mask-predict``, ``threshold`` (option ``threshold=0.9``) or
+    is T (1..L; default min(10, L)). ``strategy`` is ``mask-predict``, ``threshold`` (option ``threshold=0.9``) or
     ``blocks`` (option ``block_size=32``). ``temperature=0`` is greedy; sampling is deterministic for
     a given ``seed``. ``prefix_cache=False`` re-encodes the prompt every pass (same result, slower).
     ``length='predict'`` decodes the length head's ``length_candidates`` best lengths and keeps the winner
@@ -143,11 +145,15 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
     prompt_list = [prompts] if single else list(prompts)
     if not prompt_list:
         raise BiglmError("no prompts given")
+    if steps is None:
+        steps = min(10, max_new_tokens) if isinstance(max_new_tokens, int) and max_new_tokens > 0 else 10
     encoded = []
     for i, text in enumerate(prompt_list):
-        if not isinstance(text, str) or not text:
-            raise BiglmError(f"prompt {i} is empty" if isinstance(text, str) else
-                             f"prompt {i}: expected a string, got {type(text).__name__}")
+        if not isinstance(text, str):
+            raise BiglmError(f"prompt {i}: expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise BiglmError(f"prompt {i} is {'blank (only whitespace)' if text else 'empty'}: give some text "
+                             "to continue")
         encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = special_ids(tokenizer)
     if model.config.is_autoregressive:

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prompts-file", help="one prompt per line (blank lines skipped); '-' reads stdin")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="suffix length L (the largest candidate with --length predict)")
-    p.add_argument("--steps", type=int, default=10, help="refinement passes T (1..L)")
+    p.add_argument("--steps", type=int, default=None, help="refinement passes T (1..L; default min(10, L))")
     p.add_argument("--strategy", default=None,
                    help="masked: mask-predict (default), threshold or blocks; autoregressive: greedy (default), "
                         "sample or beam")
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--length", choices=("fixed", "predict"), default="fixed",
                    help="fixed L, or candidates from the model's length head")
     p.add_argument("--length-candidates", type=int, default=3, help="length candidates decoded in parallel")
-    p.add_argument("--length-rule", choices=("average", "joint"), default="average",
+    p.add_argument("--length-rule", choices=("average", "joint"), default="joint",
                    help="winner among length candidates: best average token log-prob, or log p(length) + sum")
     p.add_argument("--show-steps", action="store_true",
                    help="print the partly decoded text of every pass (▢ = still masked)")
@@ -83,8 +83,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biglm.devices import resolve_device
     from biglm.generate.api import MASK_SYMBOL, generate
 
+    resolve_device(args.device, "--device")
     prompts = read_prompts(args)
     options = {}
     if args.threshold is not None:

@@ -229,7 +229,7 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
                  max_new_tokens: int = 32, steps: int = 10, strategy: str = "mask-predict",
                  sampling: SamplingConfig | None = None, seed: int | None = None, prefix_cache: bool = True,
                  length: Literal["fixed", "predict"] = "fixed", length_candidates_k: int = 3,
-                 length_rule: str = "average", banned_token_ids: Sequence[int] = (), record_trajectory: bool = False,
+                 length_rule: str = "joint", banned_token_ids: Sequence[int] = (), record_trajectory: bool = False,
                  **strategy_options: Any) -> GenerationOutput:
     """Generate a suffix for each prompt (token ids without BOS). ``max_new_tokens`` is the length L
     with ``length='fixed'`` and the largest candidate with ``length='predict'`` (the winner picked by

@@ -6,13 +6,14 @@ prompt, no padding: the ``length_mask`` given to the prefix pass) and scores the
 them all in parallel (one row each). **Rules** (``LENGTH_RULES``), ties going to the candidate the
 length head ranked higher:
 
-- ``average`` (default, the reference code's; Mask-Predict with a length head: 10 iterations, 3
-  candidates): the highest *average* log-probability of the candidate's tokens — the mean over its l
-  positions of each token's log-probability when it was last predicted (so longer candidates are not
-  penalised for their length). A candidate one token shorter than the truth that copies a prefix is as
-  confident per token as the right one, so this rule can prefer it.
-- ``joint``: the highest log p(l | X) + Σ log p(y_i | X, l): the length head's log-probability plus
-  the tokens' summed log-probabilities, the model's joint score of length and text.
+- ``joint`` (default): the highest log p(l | X) + Σ log p(y_i | X, l): the length head's log-probability
+  plus the tokens' summed log-probabilities, the model's joint score of length and text.
+- ``average`` (the reference code's rule; Mask-Predict with a length head: 10 iterations, 3 candidates):
+  the highest *average* log-probability of the candidate's tokens — the mean over its l positions of each
+  token's log-probability when it was last predicted (so longer candidates are not penalised for their
+  length). A wrong-length candidate can be as confident per token as the right one: on the copy task of
+  ``bench/finetune.py`` it chose a wrong length for 82% of the examples where the length head's top
+  length was right for all of them (exact match 17.5% against 98.5% with ``joint``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def average_logprob(scores: Tensor, active: Tensor) -> Tensor:
 LENGTH_RULES: tuple[str, ...] = ("average", "joint")
 
 
-def pick_best(scores: Tensor, active: Tensor, num_candidates: int, rule: str = "average",
+def pick_best(scores: Tensor, active: Tensor, num_candidates: int, rule: str = "joint",
               length_logprobs: Tensor | None = None) -> Tensor:
     """Index (into the N = B·k rows, candidates of a prompt adjacent, best-ranked first) of the winner of
     each prompt under ``rule``; ``joint`` needs each row's length log-probability ``length_logprobs`` (N,).

@@ -65,7 +65,10 @@ def model_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BiglmError(f"{where}: biglm_format_version {version} is newer than this biglm understands "
                          f"({FORMAT_VERSION}); upgrade biglm")
-    return ModelConfig.from_dict({k: raw[k] for k in MODEL_FIELDS if k in raw})
+    try:
+        return ModelConfig.from_dict({k: raw[k] for k in MODEL_FIELDS if k in raw})
+    except BiglmError as e:
+        raise BiglmError(f"{where}: {e}") from None
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -84,19 +87,48 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> d
     return to_hf_state_dict(state, config)
 
 
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """One weights file, with a one-line error naming it when it is missing, cut short or damaged."""
+    try:
+        if path.suffix == ".bin":
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise BiglmError(f"{path}: missing") from None
+    except Exception as e:  # SafetensorError, zip/unpickling errors: all one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BiglmError(f"{path}: cannot be read, truncated or damaged ({msg[:160]})") from None
+
+
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The tensors of a transformers folder: ``model.safetensors`` (or sharded) or ``pytorch_model.bin``."""
     if (folder / WEIGHTS).is_file():
-        return load_file(str(folder / WEIGHTS))
+        return _read_tensors(folder / WEIGHTS)
     index = folder / f"{WEIGHTS}.index.json"
     if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise BiglmError(f"{index}: no 'weight_map' object")
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(folder / shard)))
+        for shard in sorted(set(weight_map.values())):
+            state.update(_read_tensors(folder / shard))
         return state
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return _read_tensors(folder / "pytorch_model.bin")
     raise BiglmError(f"{folder}: no weights ({WEIGHTS}, {WEIGHTS}.index.json or pytorch_model.bin)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, with one-line errors for malformed content."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BiglmError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise BiglmError(f"{path}: not UTF-8 text (damaged?)") from None
+    if not isinstance(data, dict):
+        raise BiglmError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -104,7 +136,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise BiglmError(f"{folder}: no such folder")
     if not (folder / "config.json").is_file():
         raise BiglmError(f"{folder}: not a transformers model folder (no config.json)")
-    return json.loads((folder / "config.json").read_text())
+    return _read_json(folder / "config.json")
 
 
 def _load_tokenizer(path: Path) -> Any:
@@ -116,13 +148,20 @@ def _load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
-def _fresh_dir(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
+    """Refuse an output folder that is (or contains) a source, or that exists without ``force``. Nothing is
+    deleted here: the writers replace ``out`` only once the new folder is whole."""
     if out.exists() and not out.is_dir():
         raise BiglmError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise BiglmError(f"{out}: exists and is not empty (pass --force to replace it)")
-        shutil.rmtree(out)
+    target = out.resolve()
+    for src in sources:
+        source = Path(src).resolve()
+        if target == source or target in source.parents:
+            what = "is" if target == source else "contains"
+            raise BiglmError(f"--out {out}: {what} the source {src}; replacing it would delete the source "
+                             "(choose another folder)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise BiglmError(f"{out}: exists and is not empty (pass --force to replace it)")
 
 
 def _checked(state: dict[str, torch.Tensor], config: ModelConfig, where: Path) -> dict[str, torch.Tensor]:
@@ -136,9 +175,10 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write the checkpoint (or a run folder's newest one) at ``ckpt`` as a transformers folder ``out``:
     a masked LM (remote code, ``AutoModelForMaskedLM``) or, for causal and bidirectional-ar models, a
     causal LM (``AutoModelForCausalLM``; the Llama layout where it fits, see ``biglm.hf.causal``)."""
-    loaded = load_model(ckpt)
     out = Path(out)
-    _fresh_dir(out, force)
+    _check_out(out, force, [Path(ckpt)])
+    loaded = load_model(ckpt)
+    _check_out(out, force, [loaded.path])
     tmp = out.parent / f".tmp-{out.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -149,9 +189,14 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
         write_causal_lm(loaded, tmp)
     else:
         _write_masked_lm(loaded, tmp)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    if out.exists():  # --force: the old folder goes only once the new one is whole
+        old = out.parent / f".old-{out.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
     return out
 
 
@@ -192,6 +237,7 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
 def import_hf(folder: str | Path, out: str | Path, force: bool = False) -> Path:
     """Convert a BiGLM transformers folder (``export_hf``'s output, possibly re-saved) to a checkpoint."""
     folder, out = Path(folder), Path(out)
+    _check_out(out, force, [folder])
     raw = _read_config(folder)
     kind = raw.get("model_type")
     if kind == "llama" and raw.get("biglm_family"):  # a causal / bidirectional-ar model biglm exported
@@ -204,7 +250,6 @@ def import_hf(folder: str | Path, out: str | Path, force: bool = False) -> Path:
         config = model_config(raw, folder / "config.json")
     state = _checked(from_hf_state_dict(read_hf_weights(folder), config), config, folder / WEIGHTS)
     tokenizer = _load_tokenizer(folder)
-    _fresh_dir(out, force)
     return write_checkpoint(out, state, config, tokenizer, step=int(raw.get("biglm_step", 0)),
                             meta={"imported_from": str(folder)})
 
@@ -233,6 +278,13 @@ def llama_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
     if raw.get("head_dim") not in (None, hidden // heads):
         raise BiglmError(f"{where}: head_dim {raw['head_dim']} != hidden_size/num_attention_heads "
                          f"({hidden // heads}) is not supported")
+    try:
+        return _llama_model_config(raw, hidden, heads, rope)
+    except BiglmError as e:
+        raise BiglmError(f"{where}: {e}") from None
+
+
+def _llama_model_config(raw: dict[str, Any], hidden: int, heads: int, rope: dict[str, Any]) -> ModelConfig:
     return ModelConfig(
         name="custom", vocab_size=raw["vocab_size"], hidden_size=hidden, num_layers=raw["num_hidden_layers"],
         num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads,
@@ -264,6 +316,7 @@ def import_llama(folder: str | Path, out: str | Path, tokenizer: str | Path | No
                  force: bool = False) -> Path:
     """Start a BiGLM from a Llama-layout causal model folder (weights and, unless given, tokenizer)."""
     folder, out = Path(folder), Path(out)
+    _check_out(out, force, [folder, *([Path(tokenizer)] if tokenizer else [])])
     config = llama_config(_read_config(folder), folder / "config.json")
     tok = _load_tokenizer(Path(tokenizer) if tokenizer else folder)
     if tok is None:
@@ -280,7 +333,6 @@ def import_llama(folder: str | Path, out: str | Path, tokenizer: str | Path | No
         if name in state:
             state[name] = _pad_rows(state[name], rows, keep)
     config = named_like_preset(dataclasses.replace(config, vocab_size=rows))
-    _fresh_dir(out, force)
     return write_checkpoint(out, _checked(state, config, folder / WEIGHTS), config, tok,
                             meta={"imported_from": str(folder), "from_llama": True, "added_tokens": added,
                                   "new_rows_init": f"mean of rows [0, {keep})"})

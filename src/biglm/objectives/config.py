@@ -20,9 +20,13 @@ class BiGLMObjectiveConfig:
     beta_x_mode: Literal["adaptive", "fixed", "none"] = "adaptive"
     """adaptive: beta_X = lambda1 - lambda2·beta_Y; fixed: beta_X = beta_x_fixed; none: X unmasked."""
     lambda1: float = 0.3
+    """adaptive beta_X: the intercept lambda1 of beta_X = lambda1 - lambda2·beta_Y."""
     lambda2: float = 0.2
+    """adaptive beta_X: the slope lambda2 of beta_X = lambda1 - lambda2·beta_Y."""
     beta_x_fixed: float = 0.15
+    """fixed beta_X: the prefix masking ratio."""
     masking_unit: Literal["span", "token"] = "span"
+    """Mask n-gram spans or single tokens."""
     max_span: int = 3
     """Spans are n-grams with n ≤ max_span, P(n) ∝ 1/n."""
     attention_masking: bool = True
@@ -66,13 +70,19 @@ class MLMObjectiveConfig:
     """Classic masked language modelling: a fixed ratio over whole documents, bidirectional attention."""
 
     mask_ratio: float = 0.15
+    """Fraction of each document's tokens chosen for the loss."""
     masking_unit: Literal["span", "token"] = "token"
+    """Mask n-gram spans or single tokens."""
     max_span: int = 3
+    """Spans are n-grams with n ≤ max_span, P(n) ∝ 1/n."""
     random_token_prob: float = 0.0
     """BERT's 80/10/10 rule is random_token_prob=0.1, keep_prob=0.1; 0/0 masks every chosen token."""
     keep_prob: float = 0.0
+    """Fraction of the chosen tokens left unchanged (BERT: 0.1)."""
     min_loss_tokens: int = 12
+    """Documents shorter than this stay in the row but carry no loss."""
     reset_position_ids: bool = False
+    """Restart positions at each packed document."""
 
     def __post_init__(self) -> None:
         check(0.0 < self.mask_ratio <= 1.0, f"objective.mlm.mask_ratio={self.mask_ratio}: must be in (0, 1]")
@@ -99,6 +109,7 @@ class BidirectionalARObjectiveConfig:
     r2l_fraction: float = 0.5
     """Share of pieces read right to left (systematic sampling inside each row; 0.5 = eq. 1 up to a factor 2)."""
     reset_position_ids: bool = True
+    """Positions restart at 0 on each piece's first token (its BOS or EOS marker), as at inference."""
 
     def __post_init__(self) -> None:
         check(0.0 <= self.r2l_fraction <= 1.0,
@@ -126,10 +137,16 @@ class ObjectiveConfig:
     """Which objective to train with; only the section named by ``name`` is used (``-`` read as ``_``)."""
 
     name: str = "biglm"
+    """The objective: ``biglm`` (the paper's), ``mlm`` (classic masked LM), ``causal`` (next-token
+    prediction) or ``bidirectional-ar`` (BatGPT's left-to-right and right-to-left next-token prediction)."""
     biglm: BiGLMObjectiveConfig = field(default_factory=BiGLMObjectiveConfig)
+    """Settings of the ``biglm`` objective."""
     mlm: MLMObjectiveConfig = field(default_factory=MLMObjectiveConfig)
+    """Settings of the ``mlm`` objective."""
     causal: CausalObjectiveConfig = field(default_factory=CausalObjectiveConfig)
+    """Settings of the ``causal`` objective."""
     bidirectional_ar: BidirectionalARObjectiveConfig = field(default_factory=BidirectionalARObjectiveConfig)
+    """Settings of the ``bidirectional-ar`` objective."""
 
     def __post_init__(self) -> None:
         check(self.name in OBJECTIVE_NAMES,

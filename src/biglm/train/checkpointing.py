@@ -4,15 +4,17 @@
 by parameter name, gathered to full tensors, so a run may resume under another parallelism),
 ``trainer_state.pt`` (step, tokens seen, data-stream position, RNG states of every rank) and
 ``config.yaml`` (the resolved run config). Folders are written atomically (temporary name, then
-rename, ``meta.json`` last); older checkpoints beyond ``keep_last`` are deleted only after the new one
-is complete.
+rename, ``meta.json`` last, with every file's size and checksum); weights or optimizer state holding
+NaN/Inf are never written. On resume the newest checkpoint that verifies is used, newer unfinished or
+damaged ones are skipped with a note, and a run whose checkpoints are all damaged is an error (never a
+silent restart from step 0). Pruning to ``keep_last`` counts verified checkpoints only, so a damaged one
+never takes the place of a good one; it runs only after the new checkpoint is complete.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,19 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from biglm.checkpoint import CHECKPOINTS, is_complete, write_checkpoint
+from biglm.checkpoint import (
+    CHECKPOINTS,
+    Note,
+    check_finite,
+    checkpoint_folders,
+    is_intact,
+    newest_intact,
+    stderr_note,
+    write_checkpoint,
+)
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
+from biglm.errors import BiglmError
 
 OPTIMIZER, TRAINER_STATE, CONFIG = "optimizer.pt", "trainer_state.pt", "config.yaml"
 BEST = "best"
@@ -33,39 +45,44 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"step_{step:08d}"
 
 
-def find_resume_checkpoint(run_dir: Path, note: Any = None) -> Path | None:
-    """The newest complete checkpoint of ``run_dir`` (None if there is none).
+def find_resume_checkpoint(run_dir: Path, note: Note | None = None) -> Path | None:
+    """The newest intact checkpoint of ``run_dir`` (None if the run never finished a save).
 
-    Newer incomplete ones (a save that was killed) are skipped with a one-line note through ``note``
-    (default: print to stderr).
+    Newer unfinished saves (``.tmp-`` folders of a killed save) and checkpoints that fail
+    ``verify_checkpoint`` are skipped with a one-line note each through ``note`` (default: stderr). When
+    checkpoints exist but none is intact, raises ``BiglmError`` naming the newest one's problem.
     """
-    note = note or (lambda text: print(text, file=sys.stderr, flush=True))
+    note = note or stderr_note
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return None
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(("step_", ".tmp-step_")))
-    complete = [p for p in folders if p.name.startswith("step_") and is_complete(p)]
-    newest = complete[-1] if complete else None
-    for p in folders:
-        step_name = p.name.removeprefix(".tmp-")
-        if p not in complete and (newest is None or step_name > newest.name):
-            using = f"resuming from {newest.name}" if newest else "no complete checkpoint, starting from step 0"
+    newest, skipped = newest_intact(run_dir)
+    if newest is None and skipped:
+        raise BiglmError(f"{run_dir}: no intact checkpoint to resume from; the newest, {skipped[0]} (move the "
+                         "damaged folders away to start again from step 0)")
+    using = f"resuming from {newest.name}" if newest else "no complete checkpoint, starting from step 0"
+    for e in skipped:
+        kind = "incomplete" if e.incomplete else "damaged"
+        note(f"note: skipping {kind} checkpoint {e.folder.name} ({e.problem}); {using}")
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and p.name.startswith(".tmp-step_") and (newest is None or p.name[5:] > newest.name):
             note(f"note: skipping incomplete checkpoint {p.name}; {using}")
     return newest
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints, and leftovers older than the newest."""
+    """Delete all but the newest ``keep_last`` intact checkpoints, and anything else (unfinished saves,
+    damaged checkpoints) older than the newest intact one. Damaged or unfinished folders never count."""
     root = run_dir / CHECKPOINTS
-    complete = sorted(p for p in root.iterdir() if p.name.startswith("step_") and is_complete(p))
-    if not complete:
+    intact = [p for p in checkpoint_folders(run_dir) if is_intact(p)]
+    if not intact:
         return
-    for p in complete[:-keep_last]:
+    for p in intact[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
-    newest = complete[-1].name
+    newest = intact[-1].name
     for p in root.iterdir():
         name = p.name.removeprefix(".tmp-").removeprefix(".old-")
-        if p not in complete and p.is_dir() and name < newest:
+        if p not in intact and p.is_dir() and name < newest:
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -80,6 +97,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
                     run_config: dict[str, Any], keep_last: int) -> Path:
     """Write ``checkpoints/step_<step>`` atomically (rank 0 only), then prune to ``keep_last``."""
     model_state = weights_to_save(model_state, model_config)
+    check_finite(optimizer_state, checkpoint_dir(run_dir, step) / OPTIMIZER)
     extra = {
         OPTIMIZER: lambda p: torch.save(optimizer_state, p),
         TRAINER_STATE: lambda p: torch.save(trainer_state, p),

@@ -8,20 +8,24 @@ trains (under ``torchrun`` on every rank; see ``biglm.train.parallel`` for multi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from biglm.config_cli import add_config_options
 from biglm.errors import BiglmError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``pretrain`` and ``plot`` to the ``biglm`` command line."""
     p = subparsers.add_parser(
-        "pretrain", help="pretrain a model from a YAML config",
+        "pretrain", help="pretrain a model from a YAML config", add_help=False,
         description="Pretrain a BiGLM. Any config field can be overridden with --section.field VALUE "
                     "(e.g. --train.lr 1e-3 --model.num_layers 4 --objective.biglm.alpha 0.3).")
     p.add_argument("--config", type=Path, help="run config YAML (default with --resume: RUN_DIR/config.yaml)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, config.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--out", type=Path, help="run folder (checkpoints, metrics.jsonl, config.yaml); required "
+                                            "unless --print-config")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
+    add_config_options(p, run_sections, run_extra)
     p.set_defaults(func=pretrain_command, accepts_overrides=True)
 
     q = subparsers.add_parser("plot", help="plot a run's loss and learning-rate curves to PNG")
@@ -30,18 +34,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=plot_command)
 
 
+def run_sections() -> dict[str, type]:
+    """The sections of a run config, for ``--help``."""
+    from biglm.config import ModelConfig
+    from biglm.data.config import DataConfig
+    from biglm.objectives import ObjectiveConfig
+    from biglm.train.config import TrainConfig
+
+    return {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def run_extra() -> dict[str, tuple[str, str, str]]:
+    """Run-config keys that are no dataclass field, or mean more in a run config."""
+    from biglm.config import PRESETS
+    from biglm.objectives import OBJECTIVE_PRESETS
+
+    return {"model.preset": ("NAME", "none", f"Start from a model preset ({', '.join(PRESETS)})."),
+            "model.vocab_size": ("INT|auto", "auto", "Embedding rows; auto = the tokenizer's size padded to a "
+                                                     "multiple of 64."),
+            "objective.preset": ("NAME", "none", f"Start from an objective preset ({', '.join(OBJECTIVE_PRESETS)}).")}
+
+
 def pretrain_command(args: argparse.Namespace) -> int:
+    from biglm.config_cli import print_config
     from biglm.train.config import load_run_config
     from biglm.train.setup import setup
 
+    if args.out is None and (args.resume or not args.print_config):
+        raise BiglmError("--out is required: the run folder to write (or, with --resume, to continue)")
     config = args.config
     if config is None:
         if not args.resume:
             raise BiglmError("--config is required (only --resume may take RUN_DIR/config.yaml)")
-        config = args.out / "config.yaml"
-        if not config.is_file():
-            raise BiglmError(f"{args.out}: no config.yaml to resume from; pass --config")
+        config = resume_config(args.out)
     cfg = load_run_config(config, getattr(args, "overrides", []))
+    if args.print_config:
+        data = cfg.to_dict()
+        if cfg.vocab_size_auto:
+            data["model"]["vocab_size"] = "auto"
+        print_config(data)
+        return 0
     try:
         trainer = setup(cfg, args.out, resume=args.resume)
         metrics = trainer.fit()
@@ -55,6 +87,27 @@ def pretrain_command(args: argparse.Namespace) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def resume_config(run_dir: Path) -> Path:
+    """``RUN_DIR/config.yaml``, or when it is missing, empty or unreadable the copy saved in the newest
+    intact checkpoint (every checkpoint holds the run config), with a note."""
+    from biglm.configurable import load_yaml
+    from biglm.errors import ConfigError
+    from biglm.train.checkpointing import CONFIG, find_resume_checkpoint
+
+    path = run_dir / "config.yaml"
+    try:
+        problem = "" if load_yaml(path) else "empty"
+    except ConfigError as e:
+        problem = "missing" if not path.exists() else f"unreadable ({e})"
+    if not problem:
+        return path
+    newest = find_resume_checkpoint(run_dir, note=lambda _: None)
+    if newest is None:
+        raise BiglmError(f"{path}: {problem}, and {run_dir} has no checkpoint holding the run config; pass --config")
+    print(f"note: {path} is {problem}; using the run config saved in {newest / CONFIG}", file=sys.stderr)
+    return newest / CONFIG
 
 
 def plot_command(args: argparse.Namespace) -> int:

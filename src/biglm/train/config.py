@@ -18,17 +18,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
-from biglm.configurable import apply_overrides, from_dict, load_yaml, to_dict
+from biglm.configurable import apply_overrides, check_keys, from_dict, load_yaml, to_dict
 from biglm.data.config import DataConfig
 from biglm.errors import ConfigError, check
 from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
 
 SECTIONS = ("model", "objective", "data", "train")
+PSEUDO_KEYS = ("model.preset", "objective.preset")
+"""Keys of a run config that are no dataclass field: the presets the sections start from."""
 
 
 @dataclass
@@ -38,15 +41,21 @@ class GrowthEvent:
     Sizes are integers or multiples of the size at that point (``"2x"``); unset ones stay."""
 
     step: int = 0
+    """Grow after this many optimizer steps (the checkpoint and metrics of this step hold the grown model)."""
     layers: str | None = None
     """New number of layers, e.g. ``2x`` (progressive stacking) or ``8``."""
     hidden_size: str | None = None
     """New hidden size (function-preserving initialisation; heads grow with it)."""
     intermediate_size: str | None = None
+    """New SwiGLU inner size (default: scaled with the hidden size)."""
     depth_order: Literal["stack", "interleave"] = "stack"
+    """stack: a copy of the whole stack on top (StackBERT); interleave: each layer repeated in place."""
     depth_init: Literal["copy", "zero"] = "copy"
+    """copy: progressive stacking; zero: the new layers' output projections start at zero (exact)."""
     mapping: Literal["balanced", "random"] = "balanced"
+    """Which units new units copy: balanced (exact for whole multiples) or random (the paper's draws)."""
     noise: float = 0.0
+    """Relative size of zero-sum symmetry-breaking noise on the split weights (keeps the function)."""
     optimizer: Literal["carry", "reset"] = "carry"
     """carry: AdamW's moments expanded with the weights (gradient-scaled, see ``biglm.grow.expand``);
     reset: a fresh AdamW state for the grown model."""
@@ -70,17 +79,20 @@ class TrainConfig:
     """
 
     positive_fields: ClassVar[tuple[str, ...]] = ("steps", "global_batch_size", "log_every", "keep_last",
-                                                  "eval_batches")
+                                                  "eval_batches", "nonfinite_patience")
 
     steps: int = 1000
     """Optimizer steps of the whole run."""
     global_batch_size: int = 8
+    """Packed rows per optimizer step, over all ranks."""
     micro_batch_size: int = 0
+    """Rows per forward pass on each rank (0: global_batch_size / world size, no accumulation)."""
     lr: float = 6e-4
     """Peak learning rate (reached at the end of warm-up)."""
     min_lr: float = 6e-5
     """Final learning rate of the decay (WSD and cosine)."""
     schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
+    """Learning-rate schedule after warm-up: WSD (warmup-stable-decay), cosine, linear, or constant."""
     warmup_steps: int = 100
     """Linear warm-up from lr/warmup_steps to lr over this many steps."""
     decay_fraction: float = 0.2
@@ -88,8 +100,11 @@ class TrainConfig:
     anneal_data: bool = True
     """WSD: switch the data stream to ``data.anneal_sources`` when the decay starts (if any are given)."""
     beta1: float = 0.9
+    """AdamW beta1."""
     beta2: float = 0.95
+    """AdamW beta2."""
     eps: float = 1e-8
+    """AdamW epsilon."""
     weight_decay: float = 0.01
     """AdamW decay of weight matrices; norms and biases are never decayed."""
     decay_embeddings: bool = True
@@ -114,6 +129,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the model init, dropout and the objective's masking (per row, see ``biglm.train.loop``)."""
     log_every: int = 10
+    """Write a metrics row every this many steps."""
     eval_every: int = 0
     """Evaluate on the validation split every this many steps (0: only at the end)."""
     eval_batches: int = 20
@@ -128,11 +144,18 @@ class TrainConfig:
     save_every: int = 1000
     """Save a checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 3
-    """Keep the newest K complete checkpoints."""
+    """Keep the newest K intact checkpoints (damaged or unfinished ones never count)."""
+    nonfinite: Literal["skip", "stop"] = "skip"
+    """A step whose loss or gradient norm is NaN/Inf: ``skip`` it (no update; the step counter, schedule and
+    data position advance) or ``stop`` at once. See ``biglm.train.guard``."""
+    nonfinite_patience: int = 10
+    """With ``nonfinite: skip``, stop after this many consecutive skipped steps."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; default: a table for H100/A100 bf16, else a measured matmul peak."""
     tensorboard: bool = True
+    """Also write TensorBoard scalars to RUN_DIR/tensorboard."""
     progress: bool = True
+    """Show a progress bar (loss, tokens/s, ETA)."""
     growth: list[GrowthEvent] = field(default_factory=list)
     """Grow the model during training (BatGPT's Algorithm 1 as one run), e.g.
     ``[{step: 1000, layers: 2x}]``; see ``biglm.train.growth``."""
@@ -144,7 +167,7 @@ class TrainConfig:
         for name in ("micro_batch_size", "warmup_steps", "eval_every", "save_every", "prefetch", "patience"):
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 0, f"train.{name}={v!r}: must be an integer >= 0")
-        check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        check(math.isfinite(self.lr) and self.lr > 0, f"train.lr={self.lr}: must be a finite number > 0")
         check(0 <= self.min_lr <= self.lr, f"train.min_lr={self.min_lr}: must be in [0, lr={self.lr}]")
         check(0.0 <= self.decay_fraction <= 1.0, f"train.decay_fraction={self.decay_fraction}: must be in [0, 1]")
         check(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0,
@@ -163,6 +186,7 @@ class TrainConfig:
         steps = [e.step for e in self.growth]
         check(steps == sorted(set(steps)) and all(s < self.steps for s in steps),
               f"train.growth steps {steps}: must increase and stay below train.steps={self.steps}")
+        check(self.nonfinite in ("skip", "stop"), f"train.nonfinite={self.nonfinite!r}: expected skip or stop")
 
     def grad_accum(self, world_size: int) -> int:
         """Micro-steps per optimizer step on each rank; raises ``ConfigError`` if the sizes do not divide."""
@@ -255,20 +279,24 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML run config with its ``base:`` chain merged in (bases first, the file on top)."""
+def read_config_file(path: str | Path, cls: type | None = None, allowed: tuple[str, ...] = PSEUDO_KEYS,
+                     _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with its ``base:`` chain merged in (bases first, the file on top); every key is checked
+    against ``cls`` (default ``RunConfig``; ``allowed`` lists dotted keys that are no field)."""
+    cls = cls or RunConfig
     path = Path(path).resolve()
     check(path not in _seen, f"{path}: 'base:' chain loops back to itself")
     data = load_yaml(path)
     base = data.pop("base", None)
+    check_keys(data, cls, str(path), allowed)
     if base is None:
         return data
     check(isinstance(base, str), f"{path}: 'base' must be a path to another YAML file")
-    return deep_merge(read_config_file(path.parent / base, (*_seen, path)), data)
+    return deep_merge(read_config_file(path.parent / base, cls, allowed, (*_seen, path)), data)
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a run config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
     data = read_config_file(path) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []))
+    data = apply_overrides(data, list(overrides or []), RunConfig, PSEUDO_KEYS)
     return RunConfig.from_dict(data, str(path) if path is not None else "config")

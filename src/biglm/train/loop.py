@@ -36,6 +36,7 @@ from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, Batcher, BatchProducer, RowSeeds, StepBatches
 from biglm.train.config import TrainConfig
 from biglm.train.growth import maybe_grow
+from biglm.train.guard import NonFiniteGuard
 from biglm.train.metrics import MetricsLogger, Progress, flops_per_token, mfu, peak_flops
 from biglm.train.optim import set_learning_rate
 from biglm.train.parallel import (
@@ -95,6 +96,8 @@ class Trainer:
             if env.is_main else 0.0
         self.val_batches = self._prepare_val()
         self.last_metrics: dict[str, float] = {}
+        self.guard = NonFiniteGuard(self.tcfg.nonfinite, self.tcfg.nonfinite_patience, env.distributed,
+                                    progress.write if env.is_main else None)
 
     # --- batches ------------------------------------------------------------------------------------------
     def _prepare_val(self) -> list[Batch]:
@@ -145,13 +148,16 @@ class Trainer:
         max_norm = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         keys = sorted(report)
-        values = torch.stack([report[k].double() for k in keys]).tolist()  # the step's one host sync
-        sums = {**dict(zip(keys, values)), **{f"count:{k}": v for k, v in counts.items()},
-                "tokens": float(tokens), "targets": float(targets)}
-        return {"sums": sums, "lr": lr, "grad_norm": float(norm)}
+        values = torch.stack([report[k].double().reshape(()) for k in keys])
+        values, norm, apply = self.guard.check(item.step, values, norm, lr)  # the step's one host transfer
+        if apply:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {**dict(zip(keys, values)), "tokens": float(tokens), "targets": float(targets)}
+        if apply:  # a skipped step stays out of the logged averages
+            sums.update({f"count:{k}": v for k, v in counts.items()})
+        return {"sums": sums, "lr": lr, "grad_norm": norm, "skipped": float(not apply)}
 
     # --- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,8 +195,10 @@ class Trainer:
         values = dict(zip(keys, all_reduce_sum([float(sums[k]) for k in keys], self.env)))
         terms = sorted(k[5:] for k in keys if k.startswith("term:"))
         weights = self.criterion.weights
-        means = {t: values[f"term:{t}"] / max(values.get(f"count:{t}", 0.0), 1.0) for t in terms}
-        out = {"loss": sum(weights.get(t, 1.0) * m for t, m in means.items())}
+        counts = {t: values.get(f"count:{t}", 0.0) for t in terms}
+        means = {t: values[f"term:{t}"] / counts[t] if counts[t] else math.nan for t in terms}
+        counted = [weights.get(t, 1.0) * means[t] for t in terms if counts[t]]
+        out = {"loss": sum(counted) if counted else math.nan}
         if len(terms) > 1:
             out.update({f"loss_{t}": m for t, m in means.items()})
         for k in keys:
@@ -206,11 +214,13 @@ class Trainer:
         rngs = all_gather_object(ckpt.rng_state(), self.env)
         return {"step": self.step, "tokens_seen": self.tokens_seen, "annealing": self.annealing,
                 "world_size": self.env.world_size, "global_batch_size": self.tcfg.global_batch_size,
-                "data": self.data_state, "rng": rngs, "best": self.best.state_dict()}
+                "data": self.data_state, "rng": rngs, "best": self.best.state_dict(),
+                "guard": self.guard.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.annealing = bool(state["annealing"])
+        self.guard.load_state_dict(state.get("guard", {}))
         if self.annealing:
             self.data.train.set_phase("anneal")
         self.data.train.load_state_dict(state["data"])
@@ -318,7 +328,8 @@ class Trainer:
         fpt = flops_per_token(self.cfg.model, self.seq_len, targets / max(tokens, 1.0))
         row.update({"lr": acc.lr, "grad_norm": acc.grad_norm, "tokens_per_s": tokens_per_s,
                     "mfu": mfu(tokens_per_s, fpt, self.peak, self.env.world_size),
-                    "masked_fraction": targets / max(tokens, 1.0), "tokens_seen": float(self.tokens_seen)})
+                    "masked_fraction": targets / max(tokens, 1.0), "tokens_seen": float(self.tokens_seen),
+                    "skipped_steps": int(acc.skipped)})
         if self.steps_per_epoch:
             row["epoch"] = self.step / self.steps_per_epoch
         return row
@@ -331,10 +342,12 @@ class _Interval:
     sums: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0
     grad_norm: float = 0.0
+    skipped: float = 0.0
 
     def add(self, stats: dict[str, Any]) -> None:
         add_sums(self.sums, stats["sums"])
         self.lr, self.grad_norm = stats["lr"], stats["grad_norm"]
+        self.skipped += stats["skipped"]
 
 
 @dataclass

@@ -7,13 +7,16 @@ import json
 import math
 import os
 import platform
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from biglm.config import ModelConfig
+from biglm.files import atomic_write_text
 
 
 class MetricsLogger(Protocol):
@@ -31,6 +34,12 @@ class NullLogger:
         pass
 
 
+def json_line(row: dict[str, Any]) -> str:
+    """One metrics row as strict JSON: NaN and ±Inf (absent or non-finite values) become ``null``."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 class JsonlLogger:
     """Appends one JSON object per call to ``path`` (``{"step": ..., **metrics}``), flushed at once."""
 
@@ -39,7 +48,7 @@ class JsonlLogger:
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.write(json_line({"step": step, **metrics}) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -79,12 +88,38 @@ class MultiLogger:
             logger.close()
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows after ``last_step`` (written by a run that died after its last checkpoint)."""
+def read_metrics_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a ``metrics.jsonl`` and the numbers of its damaged lines (not a JSON object with an
+    integer ``step``: a line cut by a crash mid-write, or an edit)."""
+    rows, bad = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            bad.append(n)
+    return rows, bad
+
+
+def truncate_metrics(path: Path, last_step: int, note: Callable[[str], None] | None = None) -> None:
+    """Drop rows after ``last_step`` (written by a run that died after its last checkpoint) and damaged
+    lines (with a note through ``note``, default stderr); the file is rewritten atomically as strict JSON."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    rows, bad = read_metrics_file(path)
+    if bad:
+        (note or _stderr)(f"note: {path}: dropped {len(bad)} damaged line(s) (first: line {bad[0]}), as left by a "
+                          "crash mid-write or an edit")
+    atomic_write_text(path, "".join(json_line(r) + "\n" for r in rows if r["step"] <= last_step))
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 class Progress:

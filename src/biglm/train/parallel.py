@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from biglm.devices import resolve_device
 from biglm.errors import ConfigError
 from biglm.model import BiGLM
 from biglm.train.config import TrainConfig
@@ -58,7 +59,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, "train.device")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device={device!r}: CUDA is not available on this machine")

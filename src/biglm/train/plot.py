@@ -4,27 +4,32 @@ run logged any."""
 
 from __future__ import annotations
 
-import json
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from biglm.errors import BiglmError
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of ``run_dir/metrics.jsonl`` (a one-line error if there are none)."""
+def read_metrics(run_dir: Path, note: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+    """Rows of ``run_dir/metrics.jsonl`` (a one-line error if there are none); damaged lines are skipped
+    with a note through ``note`` (default stderr)."""
+    from biglm.train.metrics import read_metrics_file
+
+    note = note or (lambda text: print(text, file=sys.stderr, flush=True))
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise BiglmError(f"{run_dir}: no metrics.jsonl (not a run folder, or no step logged yet)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise BiglmError(f"{path}:{n}: not a JSON object") from None
+    rows, bad = read_metrics_file(path)
+    if bad:
+        note(f"note: {path}: skipped {len(bad)} damaged line(s) (first: line {bad[0]})")
     if not rows:
-        raise BiglmError(f"{path}: empty")
+        raise BiglmError(f"{path}: no metrics rows")
+    skipped = sum(int(r.get("skipped_steps") or 0) for r in rows)
+    if skipped:
+        note(f"note: {run_dir.name}: {skipped} optimizer step(s) were skipped for a non-finite loss or gradient "
+             "(skipped_steps in metrics.jsonl); their losses are not drawn")
     return rows
 
 
@@ -43,7 +48,7 @@ def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[f
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def plot_run(run_dir: str | Path, out: str | Path | None = None, note: Callable[[str], None] | None = None) -> Path:
     """Write the loss and LR curves of ``run_dir`` to ``out`` (default ``run_dir/metrics.png``)."""
     import matplotlib
 
@@ -51,7 +56,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
+    rows = read_metrics(run_dir, note)
     out = Path(out) if out else run_dir / "metrics.png"
     task_metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
     if task_metrics:

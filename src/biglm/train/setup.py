@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from biglm.checkpoint import check_state_dict, resolve_checkpoint
+from biglm.checkpoint import check_state_dict, resolve_checkpoint, verify_model
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError, ConfigError
 from biglm.model import BiGLM
@@ -178,7 +178,7 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
     if resume_from is not None:
         model, train_model = build_model(cfg, env, resume_from)
     else:
-        init = resolve_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+        init = resolve_checkpoint(cfg.train.init_from, check=verify_model) if cfg.train.init_from else None
         if init is not None:
             check_init_shapes(cfg, init)
         model, train_model = build_model(cfg, env, init, strict=False)

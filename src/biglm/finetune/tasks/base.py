@@ -24,8 +24,8 @@ from torch import nn
 from biglm.attention import AttentionLayout
 from biglm.config import ModelConfig
 from biglm.data.records import Record
-from biglm.errors import BiglmError
 from biglm.finetune.config import FinetuneConfig
+from biglm.generate.api import special_ids
 from biglm.objectives import IGNORE_INDEX, Batch, Criterion
 from biglm.train.batches import Batcher
 
@@ -41,15 +41,8 @@ class TokenIds:
 
     @classmethod
     def of(cls, tokenizer: Any) -> TokenIds:
-        ids = {}
-        for name in ("bos", "eos", "mask"):
-            value = getattr(tokenizer, f"{name}_token_id", None)
-            if value is None:
-                raise BiglmError(f"the checkpoint's tokenizer has no {name} token; fine-tuning needs BOS, EOS "
-                                 "and [MASK]")
-            ids[name] = int(value)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        return cls(pad=int(pad) if pad is not None else ids["eos"], **ids)
+        """The ids of ``tokenizer`` (one clear error when BOS, EOS or [MASK] is missing)."""
+        return cls(**special_ids(tokenizer))
 
 
 class FinetuneTask(Protocol):

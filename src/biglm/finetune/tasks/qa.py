@@ -171,7 +171,8 @@ class QATask(TaskBase):
                         if s <= e < s + o.max_answer_length:
                             score = float(starts[s] + ends[e])
                             if score > best[k][0]:
-                                best[k] = (score, batch[k].context[w.offsets[s][0]:w.offsets[e][1]])
+                                # byte-level BPE offsets include a word's leading space
+                                best[k] = (score, batch[k].context[w.offsets[s][0]:w.offsets[e][1]].strip())
             out.extend({"answer": text, "score": score} for score, text in best)
         return out
 
@@ -183,8 +184,9 @@ class QATask(TaskBase):
 
     def show(self, example: QAExample, prediction: dict[str, Any]) -> str:
         question = self.text(example.windows[0].ids[1:example.windows[0].context_start - 1])
+        context = example.context if len(example.context) <= 110 else example.context[:107] + "..."
         gold = f"   [gold: {' | '.join(example.answers)}]" if example.answers else ""
-        return f"{question}\n    -> {prediction['answer']!r}{gold}"
+        return f"{question} | {context}\n    -> {prediction['answer']!r}{gold}"
 
 
 def _token_span(window: QAWindow, span: tuple[int, int]) -> tuple[int, int]:

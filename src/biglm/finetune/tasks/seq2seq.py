@@ -77,14 +77,16 @@ class Seq2SeqTask(TaskBase):
         texts: list[str | None] = [None] * len(records)
         if labelled:
             texts = [r.get(f.target_field) for r in records]
-            targets = self.tokenize(texts)
+            # A byte-level BPE word has one token after a space and another at a text's start: as in the
+            # source, so that copying is copying tokens.
+            targets = self.tokenize([" " + t.strip() if self.options.target_space else t for t in texts])
         cut_sources = cut_targets = 0
         out = []
         for i, (record, src, tgt) in enumerate(zip(records, sources, targets)):
             if not src:
                 raise BiglmError(f"{record.where}: field '{f.source_field}' is empty")
             if tgt is not None:
-                if not tgt:
+                if not tgt or not texts[i].strip():
                     raise BiglmError(f"{record.where}: field '{f.target_field}' is empty (a target needs a token)")
                 if len(tgt) > self.max_target:
                     if not self.options.truncate_targets:

@@ -1,0 +1,168 @@
+"""Typed configs on the command line: ``--help`` that lists every field and ``--print-config``.
+
+A verb that takes ``--section.field VALUE`` overrides calls ``add_config_options(parser, sections)``
+when it registers its sub-parser: its ``--help`` then lists each field of each section's dataclass
+(nested ones and lists of them included) with its type, default and the first sentence of the
+docstring under the field, and ``--print-config`` asks the handler to print the resolved config (see
+``print_config``) instead of running. The field list is built only when help is asked for, so
+registering costs no import of the config classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import itertools
+import re
+import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+Sections = Callable[[], Mapping[str, type]]
+"""Returns ``{section name: dataclass}`` (called lazily, when help is shown)."""
+Extra = Callable[[], Mapping[str, tuple[str, str, str]]]
+"""Returns ``{dotted key: (type, default, help)}`` for keys that are no dataclass field (``model.preset``)
+or whose meaning differs in this verb; they replace or precede the generated entries."""
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under the fields of dataclass ``cls`` (PEP 257 attribute docstrings)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def one_line(doc: str) -> str:
+    """The first sentence of a docstring on one line, ``code`` quotes dropped."""
+    text = " ".join(doc.split()).replace("``", "")
+    match = re.match(r"(.+?[.!?])(\s+[A-Z(`]|$)", text)
+    return match.group(1) if match else text
+
+
+def type_name(tp: Any) -> str:
+    """A short name for an annotated type: INT, FLOAT, STR, BOOL, {a,b}, INT|null, LIST, ..."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        return "|".join(inner) + ("|null" if type(None) in typing.get_args(tp) else "")
+    if origin is typing.Literal:
+        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if args and dataclasses.is_dataclass(args[0]):
+            return "LIST"
+        if origin is tuple and args:
+            return "[" + ",".join(type_name(a) for a in args) + "]"
+        return "LIST"
+    if origin is dict:
+        return "MAPPING"
+    return getattr(tp, "__name__", str(tp)).upper()
+
+
+def show(value: Any) -> str:
+    """A default as it would be written in YAML (one line)."""
+    if dataclasses.is_dataclass(value):
+        return "{...}"
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def describe(cls: type, prefix: str, listed: dict[type, str] | None = None) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every field of dataclass ``cls``, nested ones expanded (the
+    fields of a list's item class once, under the first list of that class)."""
+    listed = {} if listed is None else listed
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, tp = f"{prefix}.{f.name}", hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if dataclasses.is_dataclass(tp):
+            out += describe(tp, key, listed)
+            continue
+        doc = one_line(docs.get(f.name, ""))
+        inner = typing.get_args(tp)
+        item = inner[0] if typing.get_origin(tp) is list and inner and dataclasses.is_dataclass(inner[0]) else None
+        if item is not None and item in listed:
+            doc = f"{doc} Items as {listed[item]}[i].".strip()
+        out.append((key, type_name(tp), "required" if default is dataclasses.MISSING else show(default), doc))
+        if item is not None and item not in listed:
+            listed[item] = key
+            out += describe(item, f"{key}[i]", listed)
+    return out
+
+
+def config_help(sections: Mapping[str, type], extra: Mapping[str, tuple[str, str, str]] | None = None) -> str:
+    """The field table shown under ``--help``."""
+    extra = dict(extra or {})
+    rows: list[tuple[str, str, str, str]] = []
+    for name, cls in sections.items():
+        generated = describe(cls, name)
+        keys = {r[0] for r in generated}
+        rows += [(k, *extra[k]) for k in extra if k.split(".")[0] == name and k not in keys]
+        rows += [(k, *extra[k]) if k in extra else (k, t, d, h) for k, t, d, h in generated]
+    width = min(44, max(len(f"--{k} {t}") for k, t, _, _ in rows) + 2)
+    lines = ["config fields: --section.field VALUE (or --section.field=VALUE), after the YAML file"
+             + ("; data.sources[i] are the fields of each source given in data.sources:"
+                if any("[i]" in r[0] for r in rows) else ":")]
+    section = ""
+    for key, tp, default, doc in rows:
+        if key.split(".")[0] != section:
+            section = key.split(".")[0]
+            lines.append(f"\n{section}:")
+        left = f"    {key} {tp}" if "[i]" in key else f"  --{key} {tp}"
+        pad = left.ljust(width) if len(left) < width else left + "\n" + " " * width
+        lines.append(f"{pad} (default {default}) {doc}".rstrip())
+    return "\n".join(lines)
+
+
+class _ConfigHelp(argparse.Action):
+    """``-h/--help`` that appends the field table to the usual help, built only when asked for."""
+
+    def __init__(self, option_strings: list[str], sections: Sections, extra: Extra | None, **kw: Any) -> None:
+        super().__init__(option_strings, nargs=0, default=argparse.SUPPRESS, **kw)
+        self.sections, self.extra = sections, extra
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = config_help(self.sections(), self.extra() if self.extra else None)
+        parser.print_help()
+        parser.exit()
+
+
+def add_config_options(parser: argparse.ArgumentParser, sections: Sections, extra: Extra | None = None) -> None:
+    """Give a verb's parser (created with ``add_help=False``) a ``--help`` listing every config field and a
+    ``--print-config`` flag (``args.print_config``)."""
+    parser.add_argument("-h", "--help", action=_ConfigHelp, sections=sections, extra=extra,
+                        help="show this help, with every config field, and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults < YAML < overrides) as YAML and exit")
+
+
+def print_config(config: Any, file: Any = None) -> None:
+    """Print a config (a dataclass or a mapping) as YAML."""
+    from biglm.configurable import to_dict
+
+    data = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    print(yaml.safe_dump(data, sort_keys=False).rstrip(), file=file or sys.stdout)
