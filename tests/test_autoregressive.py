@@ -102,14 +102,15 @@ def test_r2l_prediction_depends_only_on_later_tokens():
 
 
 def test_checkpoints_without_a_family_load_as_masked(tmp_path):
-    from biglm.checkpoint import load_model, model_state_dict, write_checkpoint
+    # A checkpoint's model_config.yaml written before the field existed (load_model reads it with from_file).
+    from biglm.configurable import save_yaml
 
-    model = BiGLM(ModelConfig.from_preset("micro", vocab_size=64))
-    folder = write_checkpoint(tmp_path / "old", model_state_dict(model), model.config)
-    text = (folder / "model_config.yaml").read_text()
-    (folder / "model_config.yaml").write_text("".join(x for x in text.splitlines(True) if not x.startswith("family")))
-    assert "family" not in (folder / "model_config.yaml").read_text()
-    assert load_model(folder).config.family == "masked"
+    config = ModelConfig.from_preset("micro", vocab_size=64, family="causal")
+    save_yaml(config, tmp_path / "model_config.yaml")
+    text = (tmp_path / "model_config.yaml").read_text()
+    (tmp_path / "old.yaml").write_text("".join(x for x in text.splitlines(True) if not x.startswith("family")))
+    assert ModelConfig.from_file(tmp_path / "model_config.yaml").family == "causal"
+    assert ModelConfig.from_file(tmp_path / "old.yaml").family == "masked"
 
 
 def test_family_follows_the_objective_or_is_checked():
