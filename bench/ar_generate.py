@@ -19,8 +19,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +26,10 @@ import torch
 
 from biglm import BiGLM, ModelConfig
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
+from common import best_of
 
 RESULTS = Path(__file__).parent / "results" / "ar_generate.json"
 PAD, BOS, EOS = 0, 1, 2
-
-
-def best_of(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
-    results = {name: fn() for name, fn in fns.items()}  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: (best[name], results[name]) for name in fns}
 
 
 def models(shape: str) -> tuple[BiGLM, torch.nn.Module]:
