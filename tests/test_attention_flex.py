@@ -5,6 +5,7 @@ forward (compiled flex on CPU), backward (torch's reference flex with autograd) 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def packed_layout(kind: str, batch: int = B, length: int = T, seed: int = 0, pad
     for b in range(batch):
         cuts = sorted(torch.randperm(length - 2, generator=g)[: 1 + b].add(1).tolist())
         bounds = [0, *cuts, length]
-        for d, (s, e) in enumerate(zip(bounds, bounds[1:])):
+        for d, (s, e) in enumerate(itertools.pairwise(bounds)):
             docs[b, s:e] = d
             split = s + int(torch.randint(0, e - s + 1, (1,), generator=g))
             regions[b, split:e] = 1
@@ -104,34 +105,36 @@ def test_backward_equals_reference(models, kind):
         torch.testing.assert_close(grads[1][1][name], g, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_prefix_cache_pass_equals_reference(models):
-    """Mask-Predict's passes: the prefix encoding (left padding) and a suffix pass over the cache."""
+PROMPTS = [[7 + i for i in range(17)], [30, 31, 32]]  # with BOS: a (2, 18) left-padded prefix batch
+
+
+def test_mask_predict_passes_equal_reference(models):
+    """Mask-Predict's passes: the prefix encoding (left padding) and suffix passes over its cache (ragged
+    rows), logits first, then whole generations (same shapes, so no new compilation)."""
     ref, flex = models
-    prompts = [[1, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [1, 30, 31, 32]]
     tokens = torch.randint(5, 64, (2, 20), generator=torch.Generator().manual_seed(5))
     active = torch.arange(20)[None] < torch.tensor([[20], [13]])
     out = []
     for model in (ref, flex):
-        prefix = encode_prefix(model, prompts)
+        prefix = encode_prefix(model, [[1, *p] for p in PROMPTS])
         with torch.no_grad():
             out.append(suffix_logits(model, prefix, tokens, active))
     torch.testing.assert_close(out[1], out[0], rtol=1e-4, atol=1e-4)
-
-
-def test_mask_predict_and_ar_decoding_equal_reference(models):
-    ref, flex = models
     ids = dict(bos_token_id=1, eos_token_id=None, mask_token_id=4)
-    mp = [generate_ids(m, [[7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [20, 21]], **ids, max_new_tokens=18,
-                       steps=3).token_ids for m in (ref, flex)]
+    mp = [generate_ids(m, PROMPTS, **ids, max_new_tokens=20, steps=3).token_ids for m in (ref, flex)]
     assert mp[0] == mp[1]
-    ar_ref = BiGLM(dataclasses.replace(ref.config, family="causal")).eval()
-    ar_ref.load_state_dict(ref.state_dict())
-    ar_flex = BiGLM(dataclasses.replace(flex.config, family="causal")).eval()
-    ar_flex.load_state_dict(ref.state_dict())
-    prompts = [[10 + i for i in range(20)], [30, 31, 32]]
-    ar = [generate_ar_ids(m, prompts, bos_token_id=1, eos_token_id=2, options=AROptions(max_new_tokens=6)).token_ids
-          for m in (ar_ref, ar_flex)]
-    assert ar[0] == ar[1]
+
+
+def test_autoregressive_decoding_equals_reference(models):
+    """KV-cached greedy decoding: the prompt pass runs on flex, the one-token steps on SDPA's mask row."""
+    ref, flex = models
+    runs = []
+    for model in (ref, flex):
+        causal = BiGLM(dataclasses.replace(model.config, family="causal")).eval()
+        causal.load_state_dict(ref.state_dict())
+        runs.append(generate_ar_ids(causal, PROMPTS, bos_token_id=1, eos_token_id=2,
+                                    options=AROptions(max_new_tokens=6)).token_ids)
+    assert runs[0] == runs[1]
 
 
 def test_flex_rejects_dropout():
