@@ -233,7 +233,15 @@ class Trainer:
                                 "data position kept, dropout RNG streams not restored")
 
     def save(self) -> None:
-        """Gather the full state (collective) and let rank 0 write ``checkpoints/step_<step>``."""
+        """Gather the full state (collective) and let rank 0 write ``checkpoints/step_<step>``; with
+        ``train.checkpoint_format: sharded`` every rank writes its own shards instead."""
+        if self.tcfg.checkpoint_format == "sharded":
+            ckpt.save_sharded_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.cfg.model,
+                                         self.data.tokenizer, self.state_dict(), self.cfg.to_dict(),
+                                         self.tcfg.keep_last, self.env.is_main)
+            if self.env.distributed:
+                dist.barrier()
+            return
         model_state = ckpt.gather_model_state(self.model)
         optimizer_state = ckpt.gather_optimizer_state(self.model, self.optimizer)
         state = self.state_dict()

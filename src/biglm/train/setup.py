@@ -175,8 +175,13 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
     trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None
     start_step = int(trainer_state["step"]) if trainer_state is not None else 0
     run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
-    if resume_from is not None:
+    from biglm.train.sharded import is_sharded_checkpoint, load_sharded_checkpoint
+
+    sharded_state = resume_from is not None and is_sharded_checkpoint(resume_from)
+    if resume_from is not None and not sharded_state:
         model, train_model = build_model(cfg, env, resume_from)
+    elif sharded_state:
+        model, train_model = build_model(cfg, env, None)  # weights come from the shards below
     else:
         init = resolve_checkpoint(cfg.train.init_from, check=verify_model) if cfg.train.init_from else None
         if init is not None:
@@ -184,7 +189,9 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
         model, train_model = build_model(cfg, env, init, strict=False)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
-    if resume_from is not None:
+    if sharded_state:
+        load_sharded_checkpoint(resume_from, model, optimizer)
+    elif resume_from is not None:
         state = ckpt.read_optimizer_state(resume_from) if (env.is_main or not sharded) else {}
         ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
