@@ -101,11 +101,12 @@ def checkpoint_blocks(model: BiGLM) -> None:
         block.forward = forward
 
 
-def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv) -> nn.Module:
+def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv, shard: bool | None = None) -> nn.Module:
     """Apply activation checkpointing, per-block ``torch.compile`` and DDP/FSDP2 as configured.
 
     For FSDP the model may be on the meta device: it is sharded, then materialised (uninitialised) on
-    ``env.device``; load weights with ``biglm.train.checkpointing.load_model_state``.
+    ``env.device``; load weights with ``biglm.train.checkpointing.load_model_state``. ``shard=True``
+    applies FSDP2 even on one rank (an initialised process group is needed; e.g. the GPU check).
     Returns the module to call for training (the DDP wrapper, or the model itself).
     """
     if cfg.activation_checkpointing:
@@ -113,7 +114,7 @@ def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv) -> nn.Module:
     if cfg.compile:
         for block in model.model.layers:
             block.compile()
-    if is_sharded(cfg, env):
+    if shard if shard is not None else is_sharded(cfg, env):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
