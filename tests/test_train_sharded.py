@@ -51,6 +51,17 @@ def test_sharded_resume_equals_uninterrupted_and_consolidates(tmp_path, capsys):
     assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == set(want)
 
 
+def test_async_save_resumes_exactly(tmp_path):
+    """Shards written in the background while training goes on; the folder is completed at the next save."""
+    cfg = micro_config(steps=6, save_every=2, checkpoint_format="sharded", async_checkpoint=True)
+    full = train(cfg, tmp_path / "full")
+    train(cfg, tmp_path / "split", until=4)
+    names = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())
+    assert names == ["step_00000002", "step_00000004"]  # both completed, no .tmp- left behind
+    verify_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000004")
+    assert train(cfg, tmp_path / "split", resume=True) == full
+
+
 def test_damaged_shard_is_never_used(tmp_path, capsys):
     cfg = micro_config(steps=6, save_every=2, keep_last=3, checkpoint_format="sharded")
     train(cfg, tmp_path / "run", until=4)
@@ -70,16 +81,16 @@ def test_damaged_shard_is_never_used(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_ranks_save_one_and_two_resume(tmp_path):
-    # FSDP2 on 2 gloo ranks saves sharded at step 2; the run goes on to step 4 on 2 ranks, and a copy of
-    # it resumes on 1 rank (unsharded). Both equal one uninterrupted process with the same global batch.
+    # FSDP2 on 2 gloo ranks saves sharded (asynchronously) at step 2; the run goes on to step 4 on 2 ranks,
+    # and a copy of it resumes on 1 rank (unsharded). Both equal one uninterrupted process, same global batch.
     common = dict(steps=4, global_batch_size=4, eval_every=2, save_every=2, checkpoint_format="sharded")
-    two = micro_config(micro_batch_size=1, parallel="fsdp", **common).to_dict()
+    two = micro_config(micro_batch_size=1, parallel="fsdp", async_checkpoint=True, **common).to_dict()
     run2 = str(tmp_path / "two")
-    mp.spawn(worker, args=(2, free_port(), [(two, run2, 2, False)]), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, free_port(), [(two, run2, 2, False), (two, run2, None, True)]), nprocs=2, join=True)
     step2 = tmp_path / "two" / "checkpoints" / "step_00000002"
     assert sorted(p.name for p in (step2 / "state").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    shutil.copytree(tmp_path / "two", tmp_path / "one")
-    mp.spawn(worker, args=(2, free_port(), [(two, run2, None, True)]), nprocs=2, join=True)
+    shutil.copytree(tmp_path / "two", tmp_path / "one")  # the run as it was at step 2 (metrics cut on resume)
+    shutil.rmtree(tmp_path / "one" / "checkpoints" / "step_00000004")
     # (2 rows per micro-batch on 1 rank: the same validation rows as 2 ranks × 1)
     train(micro_config(micro_batch_size=2, parallel="fsdp", **common), tmp_path / "one", resume=True)
     train(micro_config(micro_batch_size=2, **common), tmp_path / "single")

@@ -113,9 +113,11 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
 
 def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                             model_config: ModelConfig, tokenizer: Any, trainer_state: dict[str, Any],
-                            run_config: dict[str, Any], keep_last: int, is_main: bool) -> None:
+                            run_config: dict[str, Any], keep_last: int, is_main: bool,
+                            asynchronous: bool = False) -> Any:
     """Collective: ``checkpoints/step_<step>`` with weights and optimizer state sharded by rank
-    (``biglm.train.sharded``), finished atomically by rank 0, then pruned to ``keep_last``."""
+    (``biglm.train.sharded``), finished atomically by rank 0, then pruned to ``keep_last``. Returns the
+    ``PendingSave`` of an ``asynchronous`` save (None otherwise)."""
     from biglm.train.sharded import save_sharded_checkpoint as save_shards
 
     folder = checkpoint_dir(run_dir, step)
@@ -126,7 +128,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimize
         write_checkpoint(folder, None, model_config, tokenizer, step, extra=extra, meta=meta, prepared=prepared)
         prune_checkpoints(run_dir, keep_last)
 
-    save_shards(folder, model, optimizer, is_main=is_main, write_rest=write_rest)
+    return save_shards(folder, model, optimizer, is_main=is_main, write_rest=write_rest, asynchronous=asynchronous)
 
 
 def save_best(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], model_config: ModelConfig,

@@ -8,7 +8,9 @@ shape and each shard's place, so a run resumes on any number of ranks (also one,
 The folder is otherwise a normal checkpoint (``biglm.checkpoint``), with the same guarantees: written
 under ``.tmp-step_*`` (rank 0 makes it, every rank writes its shards, then rank 0 adds the trainer state,
 config and tokenizer, records every file's size and checksum in ``meta.json`` and renames it into place),
-so an interrupted or damaged save is never used or counted. It carries no ``model.safetensors``:
+so an interrupted or damaged save is never used or counted. ``train.async_checkpoint`` writes the shards in
+a background thread (``dcp.async_save``, coordinated over a separate gloo group) while training goes on;
+the folder is completed at the next save or at the end of ``fit``. It carries no ``model.safetensors``:
 ``consolidate_checkpoint`` (``biglm consolidate``) writes one from the shards, on one process, for export,
 ``generate`` and ``evaluate``; ``read_sharded_model_state`` gives the same weights in memory.
 """
@@ -16,6 +18,8 @@ so an interrupted or damaged save is never used or counted. It carries no ``mode
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +58,39 @@ def _local_finite(state: Any) -> bool:
     return True
 
 
+@dataclass
+class PendingSave:
+    """An asynchronous save: shards being written in the background; ``finish`` (collective) waits for them
+    and lets rank 0 complete the folder. Until then the checkpoint is a ``.tmp-`` folder, never used."""
+
+    future: Any
+    finalize: Callable[[], None]
+
+    def finish(self) -> None:
+        self.future.result()
+        self.finalize()
+
+
+_ASYNC_GROUP: list[Any] = []
+
+
+def _async_group() -> Any:
+    """A gloo group of all ranks for the background writes' coordination, apart from training's collectives."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if not _ASYNC_GROUP:
+        _ASYNC_GROUP.append(dist.new_group(backend="gloo"))
+    return _ASYNC_GROUP[0]
+
+
 def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, is_main: bool,
-                            write_rest: Any) -> None:
+                            write_rest: Any, asynchronous: bool = False) -> PendingSave | None:
     """Collective: every rank writes its shards into ``.tmp-<folder>/state``; then rank 0 calls
     ``write_rest(prepared=("state",))`` to finish the folder (``biglm.checkpoint.write_checkpoint``).
 
     Non-finite weights or optimizer state on any rank stop the save on every rank (``BiglmError``) before
-    anything is written.
+    anything is written. ``asynchronous``: the state is copied to CPU memory now and written by a background
+    thread; the returned ``PendingSave`` must be finished (on every rank) before the next save or the end.
     """
     import torch.distributed.checkpoint as dcp
 
@@ -79,11 +109,23 @@ def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
         tmp.mkdir(parents=True)
     if distributed:
         dist.barrier()
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / STATE))
-    if distributed:
-        dist.barrier()  # every rank's shards are on disk before rank 0 checksums them
-    if is_main:
-        write_rest(prepared=(STATE,))
+    state = {"model": model_sd, "optimizer": optim_sd}
+
+    def finalize(group: Any = None) -> None:
+        if distributed:
+            dist.barrier(group=group)  # every rank's shards are on disk before rank 0 checksums them
+        if is_main:
+            write_rest(prepared=(STATE,))
+        if distributed:
+            dist.barrier(group=group)
+
+    if asynchronous:
+        group = _async_group()
+        future = dcp.async_save(state, checkpoint_id=str(tmp / STATE), process_group=group)
+        return PendingSave(future, lambda: finalize(group))
+    dcp.save(state, checkpoint_id=str(tmp / STATE))
+    finalize()
+    return None
 
 
 def load_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
