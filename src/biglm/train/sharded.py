@@ -121,9 +121,9 @@ def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
 
     if asynchronous:
         group = _async_group()
-        future = dcp.async_save(state, checkpoint_id=str(tmp / STATE), process_group=group)
+        future = dcp.async_save(state, checkpoint_id=str(tmp / STATE), process_group=group, no_dist=not distributed)
         return PendingSave(future, lambda: finalize(group))
-    dcp.save(state, checkpoint_id=str(tmp / STATE))
+    dcp.save(state, checkpoint_id=str(tmp / STATE), no_dist=not distributed)
     finalize()
     return None
 
@@ -135,7 +135,8 @@ def load_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
 
     model_sd, optim_sd = _state_dicts(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=str(Path(folder) / STATE))
+    distributed = dist.is_available() and dist.is_initialized()
+    dcp.load(state, checkpoint_id=str(Path(folder) / STATE), no_dist=not distributed)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
