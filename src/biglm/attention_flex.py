@@ -75,8 +75,10 @@ def classify_blocks(kind: str, q_docs: Tensor, q_regs: Tensor, k_docs: Tensor, k
         rule_all, rule_none = k_all_x | (q_all_y & before), k_all_y & (q_all_x | after)
     elif kind == "causal":
         rule_all, rule_none = before, after
-    else:
+    elif kind == "bidirectional":
         rule_all, rule_none = true, ~true
+    else:  # a kind without block rules: never full, never skipped by its rule (exact, only slower)
+        rule_all, rule_none = ~true, ~true
     full = one_doc & rule_all
     partial = ~full & ~(apart | rule_none)
     return full, partial
