@@ -129,7 +129,7 @@ def equality(args: argparse.Namespace, device: torch.device) -> list[dict]:
             res.append((logits.detach(), [p.grad.detach().clone() for p in model.parameters()]))
         grad = max(rel_err(g, w) for g, w in zip(res[1][1], res[0][1]))
         out.append({"check": f"train {kind}", "logits_rel_err": rel_err(res[1][0], res[0][0]), "grad_rel_err": grad})
-    prompts = [list(range(10, 10 + args.seq // 4)), list(range(20, 30))]
+    prompts = [list(range(10, 10 + args.seq // 4)), list(range(20, 30))]  # ragged: left padding
     tokens = torch.randint(10, base.vocab_size, (2, args.seq // 8), device=device)
     active = torch.ones_like(tokens, dtype=torch.bool)
     active[1, -3:] = False
