@@ -38,6 +38,7 @@ def test_sharded_resume_equals_uninterrupted_and_consolidates(tmp_path, capsys):
     with pytest.raises(BiglmError, match="biglm consolidate"):
         load_model(newest)
     assert cli_main(["consolidate", str(tmp_path / "split")]) == 0
+    assert is_sharded_checkpoint(newest) and verify_checkpoint(newest)["step"] == 6  # still whole, resumable
     loaded = load_model(tmp_path / "split")
     reference = micro_config(steps=6, save_every=2)  # the same run with full checkpoints
     train(reference, tmp_path / "ref")
@@ -46,7 +47,8 @@ def test_sharded_resume_equals_uninterrupted_and_consolidates(tmp_path, capsys):
     assert set(got) == set(want)
     for name, w in want.items():
         torch.testing.assert_close(got[name], w, rtol=0, atol=0, msg=name)
-    # The consolidated folder still resumes (its shards stay) and verifies as a whole.
+    assert cli_main(["consolidate", str(tmp_path / "ref")]) == 2  # a full checkpoint: one-line error
+    assert "not a sharded checkpoint" in capsys.readouterr().err
     assert cli_main(["consolidate", str(newest), "--out", str(tmp_path / "export")]) == 0
     assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == set(want)
 

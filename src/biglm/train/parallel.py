@@ -13,7 +13,8 @@ Several nodes (run on every node; ``--node_rank`` 0..NNODES-1, the rendezvous ho
 
 The run folder must be on a filesystem every node sees: rank 0 writes checkpoints and logs, and on
 ``--resume`` every rank reads the training state (with FSDP only rank 0 reads the weights and
-optimizer state and broadcasts them). The backend is NCCL on CUDA and gloo on CPU.
+optimizer state and broadcasts them; with ``train.checkpoint_format: sharded`` every rank writes and
+reads its own shards). The backend is NCCL on CUDA and gloo on CPU.
 """
 
 from __future__ import annotations
