@@ -139,6 +139,15 @@ def test_autoregressive_decoding_equals_reference(models):
     assert runs[0] == runs[1]
 
 
+def test_flex_with_compile_on_cpu_is_a_one_line_error():
+    from biglm.train.config import TrainConfig
+    from biglm.train.parallel import DistEnv, parallelize
+
+    model = BiGLM(ModelConfig.from_preset("micro", attn_backend="flex"))
+    with pytest.raises(ConfigError, match="no compiled FlexAttention backward for CPU"):
+        parallelize(model, TrainConfig(compile=True), DistEnv())
+
+
 def test_flex_rejects_dropout():
     with pytest.raises(ConfigError, match="dropout"):
         ModelConfig.from_preset("micro", attn_backend="flex", dropout=0.1)

@@ -110,6 +110,9 @@ def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv, shard: bool | None
     applies FSDP2 even on one rank (an initialised process group is needed; e.g. the GPU check).
     Returns the module to call for training (the DDP wrapper, or the model itself).
     """
+    if cfg.compile and model.config.attn_backend == "flex" and env.device.type == "cpu":
+        raise ConfigError("train.compile=true with model.attn_backend=flex on CPU: torch has no compiled "
+                          "FlexAttention backward for CPU; set train.compile false or model.attn_backend sdpa")
     if cfg.activation_checkpointing:
         checkpoint_blocks(model)
     if cfg.compile:
