@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                                                  f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
                                                  f"({r['wall_s']:.0f} s with compile)"
                                                  if "error" not in r else f"  FAILED: {r['error']}"), flush=True)
+    for preset in args.presets.split(","):
+        by = {r["backend"]: r for r in rows if r["preset"] == preset and "error" not in r}
+        if "sdpa" in by and "flex" in by:
+            print(f"{preset}: flex / sdpa tokens/s = {by['flex']['tokens_per_s'] / by['sdpa']['tokens_per_s']:.2f}x")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
