@@ -271,24 +271,35 @@ def model_state_dict(model: BiGLM) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_checkpoint(folder: Path, model_state: dict[str, torch.Tensor], config: ModelConfig,
+def temp_folder(folder: Path) -> Path:
+    """Where ``folder`` is written before it is renamed into place."""
+    return Path(folder).parent / f".tmp-{Path(folder).name}"
+
+
+def write_checkpoint(folder: Path, model_state: dict[str, torch.Tensor] | None, config: ModelConfig,
                      tokenizer: Any = None, step: int = 0,
                      extra: dict[str, Callable[[Path], None]] | None = None,
-                     meta: dict[str, Any] | None = None) -> Path:
+                     meta: dict[str, Any] | None = None, prepared: tuple[str, ...] = ()) -> Path:
     """Write a checkpoint atomically: into ``.tmp-<name>``, then rename to ``folder``.
 
     ``extra`` maps file names to writers (called with the full path) for training state. Weights holding
-    NaN or Inf are refused (``BiglmError``) before anything is written.
+    NaN or Inf are refused (``BiglmError``) before anything is written. ``prepared`` names files or folders
+    already written into ``temp_folder(folder)`` (a sharded state, written by every rank): they are kept and
+    recorded like the rest. ``model_state`` None writes no weights file (a sharded checkpoint).
     """
     folder = Path(folder)
-    check_finite(model_state, folder / WEIGHTS)
-    tmp = folder.parent / f".tmp-{folder.name}"
-    if tmp.exists():
+    if model_state is not None:
+        check_finite(model_state, folder / WEIGHTS)
+    tmp = temp_folder(folder)
+    if tmp.exists() and not prepared:
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(model_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    tmp.mkdir(parents=True, exist_ok=bool(prepared))
+    files = list(prepared)
+    if model_state is not None:
+        save_file(model_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        files.append(WEIGHTS)
     save_yaml(config, tmp / "model_config.yaml")
-    files = [WEIGHTS, "model_config.yaml"]
+    files.append("model_config.yaml")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         files.append("tokenizer")
@@ -341,6 +352,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         config = ModelConfig.from_file(folder / "model_config.yaml")
     except BiglmError as e:
         raise BiglmError(f"{folder / 'model_config.yaml'}: {e}") from None
+    if not (folder / WEIGHTS).is_file() and (folder / "state").is_dir():
+        raise BiglmError(f"{folder}: a sharded training checkpoint without {WEIGHTS}; write it with "
+                         f"`biglm consolidate {folder}`")
     with torch.device("meta"):
         model = BiGLM(config)
     state = load_file(str(folder / WEIGHTS))

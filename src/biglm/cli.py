@@ -16,6 +16,7 @@ from biglm.errors import BiglmError
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("biglm.train.cli", "pretrain a model from a YAML config"),
     "plot": ("biglm.train.cli", "plot a run's loss and learning-rate curves to PNG"),
+    "consolidate": ("biglm.train.cli", "write model.safetensors of a sharded training checkpoint"),
     "tokenizer": ("biglm.data.cli", "train a byte-level BPE tokenizer"),
     "prepare-data": ("biglm.data.cli", "fetch the bundled demo corpus"),
     "finetune": ("biglm.finetune.cli", "fine-tune a checkpoint: cloze classification, extractive QA, seq2seq"),

@@ -27,6 +27,8 @@ MODEL_FAMILIES: tuple[str, ...] = ("masked", "causal", "bidirectional-ar")
   sequence is the reversed text read from an EOS marker (see ``biglm.objectives.autoregressive``).
 """
 
+ATTN_BACKENDS: tuple[str, ...] = ("sdpa", "flex")
+
 
 @dataclass
 class ModelConfig:
@@ -73,10 +75,15 @@ class ModelConfig:
     family: Literal["masked", "causal", "bidirectional-ar"] = "masked"
     """How the model is trained and used (see ``MODEL_FAMILIES``); checkpoints without it are ``masked``.
     A run config whose model section does not set it takes it from the objective."""
+    attn_backend: Literal["sdpa", "flex"] = "sdpa"
+    """Attention kernel: ``sdpa`` (dense layout mask, the reference) or ``flex`` (FlexAttention with a
+    block mask that skips fully masked blocks; no dense mask; compiled on first use; no dropout)."""
+    attn_block_size: int = 128
+    """Tokens per block of the ``flex`` backend's block mask (128 on GPU; tests use smaller ones)."""
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                  "intermediate_size", "max_seq_len", "max_target_length"):
+                  "intermediate_size", "max_seq_len", "max_target_length", "attn_block_size"):
             v = getattr(self, f)
             check(isinstance(v, int) and v > 0, f"ModelConfig.{f}={v!r}: must be a positive integer")
         check(self.hidden_size % self.num_heads == 0,
@@ -96,6 +103,10 @@ class ModelConfig:
         check(self.norm in ("rmsnorm", "layernorm"),
               f"ModelConfig.norm={self.norm!r}: expected 'rmsnorm' or 'layernorm'")
         check(self.norm_eps > 0, f"ModelConfig.norm_eps={self.norm_eps}: must be > 0")
+        check(self.attn_backend in ATTN_BACKENDS,
+              f"ModelConfig.attn_backend={self.attn_backend!r}: expected one of {', '.join(ATTN_BACKENDS)}")
+        check(self.attn_backend != "flex" or self.dropout == 0.0,
+              f"ModelConfig.dropout={self.dropout}: attn_backend 'flex' has no attention dropout; use 'sdpa'")
         check(self.family in MODEL_FAMILIES,
               f"ModelConfig.family={self.family!r}: expected one of {', '.join(MODEL_FAMILIES)}")
 

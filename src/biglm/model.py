@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biglm.attention import AttentionLayout, attention_mask
+from biglm.attention_flex import BlockMask, flex_attend, layout_block_mask
 from biglm.config import ModelConfig
 
 
@@ -104,7 +105,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | BlockMask | None,
                 past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -113,10 +114,13 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )
+        if isinstance(mask, BlockMask):  # the flex backend
+            y = flex_attend(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(y), (k, v)
 
@@ -143,7 +147,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | BlockMask | None,
                 past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         h, kv = self.self_attn(self.input_layernorm(x), rope, mask, past)
         x = x + self.dropout(h)
@@ -171,8 +175,13 @@ class BiGLMModel(nn.Module):
         past_len = past.length if past is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).expand(B, T)
-        mask = attention_mask(layout, B, T, past.layout if past else None, past_len, input_ids.device)
-        if mask is not None:
+        past_layout = past.layout if past else None
+        if self.config.attn_backend == "flex" and T > 1:  # one-token decoding steps keep SDPA's mask row
+            mask = layout_block_mask(layout, B, T, past_layout, past_len, input_ids.device,
+                                     self.config.attn_block_size)
+        else:
+            mask = attention_mask(layout, B, T, past_layout, past_len, input_ids.device)
+        if isinstance(mask, Tensor):
             # An additive mask built once is cheaper for SDPA than a boolean one converted in every layer.
             dtype = self.embed_tokens.weight.dtype
             if torch.is_autocast_enabled(input_ids.device.type):

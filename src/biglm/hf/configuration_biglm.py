@@ -29,6 +29,8 @@ class BiGLMConfig(PretrainedConfig):
     classifier on the mean-pooled prefix), ``max_target_length`` (its number of classes), ``span_head``
     (start/end logits for extractive question answering, ``BiGLMForQuestionAnswering``) and ``family``
     (``masked``, ``causal`` or ``bidirectional-ar``: how the model is meant to be used).
+    ``attn_backend`` / ``attn_block_size`` record biglm's attention kernel choice (``sdpa`` or ``flex``) for
+    round trips; the transformers model always uses SDPA with the layout's mask.
     ``biglm_format_version`` records the biglm checkpoint format the weights came from.
     """
 
@@ -63,6 +65,8 @@ class BiGLMConfig(PretrainedConfig):
         max_target_length: int = 256,
         span_head: bool = False,
         family: str = "masked",
+        attn_backend: str = "sdpa",
+        attn_block_size: int = 128,
         biglm_format_version: int = BIGLM_FORMAT_VERSION,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -96,6 +100,8 @@ class BiGLMConfig(PretrainedConfig):
         self.max_target_length = max_target_length
         self.span_head = span_head
         self.family = family
+        self.attn_backend = attn_backend
+        self.attn_block_size = attn_block_size
         self.biglm_format_version = biglm_format_version
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id

@@ -3,6 +3,7 @@
 ``biglm pretrain --config configs/demo.yaml --out runs/demo [--resume] [--section.field value ...]``
 trains (under ``torchrun`` on every rank; see ``biglm.train.parallel`` for multi-node launches).
 ``biglm plot RUN_DIR [--out PNG]`` draws the loss and learning-rate curves of a run.
+``biglm consolidate CHECKPOINT_OR_RUN [--out FOLDER]`` writes the single-file model of a sharded checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("run_dir", type=Path, help="run folder holding metrics.jsonl")
     q.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/metrics.png)")
     q.set_defaults(func=plot_command)
+
+    c = subparsers.add_parser(
+        "consolidate", help="write model.safetensors of a sharded training checkpoint",
+        description="Join the shards of a sharded training checkpoint (train.checkpoint_format: sharded) into "
+                    "model.safetensors, on one process, for export-hf, generate and evaluate.")
+    c.add_argument("checkpoint", type=Path, help="checkpoint folder, or run folder (its newest intact checkpoint)")
+    c.add_argument("--out", type=Path, help="write a new model checkpoint folder here (default: add the weights "
+                                            "file to the checkpoint itself)")
+    c.set_defaults(func=consolidate_command)
 
 
 def run_sections() -> dict[str, type]:
@@ -114,4 +124,14 @@ def plot_command(args: argparse.Namespace) -> int:
     from biglm.train.plot import plot_run
 
     print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def consolidate_command(args: argparse.Namespace) -> int:
+    from biglm.checkpoint import resolve_checkpoint
+    from biglm.train.sharded import consolidate_checkpoint
+
+    folder = resolve_checkpoint(args.checkpoint)
+    out = consolidate_checkpoint(folder, args.out)
+    print(f"wrote {out / 'model.safetensors'}")
     return 0

@@ -119,6 +119,13 @@ class TrainConfig:
     """Recompute each block in the backward pass (``torch.utils.checkpoint``) to save memory."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun: DDP (replicated weights) or FSDP2 (sharded, for 1.3B/3.5B)."""
+    checkpoint_format: Literal["full", "sharded"] = "full"
+    """full: rank 0 gathers weights and optimizer state into ``model.safetensors`` + ``optimizer.pt``;
+    sharded: every rank writes its shards (``torch.distributed.checkpoint``), resumable on any number of
+    ranks; ``biglm consolidate`` writes the single-file model for export, generate and evaluate."""
+    async_checkpoint: bool = False
+    """With ``checkpoint_format: sharded``: copy the state to CPU memory and write it in a background thread
+    while training goes on; the checkpoint is completed (checksums, ``meta.json``) at the next save or the end."""
     prefetch: int = 2
     """Steps of masked micro-batches prepared ahead in a background thread (0: inline, no thread)."""
     device: str = "auto"
@@ -183,6 +190,10 @@ class TrainConfig:
         check(self.precision in ("auto", "fp32", "bf16"),
               f"train.precision={self.precision!r}: expected auto, fp32 or bf16")
         check(self.parallel in ("ddp", "fsdp"), f"train.parallel={self.parallel!r}: expected ddp or fsdp")
+        check(self.checkpoint_format in ("full", "sharded"),
+              f"train.checkpoint_format={self.checkpoint_format!r}: expected full or sharded")
+        check(not self.async_checkpoint or self.checkpoint_format == "sharded",
+              "train.async_checkpoint=true: needs train.checkpoint_format=sharded")
         steps = [e.step for e in self.growth]
         check(steps == sorted(set(steps)) and all(s < self.steps for s in steps),
               f"train.growth steps {steps}: must increase and stay below train.steps={self.steps}")

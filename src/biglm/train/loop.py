@@ -96,6 +96,7 @@ class Trainer:
             if env.is_main else 0.0
         self.val_batches = self._prepare_val()
         self.last_metrics: dict[str, float] = {}
+        self.pending_save: Any = None
         self.guard = NonFiniteGuard(self.tcfg.nonfinite, self.tcfg.nonfinite_patience, env.distributed,
                                     progress.write if env.is_main else None)
 
@@ -233,7 +234,15 @@ class Trainer:
                                 "data position kept, dropout RNG streams not restored")
 
     def save(self) -> None:
-        """Gather the full state (collective) and let rank 0 write ``checkpoints/step_<step>``."""
+        """Gather the full state (collective) and let rank 0 write ``checkpoints/step_<step>``; with
+        ``train.checkpoint_format: sharded`` every rank writes its own shards instead."""
+        if self.tcfg.checkpoint_format == "sharded":
+            self.finish_saves()
+            self.pending_save = ckpt.save_sharded_checkpoint(
+                self.run_dir, self.step, self.model, self.optimizer, self.cfg.model, self.data.tokenizer,
+                self.state_dict(), self.cfg.to_dict(), self.tcfg.keep_last, self.env.is_main,
+                asynchronous=self.tcfg.async_checkpoint)
+            return
         model_state = ckpt.gather_model_state(self.model)
         optimizer_state = ckpt.gather_optimizer_state(self.model, self.optimizer)
         state = self.state_dict()
@@ -242,6 +251,12 @@ class Trainer:
                                  optimizer_state, state, self.cfg.to_dict(), self.tcfg.keep_last)
         if self.env.distributed:
             dist.barrier()
+
+    def finish_saves(self) -> None:
+        """Complete an asynchronous checkpoint still being written (collective; a no-op when none is)."""
+        pending, self.pending_save = self.pending_save, None
+        if pending is not None:
+            pending.finish()
 
     def _track_best(self, row: dict[str, float]) -> None:
         """Keep ``RUN_DIR/best`` at the best ``train.best_metric`` so far; count evaluations without gain."""
@@ -314,6 +329,7 @@ class Trainer:
                     break
         finally:
             producer.close()
+        self.finish_saves()  # not on an exception: an unfinished save stays a .tmp- folder, never used
         return self.last_metrics
 
     def close(self) -> None:

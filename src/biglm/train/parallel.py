@@ -13,7 +13,8 @@ Several nodes (run on every node; ``--node_rank`` 0..NNODES-1, the rendezvous ho
 
 The run folder must be on a filesystem every node sees: rank 0 writes checkpoints and logs, and on
 ``--resume`` every rank reads the training state (with FSDP only rank 0 reads the weights and
-optimizer state and broadcasts them). The backend is NCCL on CUDA and gloo on CPU.
+optimizer state and broadcasts them; with ``train.checkpoint_format: sharded`` every rank writes and
+reads its own shards). The backend is NCCL on CUDA and gloo on CPU.
 """
 
 from __future__ import annotations
@@ -101,19 +102,23 @@ def checkpoint_blocks(model: BiGLM) -> None:
         block.forward = forward
 
 
-def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv) -> nn.Module:
+def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv, shard: bool | None = None) -> nn.Module:
     """Apply activation checkpointing, per-block ``torch.compile`` and DDP/FSDP2 as configured.
 
     For FSDP the model may be on the meta device: it is sharded, then materialised (uninitialised) on
-    ``env.device``; load weights with ``biglm.train.checkpointing.load_model_state``.
+    ``env.device``; load weights with ``biglm.train.checkpointing.load_model_state``. ``shard=True``
+    applies FSDP2 even on one rank (an initialised process group is needed; e.g. the GPU check).
     Returns the module to call for training (the DDP wrapper, or the model itself).
     """
+    if cfg.compile and model.config.attn_backend == "flex" and env.device.type == "cpu":
+        raise ConfigError("train.compile=true with model.attn_backend=flex on CPU: torch has no compiled "
+                          "FlexAttention backward for CPU; set train.compile false or model.attn_backend sdpa")
     if cfg.activation_checkpointing:
         checkpoint_blocks(model)
     if cfg.compile:
         for block in model.model.layers:
             block.compile()
-    if is_sharded(cfg, env):
+    if shard if shard is not None else is_sharded(cfg, env):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -118,9 +118,11 @@ def initial_weights(cfg: TrainerConfig, path: Path, strict: bool, quiet: bool = 
 
 
 def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, strict: bool = True,
-                state: dict[str, torch.Tensor] | None = None) -> tuple[BiGLM, torch.nn.Module]:
+                state: dict[str, torch.Tensor] | None = None,
+                initialise: bool = True) -> tuple[BiGLM, torch.nn.Module]:
     """The model, parallelised, with initial or checkpointed weights (or the full ``state`` given, on rank 0
-    when sharded: a model grown during training). Returns (model, module to train)."""
+    when sharded: a model grown during training). ``initialise=False`` leaves a sharded model's weights
+    unset, for a caller that loads them (a sharded checkpoint). Returns (model, module to train)."""
     sharded = is_sharded(cfg.train, env)
     torch.manual_seed(cfg.train.seed)
     if not sharded:
@@ -132,15 +134,17 @@ def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, str
         return model, parallelize(model, cfg.train, env)
     # FSDP2: every rank shards a meta model; rank 0 holds the full initial (or saved) weights on CPU
     # and broadcasts them shard by shard, so the start equals a single-device run with the same seed.
+    load = initialise or weights_from is not None or state is not None
     full: dict[str, torch.Tensor] = {}
-    if env.is_main:
+    if env.is_main and load:
         full = state if state is not None else (
             initial_weights(cfg, weights_from, strict) if weights_from else BiGLM(cfg.model).state_dict())
     with torch.device("meta"):
         model = BiGLM(cfg.model)
     train_model = parallelize(model, cfg.train, env)
     model.model.rotary.reset_parameters()  # non-persistent buffer: recompute after to_empty
-    ckpt.load_model_state(model, full, sharded=True)
+    if load:
+        ckpt.load_model_state(model, full, sharded=True)
     return model, train_model
 
 
@@ -175,8 +179,13 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
     trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None
     start_step = int(trainer_state["step"]) if trainer_state is not None else 0
     run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
-    if resume_from is not None:
+    from biglm.train.sharded import is_sharded_checkpoint, load_sharded_checkpoint
+
+    sharded_state = resume_from is not None and is_sharded_checkpoint(resume_from)
+    if resume_from is not None and not sharded_state:
         model, train_model = build_model(cfg, env, resume_from)
+    elif sharded_state:
+        model, train_model = build_model(cfg, env, None, initialise=False)  # weights: from the shards below
     else:
         init = resolve_checkpoint(cfg.train.init_from, check=verify_model) if cfg.train.init_from else None
         if init is not None:
@@ -184,7 +193,9 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
         model, train_model = build_model(cfg, env, init, strict=False)
     optimizer = build_optimizer(model, cfg.train)
     sharded = is_sharded(cfg.train, env)
-    if resume_from is not None:
+    if sharded_state:
+        load_sharded_checkpoint(resume_from, model, optimizer)
+    elif resume_from is not None:
         state = ckpt.read_optimizer_state(resume_from) if (env.is_main or not sharded) else {}
         ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
