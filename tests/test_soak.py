@@ -33,6 +33,9 @@ TRAIN = {"steps": 40, "global_batch_size": 4, "lr": 3e-3, "min_lr": 3e-4, "warmu
          "tensorboard": False, "peak_flops": 1e11, "prefetch": 2, "decay_fraction": 0.25}
 CONFIG = {"model": {"preset": "micro", "dropout": 0.1}, "data": {"seq_len": 64}, "train": TRAIN}
 
+# Kills aimed at rows stop short of the end, so that a run that got far in earlier rounds is still alive.
+LAST_KILL_ROW = TRAIN["steps"] - 6
+
 CHILD = '''
 import sys, time
 import torch
@@ -138,11 +141,11 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
             if hit:
                 time.sleep(rng.uniform(0.0, 0.35))
         elif moment == "row":  # a metrics row cut in the middle, a few steps on
-            target = logged_rows(run) + rng.randint(1, 6)
+            target = min(logged_rows(run) + rng.randint(1, 6), LAST_KILL_ROW)
             hit = wait_for(proc, lambda t=target: logged_rows(run) >= t and mid_row(run))
             assert hit is not None, "the soak child made no progress"
         elif moment == "training":  # a random moment a few steps on
-            target = logged_rows(run) + rng.randint(1, 10)
+            target = min(logged_rows(run) + rng.randint(1, 10), LAST_KILL_ROW)
             hit = wait_for(proc, lambda t=target: logged_rows(run) >= t)
             hit = hit and wait_for(proc, lambda: False, timeout=rng.uniform(0.0, 0.3)) is None
         else:  # any moment from the start: imports, set-up (config and metrics rewritten), steps, saves
