@@ -43,7 +43,7 @@ def example(kind: str, instruction: str, r: random.Random, lengths: tuple[int, i
     """(input, output) of one example of ``kind`` (``lengths``: the range of an input's symbol count)."""
     if kind == "answer":
         keys = r.sample(KEYS, 2)
-        values = [[r.choice(LOWER) for _ in range(2)] for _ in keys]
+        values = [[r.choice(LOWER)] for _ in keys]
         ask = r.randrange(2)
         context = " ; ".join(f"{k} = {' '.join(v)}" for k, v in zip(keys, values))
         return f"context {context} question {keys[ask]}", " ".join(values[ask])

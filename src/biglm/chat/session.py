@@ -125,6 +125,8 @@ class ChatModel:
         self.settings = settings or ChatSettings()
         if not getattr(model.config, "length_head", False) and self.settings.length == "predict":
             self.settings = dataclasses.replace(self.settings, length="fixed")
+        if self.settings.max_new_tokens > model.config.max_seq_len // 2:  # leave the history room by default
+            self.settings = dataclasses.replace(self.settings, max_new_tokens=model.config.max_seq_len // 2)
 
     @property
     def family(self) -> str:
