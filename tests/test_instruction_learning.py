@@ -23,7 +23,7 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
 
 def micro_checkpoint(folder: Path, family: str = "masked") -> Path:
     torch.manual_seed(0)
-    cfg = ModelConfig("test", 64, 128, 2, 4, 2, 256, max_seq_len=64, family=family)
+    cfg = ModelConfig("test", 64, 128, 3, 4, 2, 256, max_seq_len=64, family=family)
     return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, instruction_tokenizer())
 
 
@@ -49,8 +49,9 @@ def test_instruction_tuned_micro_model_follows_unseen_instructions(tmp_path):
     per_kind = {k: 100.0 * sum(v) / len(v) for k, v in by_kind.items()}
     print(f"unseen instructions: exact match {scores['exact_match']:.1f} (copy-input baseline {baseline:.1f}); "
           f"per kind {per_kind}")
-    assert scores["exact_match"] > 70 and baseline < 5, (scores, baseline)
-    assert min(per_kind.values()) > 40, per_kind  # every kind is followed, not just one
+    assert scores["exact_match"] > 80 and baseline < 5, (scores, baseline)
+    # Every kind is followed; answering from a context of two entries beats picking one of them (50%).
+    assert min(per_kind.values()) > 75, per_kind
     # The tokenizer saved with the fine-tuned checkpoint carries the chat template it was trained with.
     tok = predictor.loaded.tokenizer
     assert tok.chat_template and "Assistant:" in tok.chat_template

@@ -110,7 +110,8 @@ class Seq2SeqConfig:
     prefix_cache: bool = True
     """Encode the source once and reuse its keys/values in every pass (exact; false re-encodes, to check)."""
     metrics: list[str] = field(default_factory=lambda: ["rouge", "bleu", "exact_match"])
-    """Of rouge (1/2/L/Lsum, stemmed), bleu (sacrebleu BLEU-4), meteor (nltk; needs WordNet), exact_match."""
+    """Of rouge (1/2/L/Lsum, stemmed), bleu (sacrebleu BLEU-4), bleu2 (BLEU-2), distinct (Distinct-1/2), meteor
+    (nltk; needs WordNet), exact_match."""
 
     section: ClassVar[str] = "task.seq2seq"
 
@@ -126,7 +127,7 @@ class Seq2SeqConfig:
         check(self.steps > 0 and self.length_candidates > 0, f"{w}.steps and length_candidates: must be > 0")
         check(self.length_rule in ("average", "joint"),
               f"{w}.length_rule={self.length_rule!r}: expected average or joint")
-        known = ("rouge", "bleu", "meteor", "exact_match")
+        known = ("rouge", "bleu", "bleu2", "distinct", "meteor", "exact_match")
         for m in self.metrics:
             check(m in known, f"{w}.metrics: unknown metric {m!r}; expected some of {', '.join(known)}")
 

@@ -61,7 +61,8 @@ class Seq2SeqTask(TaskBase):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         o = self.options
-        self.main_metric = "rougeL" if "rouge" in o.metrics else ("bleu" if "bleu" in o.metrics else "exact_match")
+        self.main_metric = next((main for name, main in (("rouge", "rougeL"), ("bleu", "bleu"), ("bleu2", "bleu2"))
+                                 if name in o.metrics), "exact_match")
         self.max_target = o.max_target_length
         room = self.max_seq_len - 1 - self.max_target  # BOS + source + the longest target
         if room < 1:
