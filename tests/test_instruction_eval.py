@@ -57,6 +57,15 @@ def test_evaluate_generation_writes_predictions_and_scores_per_set(tmp_path, cap
     rows = [json.loads(line) for line in (tmp_path / "eval" / "genset_predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(6)] and rows[0]["reference"] == "c b a"
     assert "| reverse | 3 |" in capsys.readouterr().out
+    # The exported transformers folder carries the chat template: transformers' chat tooling renders the
+    # prompt the model was tuned on.
+    assert main(["export-hf", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    chat = [{"role": "user", "content": "reverse this\n\na b c"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        "[BOS]User: reverse this\n\na b c\nAssistant:"
 
 
 def test_offline_mmlu_style_task_runs_few_shot(tmp_path):
