@@ -57,6 +57,14 @@ def test_evaluate_generation_writes_predictions_and_scores_per_set(tmp_path, cap
     rows = [json.loads(line) for line in (tmp_path / "eval" / "genset_predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(6)] and rows[0]["reference"] == "c b a"
     assert "| reverse | 3 |" in capsys.readouterr().out
+    # biglm predict answers conversations that end with a user turn, and FLAN records without an output.
+    queries = write_jsonl(tmp_path / "queries.jsonl", [
+        {"id": "q1", "messages": [{"role": "user", "content": "caps this a b"}]},
+        {"id": "q2", "instruction": "reverse this", "input": "a b c"}])
+    assert main(["predict", "--ckpt", str(tmp_path / "run"), "--input", queries, "--out",
+                 str(tmp_path / "pred.jsonl")]) == 0
+    answers = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert [a["id"] for a in answers] == ["q1", "q2"] and all(isinstance(a["prediction"], str) for a in answers)
     # The exported transformers folder carries the chat template: transformers' chat tooling renders the
     # prompt the model was tuned on.
     assert main(["export-hf", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
