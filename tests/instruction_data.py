@@ -53,8 +53,9 @@ def example(kind: str, instruction: str, r: random.Random, lengths: tuple[int, i
 
 
 def rows(n: int, seed: int, held_out: bool = False, chat_share: float = 0.5,
-         lengths: tuple[int, int] = (4, 4)) -> list[dict]:
-    """``n`` records over the three kinds: FLAN-style, or (``chat_share`` of them) ``messages`` lists."""
+         lengths: tuple[int, int] = (4, 4), max_turns: int = 1) -> list[dict]:
+    """``n`` records over the three kinds: FLAN-style, or (``chat_share`` of them) ``messages`` lists of 1 to
+    ``max_turns`` exchanges (earlier ones of any kind, with seen phrasings; the last one of the record's kind)."""
     r = random.Random(seed)
     out = []
     for i in range(n):
@@ -62,8 +63,15 @@ def rows(n: int, seed: int, held_out: bool = False, chat_share: float = 0.5,
         instruction = r.choice(instructions(kind, held_out))
         source, target = example(kind, instruction, r, lengths)
         if r.random() < chat_share:
+            history = []
+            for _ in range(r.randint(1, max_turns) - 1):
+                k = r.choice(list(KEYWORDS))
+                ins = r.choice(instructions(k, False))
+                src, tgt = example(k, ins, r, lengths)
+                history += [{"role": "user", "content": f"{ins}\n\n{src}"}, {"role": "assistant", "content": tgt}]
             out.append({"id": f"{seed}-{i}", "kind": kind, "messages": [
-                {"role": "user", "content": f"{instruction}\n\n{source}"}, {"role": "assistant", "content": target}]})
+                *history, {"role": "user", "content": f"{instruction}\n\n{source}"},
+                {"role": "assistant", "content": target}]})
         else:
             out.append({"id": f"{seed}-{i}", "kind": kind, "instruction": instruction, "input": source,
                         "output": target})

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from biglm.errors import BiglmError
 
 HELP = ("commands: /reset (forget the conversation), /settings (show), /settings key=value ... (change), "
-        "/quit")
+        "/quit; type \\n for a line break")
 
 
 def register(subparsers: Any) -> None:
@@ -82,7 +82,7 @@ def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
         out.flush()
 
     for line in stdin:
-        text = line.strip()
+        text = line.strip().replace("\\n", "\n")  # a literal \n in the line is a line break
         if not text:
             continue
         if text in ("/quit", "/exit"):
