@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from biglm import BiGLM, ModelConfig
 from biglm.chat import ChatModel, ChatSettings
 from biglm.chat.cli import chat_loop
 from biglm.checkpoint import model_state_dict, write_checkpoint
+from biglm.cli import main
 from biglm.data.chat import set_chat_template
 from biglm.errors import BiglmError
 from biglm.generate.api import MASK_SYMBOL
@@ -52,23 +51,20 @@ def test_live_passes_are_the_engine_trajectory(tmp_path):
     assert reply.token_ids == out.token_ids[0]
 
 
-def test_chat_over_stdin_shows_passes_and_handles_commands(tmp_path):
+def test_chat_over_stdin_shows_passes_and_handles_commands(tmp_path, monkeypatch, capsys):
     ckpt = chat_checkpoint(tmp_path / "ckpt")
     script = "\n".join(["reverse this a b c d", "/settings steps=3 length=fixed max_new_tokens=5",
                         "caps this a b", "/settings bogus=1", "/reset", "/frobnicate", "find it k1", "/quit",
                         "never read"]) + "\n"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    run = subprocess.run([sys.executable, "-m", "biglm.cli", "chat", "--ckpt", str(ckpt)], input=script,
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert run.returncode == 0, run.stderr
-    out = run.stdout
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    assert main(["chat", "--ckpt", str(ckpt)]) == 0  # stdout is not a terminal: one line per pass
+    out = capsys.readouterr().out
     assert out.count("Assistant: ") == 3  # three replies; the line after /quit is never read
     assert "[pass 0] " + MASK_SYMBOL in out  # the reply forming: all masked at first
     assert "steps=3" in out and "error: unknown setting 'bogus'" in out
     assert "(conversation reset)" in out and "unknown command /frobnicate" in out
-    second = out.split("caps")[0].split("steps=3")[-1]  # nothing between; the passes of the 2nd reply follow
-    after = out.split("settings: max_new_tokens=5")[1].split("Assistant: ")[0]
-    assert after.count("[pass ") == 3 and "[pass 3]" not in after, (second, after)
+    after = out.split("settings: max_new_tokens=5")[1].split("Assistant: ")[0]  # the reply after /settings
+    assert after.count("[pass ") == 3 and "[pass 3]" not in after, after
 
 
 def test_history_beyond_the_context_is_cut_and_said(tmp_path):
@@ -78,6 +74,10 @@ def test_history_beyond_the_context_is_cut_and_said(tmp_path):
     chat_loop(chat, io.StringIO(lines), out, live=False)
     text = out.getvalue()
     assert "oldest turn(s) left out" in text
+    # On a terminal the reply is rewritten in place: carriage return + clear line before each pass.
+    live = io.StringIO()
+    chat_loop(chat, io.StringIO("reverse this a b\n"), live, live=True)
+    assert "\r\x1b[KAssistant (pass 0): " + MASK_SYMBOL in live.getvalue()
 
 
 def test_autoregressive_models_stream_tokens(tmp_path):

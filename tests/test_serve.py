@@ -79,6 +79,45 @@ def test_openai_client_talks_to_the_server(server):
     assert [m.id for m in client.models.list().data] == ["biglm"]
 
 
+def test_stop_strings_cut_the_reply_streamed_or_not(server):
+    body = {"messages": USER, "max_tokens": 6, "steps": 3, "length": "fixed"}
+    full = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()
+    text = full["choices"][0]["message"]["content"]
+    assert len(text) > 1
+    stop = text[1:3].strip() or text[1]
+    cut = requests.post(f"{server.url}/v1/chat/completions", json={**body, "stop": [stop]}, timeout=60).json()
+    assert cut["choices"][0]["message"]["content"] == text[:text.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    events = sse(requests.post(f"{server.url}/v1/chat/completions", json={**body, "stop": stop, "stream": True},
+                               stream=True, timeout=60))
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == text[:text.index(stop)]
+    bad = requests.post(f"{server.url}/v1/chat/completions", json={**body, "stop": [1]}, timeout=60)
+    assert bad.status_code == 400 and "'stop' must be" in bad.json()["error"]["message"]
+
+
+def test_lm_eval_local_chat_completions_talks_to_the_server(server, tmp_path):
+    pytest.importorskip("tenacity")  # lm-eval's API models need lm-eval[api]
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    docs = [{"question": "reverse this a b c", "answer": "c b a"}, {"question": "caps this a b", "answer": "A B"}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "chat_gen.yaml").write_text(
+        "task: biglm_chat_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'docs.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
+        'doc_to_text: "{{question}}"\ndoc_to_target: "{{answer}}"\ngeneration_kwargs:\n'
+        '  until: ["\\n"]\n  max_gen_toks: 6\nmetric_list:\n  - metric: exact_match\n')
+    args = f"base_url={server.url}/v1/chat/completions,model=biglm,tokenizer_backend=None,tokenized_requests=False"
+    result = simple_evaluate(model="local-chat-completions", model_args=args, tasks=["biglm_chat_gen"],
+                             task_manager=TaskManager(include_path=[str(tmp_path)], include_defaults=False),
+                             apply_chat_template=True, log_samples=True)
+    answers = [s["resps"][0][0] for s in result["samples"]["biglm_chat_gen"]]
+    direct = [requests.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": d["question"]}], "max_tokens": 6, "temperature": 0,
+        "stop": ["\n"]}).json()["choices"][0]["message"]["content"] for d in docs]
+    assert answers == direct  # lm-eval's client got the server's replies
+
+
 @pytest.mark.parametrize("path, data, status, message", [
     ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
     ("/v1/chat/completions", b"[1, 2]", 400, "must be a JSON object"),

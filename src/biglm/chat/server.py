@@ -1,7 +1,7 @@
 """``biglm serve``: an OpenAI-compatible HTTP server with a live page, on the standard library.
 
 Endpoints: ``GET /`` (the page), ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST
-/v1/completions`` (OpenAI's request and response shapes; ``stream: true`` answers with server-sent events
+/v1/completions`` (OpenAI's request and response shapes, ``stop`` strings included; ``stream: true`` answers with server-sent events
 ending in ``data: [DONE]``). Streaming follows the model: an autoregressive model's chunks carry its tokens
 as ``delta.content``; a masked model's reply is not written left to right, so each Mask-Predict pass is
 sent as a chunk with an empty delta and a ``biglm`` field (``{kind: pass, index, text, segments: [[text,
@@ -53,6 +53,8 @@ class Job:
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     stream: bool = False
+    stop: list[str] = field(default_factory=list)
+    """OpenAI's ``stop``: the reply ends before the first of these strings."""
     events: queue.Queue = field(default_factory=queue.Queue)
     """Streamed ``ReplyUpdate`` objects, then ``("done", Reply)`` or ``("error", message)``."""
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -60,6 +62,23 @@ class Job:
     @property
     def batch_key(self) -> Any:
         return (self.messages is None, dataclasses.astuple(self.settings))
+
+
+def stop_strings(body: dict[str, Any]) -> list[str]:
+    """The request's ``stop`` field (a string or a list of up to 4 strings) as a list."""
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise HTTPError(400, "'stop' must be a non-empty string or a list of up to 4 of them")
+    return stops
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    cuts = [text.index(s) for s in stops if s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
 
 
 def settings_from(body: dict[str, Any], base: ChatSettings) -> ChatSettings:
@@ -105,7 +124,8 @@ class ChatServer:
 
     def start(self) -> ChatServer:
         self.worker.start()
-        threading.Thread(target=self.httpd.serve_forever, name="biglm-http", daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="biglm-http",
+                         daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -244,13 +264,13 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                     server.chat.prompt_of(messages, settings)
                 except BiglmError as e:
                     raise HTTPError(400, str(e)) from None
-                return Job(settings, messages=messages, stream=stream)
+                return Job(settings, messages=messages, stream=stream, stop=stop_strings(body))
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
                 prompt = prompt[0]
             if not isinstance(prompt, str) or not prompt.strip():
                 raise HTTPError(400, "'prompt' must be a non-empty string")
-            return Job(settings, prompt=prompt, stream=stream)
+            return Job(settings, prompt=prompt, stream=stream, stop=stop_strings(body))
 
         def _wait(self, job: Job) -> Reply:
             while True:
@@ -258,7 +278,7 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 if isinstance(event, tuple):
                     if event[0] == "error":
                         raise HTTPError(400, event[1])
-                    return event[1]
+                    return stopped(event[1], job.stop)
 
         def _answer(self, job: Job, path: str) -> None:
             self._json(200, response(job, self._wait(job), server.model_name, path))
@@ -280,15 +300,16 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                     event = job.events.get()
                     if isinstance(event, ReplyUpdate):
                         delta = ""
-                        if event.kind == "token" and event.text.startswith(sent):
-                            delta, sent = event.text[len(sent):], event.text
+                        text = cut_at_stop(event.text, job.stop)[0]
+                        if event.kind == "token" and text.startswith(sent):
+                            delta, sent = text[len(sent):], text
                         self._event(chunk(ident, created, server.model_name, {"content": delta} if delta else {},
                                           None, chat, extra=None if event.kind == "token" else event.to_dict()))
                         continue
                     if event[0] == "error":
                         self._event({"error": {"message": event[1], "type": "invalid_request_error"}})
                         break
-                    reply: Reply = event[1]
+                    reply: Reply = stopped(event[1], job.stop)
                     rest = reply.text[len(sent):] if reply.text.startswith(sent) else reply.text
                     self._event(chunk(ident, created, server.model_name, {"content": rest}, finish(reply), chat,
                                       usage=usage(reply)))
@@ -303,6 +324,12 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.flush()
 
     return Handler
+
+
+def stopped(reply: Reply, stops: list[str]) -> Reply:
+    """``reply`` cut at its first stop string (then it counts as finished)."""
+    text, hit = cut_at_stop(reply.text, stops)
+    return dataclasses.replace(reply, text=text, finished=reply.finished or hit) if hit else reply
 
 
 def finish(reply: Reply) -> str:
