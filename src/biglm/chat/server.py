@@ -1,13 +1,13 @@
 """``biglm serve``: an OpenAI-compatible HTTP server with a live page, on the standard library.
 
 Endpoints: ``GET /`` (the page), ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST
-/v1/completions`` (OpenAI's request and response shapes, ``stop`` strings included; ``stream: true``
-answers with server-sent events ending in ``data: [DONE]``). Streaming follows the model: an autoregressive
-model's chunks carry its tokens as ``delta.content``; a masked model's reply is not written left to right, so each Mask-Predict pass is
-sent as a chunk with an empty delta and a ``biglm`` field (``{kind: pass, index, text, segments: [[text,
-is_masked], ...]}``), and the final chunk carries the whole reply as ``delta.content``. Either way the
-concatenated ``delta.content`` equals the non-streamed reply (same seed, same settings). Extra request
-fields: ``steps``, ``strategy``, ``top_k``, ``length`` (``predict`` / ``fixed``).
+/v1/completions`` (OpenAI's request and response shapes, ``stop`` strings included; ``stream: true`` answers
+with server-sent events ending in ``data: [DONE]``). Streaming follows the model: an autoregressive model's
+chunks carry its tokens as ``delta.content``; a masked model's reply is not written left to right, so each
+Mask-Predict pass is sent as a chunk with an empty delta and a ``biglm`` field (``{kind: pass, index, text,
+segments: [[text, is_masked], ...]}``), and the final chunk carries the whole reply as ``delta.content``.
+Either way the concatenated ``delta.content`` equals the non-streamed reply (same seed, same settings). Extra
+request fields: ``steps``, ``strategy``, ``top_k``, ``length`` (``predict`` / ``fixed``).
 
 One worker thread owns the model; requests wait in a bounded queue (``queue_size``; a full queue answers
 503 at once). Non-streamed requests with the same settings that wait together are decoded as one batch (up
