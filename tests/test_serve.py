@@ -60,6 +60,23 @@ def test_chat_completion_stream_equals_non_stream_for_the_same_seed(server):
     assert "choices" in other_seed  # another seed is a valid request too (its text may differ)
 
 
+def test_autoregressive_models_stream_their_tokens(tmp_path):
+    causal = ChatModel.load(chat_checkpoint(tmp_path / "causal", family="causal"))
+    srv = ChatServer(causal, port=0).start()
+    try:
+        for path, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "a b c"})):
+            body = {**body, "max_tokens": 6, "temperature": 0.8, "seed": 3}
+            plain = requests.post(srv.url + path, json=body, timeout=60).json()["choices"][0]
+            events = sse(requests.post(srv.url + path, json={**body, "stream": True}, stream=True, timeout=60))
+            pieces = [e["choices"][0]["delta"].get("content", "") if "delta" in e["choices"][0]
+                      else e["choices"][0]["text"] for e in events]
+            assert "biglm" not in events[1]  # token deltas, no refinement passes
+            assert "".join(pieces) == plain.get("message", {}).get("content", plain.get("text"))
+            assert sum(bool(p) for p in pieces) >= 2 or len(plain.get("text") or plain["message"]["content"]) < 2
+    finally:
+        srv.stop()
+
+
 def test_completions_stream_equals_non_stream(server):
     body = {"prompt": "a b c", "max_tokens": 5, "steps": 3, "length": "fixed"}
     plain = requests.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
