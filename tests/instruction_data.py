@@ -8,6 +8,7 @@ import random
 LOWER = [chr(c) for c in range(ord("a"), ord("l") + 1)]  # 12 content symbols
 UPPER = [c.upper() for c in LOWER]
 KEYS = ["k1", "k2", "k3", "k4", "k5"]
+FIELDS = KEYS[:3]
 KEYWORDS = {"reverse": ["reverse", "backwards", "invert"], "upper": ["uppercase", "capitalize", "caps"],
             "answer": ["answer", "lookup", "find"]}
 FRAMES = ["please {k} the letters", "{k} this", "now {k} it", "{k} the input please"]
@@ -41,12 +42,11 @@ def instructions(kind: str, held_out: bool) -> list[str]:
 
 def example(kind: str, instruction: str, r: random.Random, lengths: tuple[int, int] = (4, 4)) -> tuple[str, str]:
     """(input, output) of one example of ``kind`` (``lengths``: the range of an input's symbol count)."""
-    if kind == "answer":
-        keys = r.sample(KEYS, 2)
-        values = [[r.choice(LOWER)] for _ in keys]
-        ask = r.randrange(2)
-        context = " ; ".join(f"{k} = {' '.join(v)}" for k, v in zip(keys, values))
-        return f"context {context} question {keys[ask]}", " ".join(values[ask])
+    if kind == "answer":  # a record of three fields (always in this order); the question names one
+        values = [r.choice(LOWER) for _ in FIELDS]
+        ask = r.randrange(len(FIELDS))
+        context = " ; ".join(f"{k} = {v}" for k, v in zip(FIELDS, values))
+        return f"context {context} question {FIELDS[ask]}", values[ask]
     s = [r.choice(LOWER) for _ in range(r.randint(*lengths))]
     out = list(reversed(s)) if kind == "reverse" else [c.upper() for c in s]
     return " ".join(s), " ".join(out)
