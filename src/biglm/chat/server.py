@@ -260,8 +260,8 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             stream = bool(body.get("stream", False))
             if path == "/v1/chat/completions":
                 messages = body.get("messages")
-                try:  # the checks of the chat data (roles, empty content, a user turn last)
-                    server.chat.prompt_of(messages, settings)
+                try:  # the checks of the chat data (roles, empty content, a user turn last); no tokenizer here
+                    server.chat.check_request(messages, settings)
                 except BiglmError as e:
                     raise HTTPError(400, str(e)) from None
                 return Job(settings, messages=messages, stream=stream, stop=stop_strings(body))

@@ -185,12 +185,21 @@ class ChatModel:
         """The assistant's reply to ``messages`` (checked: known roles, non-empty content, a user turn last)."""
         return self.replies([messages], settings, on_update)[0]
 
-    def prompt_of(self, messages: Sequence[Message], settings: ChatSettings) -> tuple[list[int], int]:
-        """Checked ``messages`` (a user turn last) -> prompt ids within the context and turns dropped."""
-        messages = check_messages(list(messages), "messages", need_reply=False)
+    def check_request(self, messages: Any, settings: ChatSettings) -> list[Message]:
+        """``messages`` checked (known roles, non-empty content, a user turn last) and ``settings`` against the
+        model's context, without the tokenizer (so request threads can call it while the worker decodes)."""
+        settings.check()
+        if self.model.config.max_seq_len - 1 - settings.max_new_tokens < 1:
+            raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
+                             f"max_seq_len={self.model.config.max_seq_len}")
+        messages = check_messages(messages, "messages", need_reply=False)
         if messages[-1]["role"] != "user":
             raise BiglmError(f"messages: the last message is {messages[-1]['role']!r}; a reply answers a user message")
-        return self.prompt_ids(messages, settings)
+        return messages
+
+    def prompt_of(self, messages: Sequence[Message], settings: ChatSettings) -> tuple[list[int], int]:
+        """Checked ``messages`` (a user turn last) -> prompt ids within the context and turns dropped."""
+        return self.prompt_ids(self.check_request(list(messages), settings), settings)
 
     def replies(self, conversations: Sequence[Sequence[Message]], settings: ChatSettings | None = None,
                 on_update: Callable[[ReplyUpdate], None] | None = None) -> list[Reply]:
