@@ -5,11 +5,16 @@ page in a real headless browser (Debian's chromium through selenium)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -199,6 +204,24 @@ def test_the_queue_is_bounded_and_waiting_requests_are_batched(chat, monkeypatch
     finally:
         release.set()
         server.stop()
+
+
+def test_biglm_serve_command_serves_until_interrupted(tmp_path):
+    ckpt = chat_checkpoint(tmp_path / "ckpt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "biglm.cli", "serve", "--ckpt", str(ckpt), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        while line.startswith("note:"):
+            line = proc.stderr.readline()
+        url = line.split(" at ")[1].split("/ ")[0]  # "biglm serve: masked model at http://...:PORT/ (API: ...)"
+        r = requests.post(f"{url}/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+        assert "<title>biglm</title>" in requests.get(url + "/", timeout=30).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
 
 
 def browser():
