@@ -171,3 +171,31 @@ def test_instruction_records_read_through_the_record_readers(tmp_path):
     assert len(read_records(str(tmp_path / "chat.json"))) == 2
     row = read_records(str(tmp_path / "chat.parquet"))[0]
     assert record_messages(row.fields, row.where, ChatFields())[-1] == {"role": "assistant", "content": "D E"}
+
+
+def test_demo_instruction_set_reads_answers_off_the_text(tmp_path):
+    from biglm.finetune.make_instructions import NUMBERS, WORDS, records
+
+    docs = [f"Alpha Beta\nAlpha Beta is a town in the north of the land number {i}. It is small." for i in range(60)]
+    rows = records(docs, "t", 0)
+    assert len(rows) == 60 and any("messages" in r for r in rows) and any("instruction" in r for r in rows)
+    sentence = "Alpha Beta is a town in the north of the land number {}."
+    for row in rows:
+        text = sentence.format(row["id"][1:])
+        turns = row["messages"] if "messages" in row else [
+            {"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"},
+            {"role": "assistant", "content": row["output"]}]
+        assert turns[0]["content"].endswith(text)  # the first question carries the sentence
+        for q, a in zip(turns[::2], turns[1::2]):
+            question, answer = q["content"].split("\n\n")[0], a["content"]
+            n = next((k for k, w in NUMBERS.items() if f" {w} " in f" {question} "), None)
+            if "title" in question or "article" in question:
+                assert answer == "Alpha Beta"
+            elif "last word" in question or "ends" in question:
+                assert answer == text.split()[-1].rstrip(".")
+            elif "first" in question and "without" not in question and "Drop" not in question:
+                assert answer == " ".join(text.split()[:n])
+            else:  # the sentence without its first n words ("from word m on": n = m - 1)
+                if "from word" in question:
+                    n = next(k for k, w in WORDS.items() if f"word {w} on" in question) - 1
+                assert answer == " ".join(text.split()[n:])
