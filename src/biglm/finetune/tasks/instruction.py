@@ -76,11 +76,15 @@ class InstructionTask(Seq2SeqTask):
             out.append(Seq2SeqExample(self.example_id(record, k) + turn, src, tgt, texts[n], record.where))
         if cut_sources or cut_targets:
             where = records[0].where.rsplit(":", 1)[0].split(" item ")[0].split(" row ")[0]
-            print(f"note: {where}: {cut_sources} prompt(s) longer than {self.max_source} tokens (max_seq_len "
-                  f"{self.max_seq_len} - BOS - max_target_length {self.max_target}) kept their latest turns "
-                  f"({dropped_turns} oldest turn(s) dropped, a system message kept; a last turn still too long "
-                  f"keeps its end); {cut_targets} reply(ies) kept their first {self.max_target} tokens",
-                  file=sys.stderr)
+            parts = []
+            if cut_sources:
+                parts.append(f"{cut_sources} prompt(s) longer than {self.max_source} tokens (max_seq_len "
+                             f"{self.max_seq_len} - BOS - max_target_length {self.max_target}) kept their latest turns "
+                             f"({dropped_turns} oldest turn(s) dropped, a system message kept; a last turn still too "
+                             "long keeps its end)")
+            if cut_targets:
+                parts.append(f"{cut_targets} reply(ies) kept their first {self.max_target} tokens")
+            print(f"note: {where}: {'; '.join(parts)}", file=sys.stderr)
         return out
 
     def _prompt_only(self, record: Record) -> list[dict[str, str]]:
