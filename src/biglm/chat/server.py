@@ -142,22 +142,27 @@ class ChatServer:
         return job
 
     def _work(self) -> None:
+        held: list[Job] = []  # taken from the queue while batching but not of the batch: served first, in order
         while not self._stop.is_set():
-            try:
-                first = self.jobs.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            if held:
+                first = held.pop(0)
+            else:
+                try:
+                    first = self.jobs.get(timeout=0.2)
+                except queue.Empty:
+                    continue
             group = [first]
             if not first.stream:  # decode waiting non-streamed requests with the same settings together
-                held = []
+                for job in list(held):
+                    if len(group) < self.batch and not job.stream and job.batch_key == first.batch_key:
+                        held.remove(job)
+                        group.append(job)
                 while len(group) < self.batch:
                     try:
                         job = self.jobs.get_nowait()
                     except queue.Empty:
                         break
                     (group if not job.stream and job.batch_key == first.batch_key else held).append(job)
-                for job in held:  # back in line for the next round (the queue had room for them)
-                    self.jobs.put_nowait(job)
             self._run(group)
 
     def _run(self, group: list[Job]) -> None:
