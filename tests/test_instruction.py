@@ -199,3 +199,23 @@ def test_demo_instruction_set_reads_answers_off_the_text(tmp_path):
                 if "from word" in question:
                     n = next(k for k, w in WORDS.items() if f"word {w} on" in question) - 1
                 assert answer == " ".join(text.split()[n:])
+
+
+def test_the_tokenizers_own_chat_template_can_be_kept(tmp_path):
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(0)
+    cfg = ModelConfig("test", 64, 32, 1, 4, 2, 64, max_seq_len=64)
+    tok = instruction_tokenizer()
+    tok.chat_template = chatml
+    init = write_checkpoint(tmp_path / "init", model_state_dict(BiGLM(cfg)), cfg, tok)
+    base = ["--init", str(init), "--task.kind", "instruction", "--data.train",
+            write_jsonl(tmp_path / "t.jsonl", [{"messages": CHAT}]), "--task.instruction.max_target_length", "8"]
+    kept = prepare(load_finetune_config(None, [*base, "--task.instruction.chat_template", "tokenizer"]))
+    assert kept.tokenizer.chat_template == chatml
+    example = read_split(kept.cfg, "train", kept.task)[0]
+    assert example.target_text == "D E" and kept.tokenizer.decode(example.target) == "D E"
+    assert prepare(load_finetune_config(None, base)).tokenizer.chat_template != chatml  # default: biglm's
+    with pytest.raises(BiglmError, match="the tokenizer has no chat template"):
+        prepare(load_finetune_config(None, [*base, "--init", str(checkpoint(tmp_path / "plain")),
+                                            "--task.instruction.chat_template", "tokenizer"]))

@@ -161,8 +161,9 @@ class InstructionConfig(Seq2SeqConfig):
     truncate_targets: bool = True
     """Replies longer than max_target_length keep their first tokens (a note says how many)."""
     chat_template: str = ""
-    """A Jinja chat template to store with the tokenizer instead of biglm's (``biglm.data.chat``); it must
-    render ``messages[:i]`` + the generation prompt as a prefix of ``messages[:i+1]``."""
+    """Empty: biglm's template (``biglm.data.chat``); ``tokenizer``: keep the tokenizer's own; else a Jinja
+    template to store with the tokenizer. It must render ``messages[:i]`` + the generation prompt as a prefix
+    of ``messages[:i+1]`` (checked)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -40,7 +40,11 @@ class InstructionTask(Seq2SeqTask):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         o = self.options
-        set_chat_template(self.tokenizer, o.chat_template or None)
+        if o.chat_template == "tokenizer":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise BiglmError("task.instruction.chat_template=tokenizer: the tokenizer has no chat template")
+        else:
+            set_chat_template(self.tokenizer, o.chat_template or None)
         self.names = ChatFields(o.messages_field, o.instruction_field, o.input_field, o.output_field, o.system_field)
         self.mixture = list(o.mixture)
 
