@@ -35,13 +35,17 @@ or whose meaning differs in this verb; they replace or precede the generated ent
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstrings written under the fields of dataclass ``cls`` (PEP 257 attribute docstrings)."""
+    """The docstrings written under the fields of dataclass ``cls`` (PEP 257 attribute docstrings), those of
+    its dataclass bases included (a subclass's own win)."""
+    docs = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError, SyntaxError):
-        return {}
+        return docs
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    docs = {}
     for node, after in itertools.pairwise(body):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):

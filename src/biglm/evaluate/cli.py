@@ -2,6 +2,7 @@
 
     biglm evaluate --ckpt runs/demo --tasks biglm_tasks
     biglm evaluate --ckpt runs/demo --tasks arc_easy,piqa --scoring left-to-right --limit 200
+    biglm evaluate --ckpt runs/instruct --generation genset.jsonl     # BLEU-2 / Distinct of generations
 
 Tasks are looked up in the shipped offline task folder (``biglm_continuation``, ``biglm_next_sentence``,
 ``biglm_cloze``, ``biglm_perplexity``, tag ``biglm_tasks``), then in ``--include-path`` folders, then
@@ -30,7 +31,10 @@ def register(subparsers: Any) -> None:
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="run folder (newest checkpoint) or checkpoint folder")
-    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task, group or tag names")
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval task, group or tag names")
+    p.add_argument("--generation", default=None, metavar="FILE",
+                   help="instead of --tasks: generate for each record of FILE with an instruction-tuned checkpoint "
+                        "and score BLEU-2 / Distinct-1/2 per 'task' group (the paper's Genset), writing predictions")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="extra task folder (repeatable), e.g. one written by biglm.evaluate.make_tasks")
     p.add_argument("--scoring", default=None, choices=METHODS,
@@ -84,6 +88,17 @@ def results_table(results: dict[str, Any], title: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.generation:
+        from biglm.finetune.genset import evaluate_generation  # generation uses the fine-tuned task's decoding
+
+        out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
+        limit = int(args.limit) if args.limit else 0
+        evaluate_generation(args.ckpt, args.generation, out, device=args.device or "cpu", limit=limit)
+        print((out / "genset_scores.md").read_text())
+        print(f"wrote {out / 'genset_predictions.jsonl'} and {out / 'genset_scores.json'}")
+        return 0
+    if not args.tasks:
+        raise BiglmError("give --tasks NAMES (lm-eval) or --generation FILE")
     try:
         from lm_eval import simple_evaluate
     except ImportError:

@@ -2,7 +2,7 @@
 
 Sections::
 
-    task:   kind (cloze-classification | extractive-qa | seq2seq) and one section per kind
+    task:   kind (cloze-classification | extractive-qa | seq2seq | instruction) and one section per kind
     data:   train / valid / test files (or hf:NAME with splits) and the field mapping
     train:  TrainConfig with fine-tuning defaults; ``epochs`` sets ``steps``
     model:  overrides of the pretrained model's config (e.g. ``dropout: 0.1``); the task adds the heads it
@@ -25,7 +25,7 @@ from biglm.configurable import apply_overrides, from_dict, to_dict
 from biglm.errors import ConfigError, check
 from biglm.train.config import TrainConfig, read_config_file
 
-TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq")
+TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction")
 SECTIONS = ("init", "task", "data", "train", "model")
 
 
@@ -110,10 +110,13 @@ class Seq2SeqConfig:
     prefix_cache: bool = True
     """Encode the source once and reuse its keys/values in every pass (exact; false re-encodes, to check)."""
     metrics: list[str] = field(default_factory=lambda: ["rouge", "bleu", "exact_match"])
-    """Of rouge (1/2/L/Lsum, stemmed), bleu (sacrebleu BLEU-4), meteor (nltk; needs WordNet), exact_match."""
+    """Of rouge (1/2/L/Lsum, stemmed), bleu (sacrebleu BLEU-4), bleu2 (BLEU-2), distinct (Distinct-1/2), meteor
+    (nltk; needs WordNet), exact_match."""
+
+    section: ClassVar[str] = "task.seq2seq"
 
     def __post_init__(self) -> None:
-        w = "task.seq2seq"
+        w = self.section
         check(self.length in ("head", "eos"), f"{w}.length={self.length!r}: expected head or eos")
         check(self.max_target_length > 0, f"{w}.max_target_length={self.max_target_length}: must be > 0")
         check(self.max_source_length >= 0, f"{w}.max_source_length={self.max_source_length}: must be >= 0")
@@ -124,9 +127,57 @@ class Seq2SeqConfig:
         check(self.steps > 0 and self.length_candidates > 0, f"{w}.steps and length_candidates: must be > 0")
         check(self.length_rule in ("average", "joint"),
               f"{w}.length_rule={self.length_rule!r}: expected average or joint")
-        known = ("rouge", "bleu", "meteor", "exact_match")
+        known = ("rouge", "bleu", "bleu2", "distinct", "meteor", "exact_match")
         for m in self.metrics:
             check(m in known, f"{w}.metrics: unknown metric {m!r}; expected some of {', '.join(known)}")
+
+
+@dataclass
+class InstructionConfig(Seq2SeqConfig):
+    """Instruction tuning and chat: seq2seq over chat data. The prompt X is the conversation so far rendered
+    with the chat template (stored with the tokenizer), the target Y an assistant reply (BatGPT §3.2)."""
+
+    section: ClassVar[str] = "task.instruction"
+
+    format: Literal["auto", "messages", "flan"] = "auto"
+    """Record layout: ``messages`` lists ({role, content}), FLAN-style ``instruction``/``input``/``output``, or
+    ``auto`` (per record: messages when the field is there, else FLAN)."""
+    messages_field: str = "messages"
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    """Optional FLAN field appended to the instruction after a blank line."""
+    output_field: str = "output"
+    system_field: str = "system"
+    """Optional FLAN field: a system message."""
+    system_prompt: str = ""
+    """A system message put first in every conversation that has none (also at chat time)."""
+    all_turns: bool = False
+    """Train every assistant turn (each with the history before it as X); false: only the last one."""
+    mixture: list[dict[str, Any]] = field(default_factory=list)
+    """Several training sets mixed by weight, ``[{path: a.jsonl, weight: 0.7}, {path: hf:NAME, weight: 0.3,
+    split: train, config: null}]`` (instead of ``data.train``): each set's share of an epoch's examples is
+    its weight's share, sampled without replacement within a set while it lasts (then repeated)."""
+    max_target_length: int = 64
+    truncate_targets: bool = True
+    """Replies longer than max_target_length keep their first tokens (a note says how many)."""
+    chat_template: str = ""
+    """Empty: biglm's template (``biglm.data.chat``); ``tokenizer``: keep the tokenizer's own; else a Jinja
+    template to store with the tokenizer. It must render ``messages[:i]`` + the generation prompt as a prefix
+    of ``messages[:i+1]`` (checked)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = self.section
+        check(self.format in ("auto", "messages", "flan"), f"{w}.format={self.format!r}: expected auto, messages "
+              "or flan")
+        for i, part in enumerate(self.mixture):
+            check(isinstance(part, dict) and isinstance(part.get("path"), str) and part["path"],
+                  f"{w}.mixture[{i}]: expected {{path: FILE, weight: W}}")
+            unknown = set(part) - {"path", "weight", "split", "config"}
+            if unknown:
+                raise ConfigError(f"{w}.mixture[{i}]: unknown key {sorted(unknown)[0]!r} (path, weight, split, config)")
+            weight = part.get("weight", 1.0)
+            check(isinstance(weight, int | float) and weight > 0, f"{w}.mixture[{i}].weight={weight!r}: must be > 0")
 
 
 @dataclass
@@ -134,10 +185,11 @@ class TaskConfig:
     """Which task kind to fine-tune for; only the section of ``kind`` is used."""
 
     kind: str = "seq2seq"
-    """The task kind: cloze-classification, extractive-qa or seq2seq."""
+    """The task kind: cloze-classification, extractive-qa, seq2seq or instruction."""
     cloze_classification: ClozeConfig = field(default_factory=ClozeConfig)
     extractive_qa: QAConfig = field(default_factory=QAConfig)
     seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
+    instruction: InstructionConfig = field(default_factory=InstructionConfig)
     eval_batch_size: int = 32
     """Examples per batch when predicting (validation, --eval-only, biglm predict)."""
 

@@ -51,6 +51,25 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any
     return {"bleu": float(result.score), "bleu_signature": str(metric.get_signature())}
 
 
+def bleu2(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU-2 (sacrebleu, n-grams up to 2, ``13a`` tokenisation), as the paper's Genset reports BLEU."""
+    import sacrebleu
+
+    metric = sacrebleu.metrics.BLEU(max_ngram_order=2)
+    result = metric.corpus_score(list(predictions), [list(references)])
+    return {"bleu2": float(result.score), "bleu2_signature": str(metric.get_signature())}
+
+
+def distinct(predictions: Sequence[str], references: Sequence[str] | None = None) -> dict[str, float]:
+    """Distinct-1/2 (Li et al., 2016) × 100: distinct n-grams over all n-grams of the predictions, at corpus
+    level, on lower-cased whitespace tokens (a diversity measure; the references are not used)."""
+    out = {}
+    for n in (1, 2):
+        grams = [tuple(t[i:i + n]) for t in (p.lower().split() for p in predictions) for i in range(len(t) - n + 1)]
+        out[f"distinct{n}"] = 100.0 * len(set(grams)) / len(grams) if grams else 0.0
+    return out
+
+
 def wordnet_available() -> bool:
     """Whether nltk can find its WordNet data (METEOR needs it)."""
     try:
@@ -84,7 +103,8 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     return {"exact_match": 100.0 * hits / max(len(predictions), 1)}
 
 
-GENERATION_METRICS = {"rouge": rouge, "bleu": bleu, "meteor": meteor, "exact_match": exact_match}
+GENERATION_METRICS = {"rouge": rouge, "bleu": bleu, "bleu2": bleu2, "distinct": distinct, "meteor": meteor,
+                      "exact_match": exact_match}
 
 
 def generation_metrics(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:

@@ -66,6 +66,8 @@ def read_split(cfg: FinetuneConfig, split: str, task: FinetuneTask, labelled: bo
                required: bool = False) -> list[Any]:
     """Encoded examples of ``split`` (train / valid / test), or [] when the config names none."""
     spec, hf_split = cfg.data.spec(split)
+    if not spec and split == "train" and getattr(task, "mixture", None):
+        return task.read_mixture(cfg.data.max_examples)  # several sets mixed by weight (instruction tuning)
     if not spec:
         if required:
             raise ConfigError(f"data.{split}: no {split} examples given (--{split} FILE)")

@@ -187,7 +187,8 @@ def _banned_mask(state: ARState, ids_so_far: int, opts: AROptions, vocab: int, b
 
 
 def _sample_loop(model: nn.Module, state: ARState, opts: AROptions, feed: TokenFeed,
-                 generator: torch.Generator | None, banned: Tensor) -> ARResult:
+                 generator: torch.Generator | None, banned: Tensor,
+                 on_token: Callable[[int, Tensor], None] | None = None) -> ARResult:
     """Greedy (temperature 0) or sampled decoding, one token per row per step."""
     n = state.rows
     device = state.input_ids.device
@@ -208,6 +209,8 @@ def _sample_loop(model: nn.Module, state: ARState, opts: AROptions, feed: TokenF
         length += live.long()
         hit = torch.isin(ids, stops) & live if stops.numel() else torch.zeros_like(live)
         done |= hit
+        if on_token is not None:
+            on_token(t, torch.where(live, ids, -1).cpu())  # -1: the row had already stopped
         if bool(done.all()) or t == opts.max_new_tokens - 1:
             break
         pos, docs, regs = feed(state)
@@ -283,9 +286,12 @@ def _beam_loop(model: nn.Module, state: ARState, opts: AROptions, feed: TokenFee
 
 
 def decode(model: nn.Module, state: ARState, options: AROptions | None = None, *,
-           feed: TokenFeed = next_position, generator: torch.Generator | None = None) -> ARResult:
+           feed: TokenFeed = next_position, generator: torch.Generator | None = None,
+           on_token: Callable[[int, Tensor], None] | None = None) -> ARResult:
     """Generate up to ``options.max_new_tokens`` tokens after ``state`` (see the module docstring);
-    beam search when ``options.num_beams > 1``, else greedy or sampled by ``options.sampling``."""
+    beam search when ``options.num_beams > 1``, else greedy or sampled by ``options.sampling``.
+    ``on_token(t, ids)`` (greedy / sampling) sees each step's chosen ids (N,) as they are chosen (-1 for a
+    row that had stopped), for streaming."""
     opts = options or AROptions()
     if state.logits is None:
         raise BiglmError("decode: the state has no next-token logits (extend it with at least one token)")
@@ -293,7 +299,7 @@ def decode(model: nn.Module, state: ARState, options: AROptions | None = None, *
     with torch.inference_mode():
         if opts.num_beams > 1:
             return _beam_loop(model, state, opts, feed, banned)
-        return _sample_loop(model, state, opts, feed, generator, banned)
+        return _sample_loop(model, state, opts, feed, generator, banned, on_token)
 
 
 DIRECTIONS = ("l2r", "r2l")
@@ -309,7 +315,8 @@ def direction_markers(direction: str, bos_token_id: int, eos_token_id: int) -> t
 
 def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_token_id: int, eos_token_id: int,
                     pad_token_id: int = 0, direction: str = "l2r", options: AROptions | None = None,
-                    use_cache: bool = True, seed: int | None = None) -> ARResult:
+                    use_cache: bool = True, seed: int | None = None,
+                    on_token: Callable[[int, Tensor], None] | None = None) -> ARResult:
     """Continue each prompt (ids without special tokens) to the right (``l2r``) or write the text that
     comes before it (``r2l``: the prompt is the ending; the result is returned in reading order).
 
@@ -338,7 +345,7 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
     if seed is not None or not opts.sampling.greedy:
         generator = torch.Generator(device=model_device(model)).manual_seed(0 if seed is None else seed)
     state = start_state(model, rows, pad_token_id=pad_token_id, use_cache=use_cache)
-    result = decode(model, state, opts, generator=generator)
+    result = decode(model, state, opts, generator=generator, on_token=on_token)
     result.forward_passes += 1  # the prompt pass
     if direction == "r2l":
         result.token_ids = [list(reversed(t)) for t in result.token_ids]

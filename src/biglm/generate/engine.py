@@ -20,7 +20,7 @@ Only the positions being predicted go through the LM head (``logits_mask``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -137,9 +137,10 @@ class _ModelPredictor:
     """The strategies' view of the model: predict the selected positions, count passes, record inputs."""
 
     def __init__(self, model: nn.Module, prefix: EncodedPrefix, active: Tensor, sampling: SamplingConfig,
-                 generator: torch.Generator | None, banned: Tensor | None, record: bool) -> None:
+                 generator: torch.Generator | None, banned: Tensor | None, record: bool,
+                 on_pass: Callable[[int, Tensor], None] | None = None) -> None:
         self.model, self.prefix, self.active, self.sampling = model, prefix, active, sampling
-        self.generator, self.banned = generator, banned
+        self.generator, self.banned, self.on_pass = generator, banned, on_pass
         self.passes = 0
         self.trajectory: list[Tensor] | None = [] if record else None
 
@@ -147,6 +148,8 @@ class _ModelPredictor:
         where = where & self.active
         if self.trajectory is not None:
             self.trajectory.append(tokens.to("cpu", copy=True))
+        if self.on_pass is not None:
+            self.on_pass(self.passes, tokens.to("cpu", copy=True))
         logits = suffix_logits(self.model, self.prefix, tokens, self.active, logits_mask=where)
         self.passes += 1
         ids, logprobs = choose_tokens(logits, self.sampling, self.generator, self.banned)
@@ -161,16 +164,18 @@ class _ModelPredictor:
 def decode(model: nn.Module, prefix: EncodedPrefix, active: Tensor, *, steps: int, mask_token_id: int,
            strategy: str = "mask-predict", sampling: SamplingConfig | None = None,
            generator: torch.Generator | None = None, banned_token_ids: Sequence[int] = (),
-           record_trajectory: bool = False, **strategy_options: Any) -> DecodeResult:
+           record_trajectory: bool = False, on_pass: Callable[[int, Tensor], None] | None = None,
+           **strategy_options: Any) -> DecodeResult:
     """Refine an all-[MASK] suffix after ``prefix`` with ``strategy`` in at most ``steps`` passes
-    (``blocks``: at least one per block). ``active`` (B, L) bool gives each row's target positions."""
+    (``blocks``: at least one per block). ``active`` (B, L) bool gives each row's target positions.
+    ``on_pass(t, tokens)`` sees the suffix fed to pass t ((B, L) on the CPU) as it happens."""
     if steps <= 0:
         raise BiglmError(f"steps={steps}: must be > 0")
     device = prefix.input_ids.device
     active = active.to(device)
     banned = torch.tensor(sorted(set(banned_token_ids) | {mask_token_id}), dtype=torch.long, device=device)
     predictor = _ModelPredictor(model, prefix, active, sampling or SamplingConfig(), generator, banned,
-                                record_trajectory)
+                                record_trajectory, on_pass)
     state = DecodeState.all_masked(active, mask_token_id)
     run_strategy(strategy, state, predictor, steps, **strategy_options)
     trajectory = predictor.trajectory or []
@@ -230,10 +235,13 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
                  sampling: SamplingConfig | None = None, seed: int | None = None, prefix_cache: bool = True,
                  length: Literal["fixed", "predict"] = "fixed", length_candidates_k: int = 3,
                  length_rule: str = "joint", banned_token_ids: Sequence[int] = (), record_trajectory: bool = False,
+                 on_pass: Callable[[int, list[list[int]]], None] | None = None,
                  **strategy_options: Any) -> GenerationOutput:
     """Generate a suffix for each prompt (token ids without BOS). ``max_new_tokens`` is the length L
     with ``length='fixed'`` and the largest candidate with ``length='predict'`` (the winner picked by
-    ``length_rule``, see ``biglm.generate.length``)."""
+    ``length_rule``, see ``biglm.generate.length``). ``on_pass(t, ids)`` is called as each pass starts with,
+    per prompt, the suffix it is fed ([MASK] id where undecided; with length candidates, the top-ranked
+    candidate's): a live view of the refinement (the final text is the returned output)."""
     get_strategy(strategy)
     if steps <= 0 or steps > max_new_tokens:
         raise BiglmError(f"steps={steps}: must be in 1..max_new_tokens={max_new_tokens}")
@@ -264,9 +272,13 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
             generator.manual_seed(seed)
         else:
             generator.seed()
+    shown = None
+    if on_pass is not None:
+        rows, lens = list(range(0, batch * k, k)), row_lengths.cpu().tolist()
+        shown = lambda t, tokens: on_pass(t, [tokens[r, :lens[r]].tolist() for r in rows])
     result = decode(model, prefix, active, steps=steps, mask_token_id=mask_token_id, strategy=strategy,
                     sampling=sampling, generator=generator, banned_token_ids=banned_token_ids,
-                    record_trajectory=record_trajectory, **strategy_options)
+                    record_trajectory=record_trajectory, on_pass=shown, **strategy_options)
     length_logprobs = None
     if cands is not None:
         length_logprobs = prefix.length_logits.log_softmax(-1).gather(1, row_lengths[:, None])[:, 0]

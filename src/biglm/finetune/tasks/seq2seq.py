@@ -12,6 +12,11 @@ sees Y), as in BiGLM's fine-tuning code. The output length is decided one of two
   recipe); prediction decodes ``max_target_length`` tokens and cuts at the first EOS.
 
 Both decode with the shared engine (``biglm.generate.generate_ids``, exact prefix cache, ``steps`` passes).
+
+Causal and bidirectional-ar models (``model.family``) read ``BOS source target EOS`` left to right under the
+causal layout with the loss on the target tokens and EOS only (the source is context, not a target), and
+predict with the KV-cached greedy decoder up to EOS; no length head. A family gets its rows from
+``FAMILY_ROWS`` (a new family adds its row builder there).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from biglm.errors import BiglmError
 from biglm.finetune.metrics import generation_metrics
 from biglm.finetune.tasks.base import TaskBase, chunks, one_row
 from biglm.generate.api import banned_ids
+from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
-from biglm.objectives import Batch, LossParts, masked_lm_loss
+from biglm.objectives import IGNORE_INDEX, Batch, LossParts, masked_lm_loss
 from biglm.objectives.base import apply_mask
 from biglm.train.batches import RowSeeds, concat_batches
 
@@ -55,16 +61,24 @@ class Seq2SeqTask(TaskBase):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         o = self.options
-        self.main_metric = "rougeL" if "rouge" in o.metrics else ("bleu" if "bleu" in o.metrics else "exact_match")
+        self.main_metric = next((main for name, main in (("rouge", "rougeL"), ("bleu", "bleu"), ("bleu2", "bleu2"))
+                                 if name in o.metrics), "exact_match")
         self.max_target = o.max_target_length
         room = self.max_seq_len - 1 - self.max_target  # BOS + source + the longest target
         if room < 1:
-            raise BiglmError(f"task.seq2seq.max_target_length={self.max_target} leaves no room for a source in the "
+            raise BiglmError(f"{o.section}.max_target_length={self.max_target} leaves no room for a source in the "
                              f"model's max_seq_len={self.max_seq_len}")
         self.max_source = min(room, o.max_source_length) if o.max_source_length else room
 
+    family = "masked"
+    """The model family the rows are built for (set by ``model_config`` from the pretrained model)."""
+
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        if self.options.length == "eos":
+        if base.family not in FAMILY_ROWS:
+            raise BiglmError(f"task {self.kind}: no training rows for model family {base.family!r} (known: "
+                             f"{', '.join(FAMILY_ROWS)})")
+        self.family = base.family
+        if self.options.length == "eos" or base.is_autoregressive:
             return base
         # Classes 0..max_target_length; a pretrained head of another size is replaced (a fresh head).
         return dataclasses.replace(base, length_head=True, max_target_length=self.max_target + 1)
@@ -91,8 +105,8 @@ class Seq2SeqTask(TaskBase):
                 if len(tgt) > self.max_target:
                     if not self.options.truncate_targets:
                         raise BiglmError(
-                            f"{record.where}: target of {len(tgt)} tokens exceeds task.seq2seq.max_target_length="
-                            f"{self.max_target} (raise it, or set task.seq2seq.truncate_targets true to cut)")
+                            f"{record.where}: target of {len(tgt)} tokens exceeds {self.options.section}."
+                            f"max_target_length={self.max_target} (raise it, or set truncate_targets true to cut)")
                     tgt, cut_targets = tgt[:self.max_target], cut_targets + 1
             if len(src) > self.max_source:
                 src, cut_sources = src[:self.max_source], cut_sources + 1
@@ -115,12 +129,15 @@ class Seq2SeqTask(TaskBase):
 
     def criterion(self) -> Seq2SeqCriterion:
         o = self.options
-        return Seq2SeqCriterion(o.label_smoothing, o.length_loss_weight if o.length == "head" else 0.0)
+        head = o.length == "head" and self.family == "masked"
+        return Seq2SeqCriterion(o.label_smoothing, o.length_loss_weight if head else 0.0)
 
     # --- prediction ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, model: nn.Module, examples: Sequence[Seq2SeqExample]) -> list[dict[str, Any]]:
         o = self.options
+        if model.config.is_autoregressive:
+            return self._predict_ar(model, examples)
         head = o.length == "head"
         banned = banned_ids(self.tokenizer, model.config.vocab_size)
         out: list[dict[str, Any]] = []
@@ -140,10 +157,23 @@ class Seq2SeqTask(TaskBase):
                 out.append(pred)
         return out
 
+    def _predict_ar(self, model: nn.Module, examples: Sequence[Seq2SeqExample]) -> list[dict[str, Any]]:
+        """Greedy KV-cached decoding up to EOS (at most ``max_target_length`` tokens)."""
+        opts = AROptions(max_new_tokens=self.max_target,
+                         banned_token_ids=tuple(banned_ids(self.tokenizer, model.config.vocab_size)))
+        out: list[dict[str, Any]] = []
+        for batch in chunks(examples, self.batch_size):
+            result = generate_ar_ids(model, [ex.source for ex in batch], bos_token_id=self.ids.bos,
+                                     eos_token_id=self.ids.eos, pad_token_id=self.ids.pad, options=opts)
+            texts = self.tokenizer.batch_decode(result.token_ids, skip_special_tokens=True)
+            out += [{"prediction": text.strip(), "length": len(ids), "forward_passes": result.forward_passes}
+                    for text, ids in zip(texts, result.token_ids)]
+        return out
+
     def score(self, examples: Sequence[Seq2SeqExample], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
         refs = [ex.target_text or "" for ex in examples]
         scores = generation_metrics(self.options.metrics, [p["prediction"] for p in predictions], refs)
-        if self.options.length == "head":
+        if self.options.length == "head" and predictions and "length_candidates" in predictions[0]:
             hits = sum(p["length_candidates"][0] == len(ex.target or []) for ex, p in zip(examples, predictions))
             scores["length_accuracy"] = 100.0 * hits / max(len(examples), 1)
         tokens = sum(max(p["length"], 1) for p in predictions)
@@ -165,26 +195,48 @@ class Seq2SeqBatcher:
         self.task = task
 
     def __call__(self, examples: list[Seq2SeqExample], seeds: RowSeeds) -> Batch:
-        o, ids = self.task.options, self.task.ids
+        build = FAMILY_ROWS[self.task.family]
         g = torch.Generator()
         rows = []
         for j, ex in enumerate(examples):
             g.manual_seed(seeds[j])
-            x = [ids.bos, *ex.source]
-            y = self.task.target_ids(ex)
-            u = float(torch.rand((), generator=g, dtype=torch.float64))
-            ratio = o.min_mask_ratio + (1.0 - o.min_mask_ratio) * u
-            hide_y = _choose(len(y), max(1, round(ratio * len(y))), g)
-            hide_x = torch.zeros(len(x), dtype=torch.bool)
-            if o.source_mask_ratio > 0:
-                hide_x[1:] = _choose(len(ex.source), round(o.source_mask_ratio * len(ex.source)), g)
-            tokens = torch.tensor(x + y)
-            inputs, labels = apply_mask(tokens, torch.cat([hide_x, hide_y]), ids.mask)
-            extras = {"length_targets": torch.tensor([len(ex.target or [])]),
-                      "length_mask": torch.tensor([[True] * len(x) + [False] * len(y)])}
-            row = one_row(inputs.tolist(), labels.tolist(), [0] * len(x) + [1] * len(y), extras=extras)
-            rows.append(row)
+            rows.append(build(self.task, ex, g))
         return concat_batches(rows)
+
+
+def masked_row(task: Seq2SeqTask, ex: Seq2SeqExample, g: torch.Generator) -> Batch:
+    """``BOS source | target`` under the prefix-blind layout, the target masked with a ratio ~ U(min, 1)."""
+    o, ids = task.options, task.ids
+    x = [ids.bos, *ex.source]
+    y = task.target_ids(ex)
+    u = float(torch.rand((), generator=g, dtype=torch.float64))
+    ratio = o.min_mask_ratio + (1.0 - o.min_mask_ratio) * u
+    hide_y = _choose(len(y), max(1, round(ratio * len(y))), g)
+    hide_x = torch.zeros(len(x), dtype=torch.bool)
+    if o.source_mask_ratio > 0:
+        hide_x[1:] = _choose(len(ex.source), round(o.source_mask_ratio * len(ex.source)), g)
+    tokens = torch.tensor(x + y)
+    inputs, labels = apply_mask(tokens, torch.cat([hide_x, hide_y]), ids.mask)
+    extras = {"length_targets": torch.tensor([len(ex.target or [])]),
+              "length_mask": torch.tensor([[True] * len(x) + [False] * len(y)])}
+    return one_row(inputs.tolist(), labels.tolist(), [0] * len(x) + [1] * len(y), extras=extras)
+
+
+def causal_row(task: Seq2SeqTask, ex: Seq2SeqExample, g: torch.Generator) -> Batch:
+    """``BOS source target`` read left to right: position t predicts token t+1, with a loss only where that
+    token is in the target or its EOS (region 1 there, so ``loss_y`` is the reply's loss)."""
+    ids = task.ids
+    assert ex.target is not None
+    tokens = [ids.bos, *ex.source, *ex.target, ids.eos]
+    first = 1 + len(ex.source)  # index of the first target token
+    inputs = tokens[:-1]
+    labels = [IGNORE_INDEX] * (first - 1) + tokens[first:]
+    regions = [0] * (first - 1) + [1] * (len(inputs) - first + 1)
+    return one_row(inputs, labels, regions, kind="causal")
+
+
+FAMILY_ROWS = {"masked": masked_row, "causal": causal_row, "bidirectional-ar": causal_row}
+"""Model family -> ``(task, example, generator) -> one-row Batch``."""
 
 
 def _choose(n: int, k: int, generator: torch.Generator) -> torch.Tensor:

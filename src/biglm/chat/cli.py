@@ -1,0 +1,126 @@
+"""``biglm chat`` (terminal chat) and ``biglm serve`` (OpenAI-compatible server with a live page).
+
+    biglm chat --ckpt runs/instruct                 # type a message; /reset, /settings [k=v ...], /quit
+    echo "reverse a b c" | biglm chat --ckpt runs/instruct
+    biglm serve --ckpt runs/instruct --port 8000    # http://127.0.0.1:8000/ , /v1/chat/completions
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from biglm.errors import BiglmError
+
+HELP = ("commands: /reset (forget the conversation), /settings (show), /settings key=value ... (change), "
+        "/quit; type \\n for a line break")
+
+
+def register(subparsers: Any) -> None:
+    for verb, text in (("chat", "chat with a model in the terminal (the reply forms in place)"),
+                       ("serve", "serve a model: OpenAI-compatible API and a live web page")):
+        p = subparsers.add_parser(verb, help=text, description=text)
+        p.add_argument("--ckpt", required=True, help="checkpoint or run folder (a fine-tuning run: its best/)")
+        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--max-new-tokens", type=int, default=None, help="longest reply (default: the fine-tune's)")
+        p.add_argument("--steps", type=int, default=None, help="Mask-Predict passes (default: the fine-tune's)")
+        p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+        p.add_argument("--seed", type=int, default=None, help="sampling seed")
+        p.add_argument("--system", default=None, help="system prompt put first in every conversation")
+        if verb == "chat":
+            p.add_argument("--plain", action="store_true",
+                           help="print every pass on its own line (default when stdout is not a terminal)")
+            p.set_defaults(func=run_chat)
+        else:
+            p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+            p.add_argument("--port", type=int, default=8000, help="port (0 = any free one)")
+            p.add_argument("--queue", type=int, default=16, help="requests waiting at most; more get HTTP 503")
+            p.add_argument("--batch", type=int, default=8, help="non-streamed requests decoded together at most")
+            p.add_argument("--model-name", default="biglm", help="the model id the API reports")
+            p.set_defaults(func=run_serve)
+
+
+def load(args: argparse.Namespace) -> Any:
+    from biglm.chat.session import ChatModel
+    from biglm.devices import resolve_device
+
+    resolve_device(args.device, "--device")
+    chat = ChatModel.load(args.ckpt, device=args.device)
+    changes = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("steps", args.steps),
+                                 ("temperature", args.temperature), ("seed", args.seed),
+                                 ("system_prompt", args.system)) if v is not None}
+    chat.settings = chat.settings.updated(**changes)
+    return chat
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    chat = load(args)
+    live = sys.stdout.isatty() and not args.plain
+    return chat_loop(chat, sys.stdin, sys.stdout, live)
+
+
+def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
+    """Read messages from ``stdin`` until EOF or /quit; show each reply forming (``live``: in place on one
+    line; else one line per pass or token) and then the reply."""
+    import dataclasses
+
+    from biglm.chat.session import ReplyUpdate
+
+    messages: list[dict[str, str]] = []
+    settings = chat.settings
+    kind = "passes" if not chat.model.config.is_autoregressive else "tokens"
+    print(f"biglm chat: {chat.family} model, {chat.model.config.max_seq_len}-token context; the reply forms over its "
+          f"{kind}. {HELP}", file=out)
+
+    def show(update: ReplyUpdate) -> None:
+        label = f"pass {update.index}" if update.kind == "pass" else f"token {update.index}"
+        if live:
+            out.write(f"\r\x1b[KAssistant ({label}): {update.text}")
+        else:
+            out.write(f"  [{label}] {update.text}\n")
+        out.flush()
+
+    for line in stdin:
+        text = line.strip().replace("\\n", "\n")  # a literal \n in the line is a line break
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            messages = []
+            print("(conversation reset)", file=out)
+            continue
+        if text.startswith("/settings"):
+            try:
+                pairs = dict(p.split("=", 1) for p in text.split()[1:])
+                settings = settings.updated(**pairs)
+            except (BiglmError, ValueError) as e:
+                print(f"error: {e if isinstance(e, BiglmError) else 'expected key=value pairs'}", file=out)
+            print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()), file=out)
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text.split()[0]}; {HELP}", file=out)
+            continue
+        messages.append({"role": "user", "content": text})
+        try:
+            reply = chat.reply(messages, settings, show)
+        except BiglmError as e:
+            messages.pop()
+            print(f"\nerror: {e}", file=out)
+            continue
+        if live:
+            out.write("\r\x1b[K")
+        if reply.dropped_turns:
+            print(f"(history cut to the context: the {reply.dropped_turns} oldest turn(s) left out)", file=out)
+        print(f"Assistant: {reply.text if reply.text else '(empty reply)'}", file=out)
+        out.flush()
+        messages.append({"role": "assistant", "content": reply.text or "-"})
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from biglm.chat.server import serve
+
+    chat = load(args)
+    return serve(chat, args.host, args.port, queue_size=args.queue, batch=args.batch, model_name=args.model_name)

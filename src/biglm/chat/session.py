@@ -1,0 +1,273 @@
+"""A loaded chat model and one reply at a time, with a live view of the reply forming.
+
+``ChatModel.load(ckpt)`` reads a checkpoint (a fine-tuning run folder resolves to its ``best/``); its
+tokenizer's chat template renders the conversation (biglm's template is set, with a note, when the
+tokenizer has none), and an ``instruction`` fine-tune's settings (reply length, passes, system prompt) are
+the defaults. ``ChatModel.reply(messages, settings, on_update)`` generates one assistant reply with the shared
+engine: Mask-Predict over the length head's candidates (or ``max_new_tokens`` cut at EOS) for masked models,
+KV-cached decoding for causal / bidirectional-ar ones. ``on_update`` receives ``ReplyUpdate`` events as they
+happen: one per refinement pass (the text fed to that pass, [MASK] shown as ``▢``) or one per new token.
+
+History within context: the prompt keeps the latest turns that fit ``max_seq_len - 1 - max_new_tokens``
+tokens (``biglm.data.chat.fit_history``: oldest turns dropped first, a system message kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from biglm.data.chat import Message, check_messages, fit_history, set_chat_template
+from biglm.errors import BiglmError
+from biglm.generate.api import MASK_SYMBOL, banned_ids, special_ids
+from biglm.generate.autoregressive import AROptions, generate_ar_ids
+from biglm.generate.engine import generate_ids
+from biglm.generate.sampling import SamplingConfig
+
+
+@dataclass
+class ChatSettings:
+    """How a reply is generated (``/settings`` in ``biglm chat``, the request fields of ``biglm serve``)."""
+
+    max_new_tokens: int = 32
+    """Longest reply (tokens); with the length head, the largest length candidate."""
+    steps: int = 10
+    """Mask-Predict passes (masked models)."""
+    strategy: str = ""
+    """Empty: mask-predict (masked) or greedy / sample (autoregressive, by temperature)."""
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    length: str = "predict"
+    """Masked models: ``predict`` (the length head's candidates; falls back to ``fixed`` without a head) or
+    ``fixed`` (max_new_tokens, cut at the first EOS)."""
+    length_candidates: int = 3
+    system_prompt: str = ""
+
+    def updated(self, **changes: Any) -> ChatSettings:
+        """A copy with ``changes`` (strings converted to the field's type; one-line errors)."""
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        clean: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key not in types:
+                raise BiglmError(f"unknown setting '{key}' (settings: {', '.join(types)})")
+            clean[key] = _convert(key, value, str(types[key]))
+        new = dataclasses.replace(self, **clean)
+        new.check()
+        return new
+
+    def check(self) -> None:
+        if self.max_new_tokens <= 0 or self.steps <= 0 or self.length_candidates <= 0:
+            raise BiglmError("max_new_tokens, steps and length_candidates must be > 0")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise BiglmError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        if self.length not in ("predict", "fixed"):
+            raise BiglmError(f"length={self.length!r}: expected predict or fixed")
+
+
+def _convert(key: str, value: Any, kind: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind.startswith("int"):
+            return None if value.lower() in ("none", "") and "None" in kind else int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise BiglmError(f"setting {key}={value!r}: expected {kind}") from None
+    return value
+
+
+@dataclass
+class ReplyUpdate:
+    """One step of a reply forming: ``kind`` ``pass`` (Mask-Predict: ``index`` = pass, ``segments`` = [text,
+    is_masked] pieces of the suffix fed to it) or ``token`` (autoregressive: ``index`` = token number,
+    ``text`` = the reply so far)."""
+
+    kind: str
+    index: int
+    text: str
+    segments: list[tuple[str, bool]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "index": self.index, "text": self.text, "segments": self.segments}
+
+
+@dataclass
+class Reply:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    forward_passes: int
+    dropped_turns: int
+    finished: bool
+    """True when the reply ended (EOS or its predicted length) rather than at max_new_tokens."""
+
+
+class ChatModel:
+    """A model, its tokenizer (with a chat template) and default settings; see the module docstring."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: ChatSettings | None = None) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            print("note: the checkpoint's tokenizer has no chat template; using biglm's (System:/User:/Assistant:)",
+                  file=sys.stderr)
+            set_chat_template(tokenizer)
+        self.ids = special_ids(tokenizer)
+        self.banned = banned_ids(tokenizer, model.config.vocab_size)
+        self.settings = settings or ChatSettings()
+        if not getattr(model.config, "length_head", False) and self.settings.length == "predict":
+            self.settings = dataclasses.replace(self.settings, length="fixed")
+        if self.settings.max_new_tokens > model.config.max_seq_len // 2:  # leave the history room by default
+            self.settings = dataclasses.replace(self.settings, max_new_tokens=model.config.max_seq_len // 2)
+
+    @property
+    def family(self) -> str:
+        return str(self.model.config.family)
+
+    @classmethod
+    def load(cls, ckpt: str | Path, device: str = "cpu") -> ChatModel:
+        """The model of ``ckpt`` (run folder: its best, else newest checkpoint) with its fine-tuning settings."""
+        from biglm.checkpoint import load_model
+        from biglm.finetune.predict import finetune_config_of, resolve_finetuned
+
+        folder = resolve_finetuned(ckpt)
+        loaded = load_model(folder, device=device)
+        if loaded.tokenizer is None:
+            raise BiglmError(f"{folder}: the checkpoint has no tokenizer")
+        settings = ChatSettings()
+        cfg = finetune_config_of(folder)
+        if cfg is not None and cfg.task.kind in ("instruction", "seq2seq"):
+            o = cfg.task.options
+            settings = dataclasses.replace(settings, max_new_tokens=o.max_target_length, steps=min(o.steps,
+                                           o.max_target_length), length="predict" if o.length == "head" else "fixed",
+                                           length_candidates=o.length_candidates,
+                                           system_prompt=getattr(o, "system_prompt", ""))
+        return cls(loaded.model, loaded.tokenizer, settings)
+
+    def prompt_ids(self, messages: Sequence[Message], settings: ChatSettings) -> tuple[list[int], int]:
+        """Prompt ids (no BOS) of a reply after ``messages`` that fit the context, and turns dropped."""
+        budget = self.model.config.max_seq_len - 1 - settings.max_new_tokens
+        if budget < 1:
+            raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
+                             f"max_seq_len={self.model.config.max_seq_len}")
+        messages = list(messages)
+        if settings.system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": settings.system_prompt}, *messages]
+        ids, dropped, _ = fit_history(self.tokenizer, messages, budget)
+        return ids, dropped
+
+    def segments(self, ids: Sequence[int]) -> list[tuple[str, bool]]:
+        """``ids`` as [text, is_masked] pieces (a run of [MASK] ids is one masked piece per token)."""
+        out: list[tuple[str, bool]] = []
+        run: list[int] = []
+        for i in ids:
+            if i == self.ids["mask"]:
+                if run:
+                    out.append((self.tokenizer.decode(run, skip_special_tokens=True), False))
+                    run = []
+                out.append((MASK_SYMBOL, True))
+            else:
+                run.append(i)
+        if run:
+            out.append((self.tokenizer.decode(run, skip_special_tokens=True), False))
+        return out
+
+    def reply(self, messages: Sequence[Message], settings: ChatSettings | None = None,
+              on_update: Callable[[ReplyUpdate], None] | None = None) -> Reply:
+        """The assistant's reply to ``messages`` (checked: known roles, non-empty content, a user turn last)."""
+        return self.replies([messages], settings, on_update)[0]
+
+    def check_request(self, messages: Any, settings: ChatSettings) -> list[Message]:
+        """``messages`` checked (known roles, non-empty content, a user turn last) and ``settings`` against the
+        model's context, without the tokenizer (so request threads can call it while the worker decodes)."""
+        settings.check()
+        if self.model.config.max_seq_len - 1 - settings.max_new_tokens < 1:
+            raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
+                             f"max_seq_len={self.model.config.max_seq_len}")
+        messages = check_messages(messages, "messages", need_reply=False)
+        if messages[-1]["role"] != "user":
+            raise BiglmError(f"messages: the last message is {messages[-1]['role']!r}; a reply answers a user message")
+        return messages
+
+    def prompt_of(self, messages: Sequence[Message], settings: ChatSettings) -> tuple[list[int], int]:
+        """Checked ``messages`` (a user turn last) -> prompt ids within the context and turns dropped."""
+        return self.prompt_ids(self.check_request(list(messages), settings), settings)
+
+    def replies(self, conversations: Sequence[Sequence[Message]], settings: ChatSettings | None = None,
+                on_update: Callable[[ReplyUpdate], None] | None = None) -> list[Reply]:
+        """Replies to several conversations decoded together (``on_update`` follows the first one)."""
+        s = settings or self.settings
+        s.check()
+        prompts = [self.prompt_of(m, s) for m in conversations]
+        return self.complete_ids(prompts, s, on_update)
+
+    def complete(self, texts: Sequence[str], settings: ChatSettings | None = None,
+                 on_update: Callable[[ReplyUpdate], None] | None = None) -> list[Reply]:
+        """Plain continuations of ``texts`` (no chat template; ``/v1/completions``), left-truncated to fit."""
+        s = settings or self.settings
+        s.check()
+        budget = self.model.config.max_seq_len - 1 - s.max_new_tokens
+        prompts = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise BiglmError(f"prompt {i} is empty")
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            prompts.append((ids[max(0, len(ids) - budget):], 0))
+        return self.complete_ids(prompts, s, on_update)
+
+    @torch.inference_mode()
+    def complete_ids(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings,
+                     on_update: Callable[[ReplyUpdate], None] | None = None) -> list[Reply]:
+        """Replies after prompt ids (without BOS; with the turns dropped to fit), decoded in one batch."""
+        sampling = SamplingConfig(s.temperature, s.top_k, s.top_p)
+        ids_list = [p for p, _ in prompts]
+        if self.model.config.is_autoregressive:
+            return self._reply_ar(prompts, s, sampling, on_update)
+        length = s.length if getattr(self.model.config, "length_head", False) else "fixed"
+        if length == "predict" and self.model.config.max_target_length - 1 < s.max_new_tokens:
+            s = dataclasses.replace(s, max_new_tokens=self.model.config.max_target_length - 1)
+        shown = None
+        if on_update is not None:
+            def shown(t: int, rows: list[list[int]]) -> None:
+                segs = self.segments(rows[0])
+                on_update(ReplyUpdate("pass", t, "".join(text for text, _ in segs).strip(), segs))
+        out = generate_ids(
+            self.model, ids_list, bos_token_id=self.ids["bos"], eos_token_id=self.ids["eos"],
+            mask_token_id=self.ids["mask"], pad_token_id=self.ids["pad"], max_new_tokens=s.max_new_tokens,
+            steps=min(s.steps, s.max_new_tokens), strategy=s.strategy or "mask-predict", sampling=sampling, seed=s.seed,
+            length=length, length_candidates_k=s.length_candidates, banned_token_ids=self.banned, on_pass=shown)
+        return [Reply(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, len(p) + 1,
+                      out.forward_passes, dropped, length == "predict" or len(ids) < n)
+                for ids, n, (p, dropped) in zip(out.token_ids, out.lengths, prompts)]
+
+    def _reply_ar(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
+                  on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
+        produced: list[int] = []
+
+        def on_token(t: int, ids: torch.Tensor) -> None:
+            if int(ids[0]) < 0 or int(ids[0]) == self.ids["eos"]:
+                return
+            produced.append(int(ids[0]))
+            if on_update is not None:
+                on_update(ReplyUpdate("token", t, self.tokenizer.decode(produced, skip_special_tokens=True).strip()))
+
+        if s.strategy not in ("", "greedy", "sample"):
+            raise BiglmError(f"strategy {s.strategy!r}: chat decodes autoregressive models with greedy or sample")
+        options = AROptions(max_new_tokens=s.max_new_tokens, sampling=sampling, banned_token_ids=tuple(self.banned))
+        result = generate_ar_ids(self.model, [p for p, _ in prompts], bos_token_id=self.ids["bos"],
+                                 eos_token_id=self.ids["eos"], pad_token_id=self.ids["pad"], options=options,
+                                 seed=s.seed, on_token=on_token)
+        return [Reply(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, len(p) + 1,
+                      result.forward_passes, dropped, done)
+                for ids, (p, dropped), done in zip(result.token_ids, prompts, result.finished)]
+
+
+__all__ = ["ChatModel", "ChatSettings", "Reply", "ReplyUpdate"]
