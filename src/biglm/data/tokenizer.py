@@ -55,8 +55,7 @@ def ensure_glm_tokens(tokenizer: PreTrainedTokenizerFast) -> list[str]:
     have = set(tokenizer.get_vocab())
     missing = [t for t in GLM_SPECIALS.values() if t not in have]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing},
-                                     replace_additional_special_tokens=False)
+        tokenizer.add_tokens(missing, special_tokens=True)
     return missing
 
 
