@@ -40,6 +40,7 @@ FAMILY_SCORERS: dict[str, Callable[[str], list[tuple[str, dict[str, Any]]]]] = {
     "masked": lambda scoring: [(scoring, {"scoring": scoring})],
     "causal": lambda scoring: [("l2r", {"direction": "l2r"})],
     "bidirectional-ar": lambda scoring: [(d, {"direction": d}) for d in ("l2r", "r2l", "mean")],
+    "glm": lambda scoring: [("part-b", {})],  # the chain rule over part B after [gMASK]
 }
 """family -> the (label, BiGLMEvalModel arguments) each recipe of that family is scored with."""
 

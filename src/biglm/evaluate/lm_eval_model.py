@@ -4,7 +4,9 @@ The checkpoint's family decides the scorer. ``causal`` and ``bidirectional-ar`` 
 the exact chain rule (``biglm.evaluate.ar_scoring``) in the direction given by ``direction`` (``l2r``,
 the default; ``r2l`` and ``mean`` for bidirectional-ar models), generate autoregressively, and with
 ``direction=mean`` record how far their two estimates agree (``direction_agreement``, also in the
-results' config). ``masked`` models are scored as follows.
+results' config). ``glm`` models are scored by the same chain rule over part B after ``[gMASK]``
+(``biglm.evaluate.glm_scoring``: continuation ``BOS x [gMASK] | [sop] y``, whole text
+``BOS [gMASK] | [sop] x EOS``) and generate by blank infilling. ``masked`` models are scored as follows.
 
     lm_eval --model biglm --model_args pretrained=RUN_OR_CKPT,scoring=greedy-order --tasks arc_easy \
             --batch_size 32
@@ -103,7 +105,8 @@ class BiGLMEvalModel(TemplateLM):
             raise BiglmError("BiGLMEvalModel(model=...) also needs tokenizer=...")
         self.model = model.to(self._device, torch_dtype).eval() if torch_dtype else model.to(self._device).eval()
         self.tokenizer = tokenizer
-        self.autoregressive = bool(model.config.is_autoregressive)
+        # GLM models are scored by the chain rule over part B (``biglm.evaluate.glm_scoring``)
+        self.autoregressive = bool(model.config.is_autoregressive or model.config.family == "glm")
         self.direction = _check_direction(model.config.family, scoring, direction)
         self.direction_agreement: dict[str, dict[str, float]] = {}
         """With ``direction=mean``: L2R/R2L agreement of the last ``loglikelihood`` and rolling calls."""
@@ -241,11 +244,19 @@ class BiGLMEvalModel(TemplateLM):
         return out  # type: ignore[return-value]
 
     # ---- autoregressive models ----------------------------------------------------------------------
+    def _glm_tokens(self) -> Any:
+        from biglm.generate.glm import GLMTokens
+
+        return GLMTokens.from_tokenizer(self.tokenizer)
+
     def _ar_scores(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[Any]:
         from biglm.evaluate.ar_scoring import agreement, score_continuations
+        from biglm.evaluate.glm_scoring import score_glm_continuations
 
         bar = tqdm(total=None, desc=f"biglm chain rule {self.direction}", disable=disable_tqdm)
         try:
+            if self.model.config.family == "glm":
+                return score_glm_continuations(self.model, pairs, self._glm_tokens(), progress=bar.update)
             scores = score_continuations(self.model, pairs, bos_token_id=self.prefix_token_id,
                                          eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
                                          direction=self.direction, progress=bar.update)
@@ -265,13 +276,17 @@ class BiGLMEvalModel(TemplateLM):
 
     def _ar_rolling(self, requests: list[Any], disable_tqdm: bool) -> list[float]:
         from biglm.evaluate.ar_scoring import agreement, score_documents
+        from biglm.evaluate.glm_scoring import score_glm_documents
 
         docs = [self.tok_encode(text) for (text,) in (r.args for r in requests)]
         bar = tqdm(total=None, desc=f"biglm rolling {self.direction}", disable=disable_tqdm)
         try:
-            scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
-                                     eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
-                                     direction=self.direction, progress=bar.update)
+            if self.model.config.family == "glm":
+                scores = score_glm_documents(self.model, docs, self._glm_tokens(), progress=bar.update)
+            else:
+                scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
+                                         eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
+                                         direction=self.direction, progress=bar.update)
         finally:
             bar.close()
         if self.direction == "mean":
@@ -285,14 +300,14 @@ def _check_direction(family: str, scoring: str | None, direction: str | None) ->
     """The scoring direction of an autoregressive family (None for masked models), checked."""
     from biglm.evaluate.ar_scoring import AR_DIRECTIONS
 
-    if family in ("causal", "bidirectional-ar"):
+    if family in ("causal", "bidirectional-ar", "glm"):
         if scoring not in (None, "chain-rule"):
             raise BiglmError(f"scoring={scoring!r} is a masked-model method; a {family} model is scored by the "
                              "exact chain rule (choose direction=l2r, r2l or mean)")
         direction = direction or "l2r"
         if direction not in AR_DIRECTIONS:
             raise BiglmError(f"direction={direction!r}: expected one of {', '.join(AR_DIRECTIONS)}")
-        if direction != "l2r" and family != "bidirectional-ar":
+        if direction != "l2r" and family != "bidirectional-ar":  # GLM writes part B left to right
             raise BiglmError(f"direction={direction!r} needs a bidirectional-ar model (this one is {family})")
         return direction
     if direction is not None:
