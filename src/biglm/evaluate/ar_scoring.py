@@ -56,10 +56,10 @@ class RowScore:
     """How many leading targets are the model's arg-max."""
 
 
-def _layout(rows: list[tuple[Sequence[int], int]], part_a: Sequence[int] | None, width: int,
+def _layout(rows: list[tuple[Sequence[int], int]], part_a: Sequence[tuple[int, int]] | None, width: int,
             device: torch.device) -> tuple[AttentionLayout, torch.Tensor | None]:
-    """The causal layout, or for GLM rows (``part_a``: tokens in part A per row) the prefix-LM layout
-    with 2D positions; padding (document id -1) right of each row."""
+    """The causal layout, or for GLM rows (``part_a``: (tokens in part A, index of the blank) per row)
+    the prefix-LM layout with 2D positions; padding (document id -1) right of each row."""
     docs = torch.full((len(rows), width), -1, dtype=torch.int32)
     for r, (seq, _) in enumerate(rows):
         docs[r, :len(seq)] = 0
@@ -67,10 +67,10 @@ def _layout(rows: list[tuple[Sequence[int], int]], part_a: Sequence[int] | None,
         return AttentionLayout("causal", docs.to(device)), None
     regions = torch.zeros(len(rows), width, dtype=torch.int8)
     positions = torch.zeros(len(rows), width, 2, dtype=torch.long)
-    for r, ((seq, _), a) in enumerate(zip(rows, part_a)):
+    for r, ((seq, _), (a, blank)) in enumerate(zip(rows, part_a)):
         regions[r, a:len(seq)] = 1
         positions[r, :a, 0] = torch.arange(a)
-        positions[r, a:len(seq), 0] = a - 1  # part B sits at the blank, the last token of part A
+        positions[r, a:len(seq), 0] = blank  # part B sits at its blank's position
         positions[r, a:len(seq), 1] = torch.arange(1, len(seq) - a + 1)
     return AttentionLayout("prefix_lm", docs.to(device), regions.to(device)), positions.to(device)
 
@@ -78,12 +78,12 @@ def _layout(rows: list[tuple[Sequence[int], int]], part_a: Sequence[int] | None,
 @torch.no_grad()
 def score_rows(model: nn.Module, rows: Sequence[tuple[Sequence[int], int]], *, pad_token_id: int = 0,
                batch_tokens: int = 16384, progress: Callable[[int], None] | None = None,
-               part_a: Sequence[int] | None = None) -> list[RowScore]:
+               part_a: Sequence[tuple[int, int]] | None = None) -> list[RowScore]:
     """Chain-rule log-probabilities of ``rows`` = [(token ids, first target index)], batched by length.
 
     Rows are sorted by length and packed into batches of at most ``batch_tokens`` (padded) tokens;
     padding is right of each row with document id -1 (so it changes nothing). GLM rows give
-    ``part_a``: how many leading tokens of each row are part A (ending in the blank); the rest is part B."""
+    ``part_a``: (how many leading tokens of the row are part A, the index of the blank its part B fills)."""
     max_len = model.config.max_seq_len
     for ids, start in rows:
         if len(ids) > max_len:

@@ -52,7 +52,7 @@ def document_rows(document: Sequence[int], tokens: GLMTokens, max_len: int) -> l
 def _score(model: nn.Module, rows: list[tuple[list[int], int, int]], owner: list[int], n: int, pad_token_id: int,
            batch_tokens: int, progress: Callable[[int], None] | None) -> tuple[list[float], list[bool]]:
     scores = score_rows(model, [(r, s) for r, s, _ in rows], pad_token_id=pad_token_id, batch_tokens=batch_tokens,
-                        progress=progress, part_a=[a for _, _, a in rows])
+                        progress=progress, part_a=[(a, a - 1) for _, _, a in rows])
     total, greedy = [0.0] * n, [True] * n
     for i, sc in zip(owner, scores):
         total[i] += sc.logprob
