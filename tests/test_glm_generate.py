@@ -110,3 +110,18 @@ def test_text_api_and_cli(tmp_path):
                      "--num-beams", "2"]) == 0
     with pytest.raises(BiglmError, match="r2l"):
         generate(ckpt, "the cat", direction="r2l")
+
+
+def test_prompt_blanks_are_single_tokens_and_keep_no_space(tmp_path):
+    from biglm.data.tokenizer import ensure_glm_tokens, train_tokenizer
+    from biglm.generate.glm import encode_prompt
+
+    (tmp_path / "t.txt").write_text("The cat sat on the mat. A dog ran in the park.\n" * 50)
+    tok = train_tokenizer([tmp_path / "t.txt"], 300, tmp_path / "tok")
+    ensure_glm_tokens(tok)
+    ids = encode_prompt(tok, "The [MASK] sat on the [sMASK] A [gMASK]")
+    pieces = tok.convert_tokens_to_ids(["[MASK]", "[sMASK]", "[gMASK]"])
+    assert [i for i in ids if i in pieces] == pieces
+    assert "Ġ" not in tok.convert_ids_to_tokens(ids)  # no lone space token before a blank
+    # the text after a blank keeps its leading space, as the words after a span do in training
+    assert tok.decode(ids[ids.index(pieces[0]) + 1:ids.index(pieces[1])]) == " sat on the"

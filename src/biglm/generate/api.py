@@ -159,7 +159,12 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
         if not text.strip():
             raise BiglmError(f"prompt {i} is {'blank (only whitespace)' if text else 'empty'}: give some text "
                              "to continue")
-        encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if model.config.family == "glm":  # blanks as single tokens, the space before one left to its span
+            from biglm.generate.glm import encode_prompt
+
+            encoded.append(encode_prompt(tokenizer, text))
+        else:
+            encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = special_ids(tokenizer)
     if model.config.family == "glm":
         if strategy_options:

@@ -16,8 +16,10 @@ logits up to float rounding: the test of the cache).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +74,27 @@ class InfillResult:
             elif t not in (tokens.bos, tokens.eos):
                 out.append(t)
         return out
+
+
+BLANK_TEXT = re.compile(r"(\[MASK\]|\[sMASK\]|\[gMASK\])")
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt with blanks written as ``[MASK]`` / ``[sMASK]`` / ``[gMASK]``. Whitespace right
+    before a blank belongs to the span (as in training, where a span's first token carries its leading
+    space), so it is dropped from part A: ``"The [MASK] sat"`` reads ``The [MASK] ␣sat``, not
+    ``The ␣ [MASK] ␣sat``."""
+    pieces = BLANK_TEXT.split(text)
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:  # a blank
+            ids.append(int(tokenizer.convert_tokens_to_ids(piece)))
+            continue
+        if i + 1 < len(pieces):
+            piece = piece.rstrip()
+        if piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def part_a(prompt: Sequence[int], tokens: GLMTokens) -> list[int]:
@@ -176,4 +199,4 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
     return InfillResult(fills, rows, finished, scores, state.forward_passes)
 
 
-__all__ = ["GLMTokens", "InfillResult", "infill_ids", "part_a"]
+__all__ = ["GLMTokens", "InfillResult", "encode_prompt", "infill_ids", "part_a"]

@@ -29,6 +29,7 @@ position inside the span (0 in A); (B, T) ids mean inside-span position 0.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -471,7 +472,15 @@ class BiGLMForBlankInfilling(BiGLMForMaskedLM):
         ids = self.config.glm_token_ids
         bos, eos = self.config.bos_token_id, self.config.eos_token_id
         blanks = {self.config.mask_token_id, ids["smask"], ids["gmask"]}
-        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # blanks as single tokens; the whitespace before a blank belongs to its span (as in training)
+        pieces = re.split(r"(\[MASK\]|\[sMASK\]|\[gMASK\])", text)
+        prompt: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                prompt.append(int(tokenizer.convert_tokens_to_ids(piece)))
+            elif (piece.rstrip() if i + 1 < len(pieces) else piece):
+                prompt += tokenizer(piece.rstrip() if i + 1 < len(pieces) else piece,
+                                    add_special_tokens=False)["input_ids"]
         a = [bos, *prompt] + ([] if any(t in blanks for t in prompt) else [ids["gmask"]])
         if a[-1] != ids["gmask"]:
             a.append(eos)
