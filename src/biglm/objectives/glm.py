@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -188,13 +189,16 @@ class GLMObjective:
         B = input_ids.shape[0]
         rows = [self._row(input_ids[b].tolist(), document_ids[b].tolist(), generator) for b in range(B)]
         width = max(len(r[0]) for r in rows)
+        # Columns filled through numpy: torch.tensor over Python lists costs several times the transform.
         fill = (self.pad, IGNORE_INDEX, 0, 0, -1, 0)
-        cols = [[r[c] + [fill[c]] * (width - len(r[c])) for r in rows] for c in range(6)]
-        ids = torch.tensor(cols[0], dtype=input_ids.dtype)
-        labels = torch.tensor(cols[1], dtype=input_ids.dtype)
-        positions = torch.stack([torch.tensor(cols[2]), torch.tensor(cols[3])], dim=-1)  # (B, W, 2)
-        layout = AttentionLayout("prefix_lm", torch.tensor(cols[4], dtype=torch.int32),
-                                 torch.tensor(cols[5], dtype=torch.int8))
+        cols = [np.full((B, width), value, dtype=np.int64) for value in fill]
+        for b, row in enumerate(rows):
+            for c, values in enumerate(row):
+                cols[c][b, :len(values)] = values
+        t = [torch.from_numpy(c) for c in cols]
+        ids, labels = t[0].to(input_ids.dtype), t[1].to(input_ids.dtype)
+        positions = torch.stack([t[2], t[3]], dim=-1)  # (B, W, 2)
+        layout = AttentionLayout("prefix_lm", t[4].to(torch.int32), t[5].to(torch.int8))
         return Batch(ids, labels, positions, layout)
 
 
