@@ -93,3 +93,17 @@ def test_models_without_glm_are_unchanged():
         assert c.family == "glm" and c.max_seq_len == 512
     with torch.device("meta"):
         assert 405e6 < BiGLM(ModelConfig.from_preset("glm-410m")).num_parameters() < 420e6
+
+
+@pytest.mark.parametrize("encoding", ["rope-2d", "learned-2d"])
+def test_glm_models_grow_exactly(encoding):
+    from biglm.grow import ExpandSpec, expand_model, max_logit_change
+
+    m = model(encoding, vocab_size=64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    rows = torch.randint(0, 64, (4, 40), generator=torch.Generator().manual_seed(1))
+    grown, plan = expand_model(m, ExpandSpec(hidden_size=128, num_layers=4, depth_init="zero"))
+    assert plan.exact and grown.config.position_encoding == encoding
+    assert max_logit_change(m, grown, rows)["max_abs_dlogits"] < 1e-4
