@@ -29,7 +29,6 @@ position inside the span (0 in A); (B, T) ids mean inside-span position 0.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -473,7 +472,15 @@ class BiGLMForBlankInfilling(BiGLMForMaskedLM):
         bos, eos = self.config.bos_token_id, self.config.eos_token_id
         blanks = {self.config.mask_token_id, ids["smask"], ids["gmask"]}
         # blanks as single tokens; the whitespace before a blank belongs to its span (as in training)
-        pieces = re.split(r"(\[MASK\]|\[sMASK\]|\[gMASK\])", text)
+        pieces, rest = [], text  # text, blank, text, blank, ..., text
+        while True:
+            hits = [(rest.find(b), b) for b in ("[MASK]", "[sMASK]", "[gMASK]") if b in rest]
+            if not hits:
+                pieces.append(rest)
+                break
+            at, blank_text = min(hits)
+            pieces += [rest[:at], blank_text]
+            rest = rest[at + len(blank_text):]
         prompt: list[int] = []
         for i, piece in enumerate(pieces):
             if i % 2:
