@@ -107,3 +107,18 @@ def test_glm_models_grow_exactly(encoding):
     grown, plan = expand_model(m, ExpandSpec(hidden_size=128, num_layers=4, depth_init="zero"))
     assert plan.exact and grown.config.position_encoding == encoding
     assert max_logit_change(m, grown, rows)["max_abs_dlogits"] < 1e-4
+
+
+def test_rope_2d_rotates_each_half_by_its_own_id():
+    from biglm.model import RotaryEmbedding, apply_rotary
+
+    cfg = ModelConfig.from_preset("micro", family="glm", position_encoding="rope-2d", rotary_fraction=0.5)
+    plain = ModelConfig.from_preset("micro", rotary_fraction=0.25)  # one half's dimensions, one id
+    pos = torch.randint(0, 50, (2, 7, 2))
+    x = torch.randn(2, 4, 7, cfg.head_dim)
+    both = apply_rotary(x, *RotaryEmbedding(cfg)(pos), parts=2)
+    q = plain.rotary_dim
+    assert 2 * q == cfg.rotary_dim
+    first = apply_rotary(x[..., :q], *RotaryEmbedding(plain)(pos[..., 0]))
+    second = apply_rotary(x[..., q:2 * q], *RotaryEmbedding(plain)(pos[..., 1]))
+    torch.testing.assert_close(both, torch.cat([first, second, x[..., 2 * q:]], -1))

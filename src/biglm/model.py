@@ -95,17 +95,19 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def rotate_halves(x: Tensor) -> Tensor:
+    """``rotate_half`` applied to each half of the last dimension separately (GLM's rope-2d), in one op."""
+    x = x.unflatten(-1, (2, 2, -1))  # (..., half, quarter, d/4)
+    return torch.stack([-x[..., 1, :], x[..., 0, :]], dim=-2).flatten(-3)
+
+
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, parts: int = 1) -> Tensor:
     rot = cos.shape[-1]
-    if parts == 2:  # rope-2d: two independently rotated halves of the rotated dimensions
-        half = rot // 2
-        x1 = apply_rotary(x[..., :half], cos[..., :half], sin[..., :half])
-        x2 = apply_rotary(x[..., half:rot], cos[..., half:], sin[..., half:])
-        return torch.cat([x1, x2, x[..., rot:]], dim=-1)
+    turn = rotate_half if parts == 1 else rotate_halves  # rope-2d: each half of the rotated dims on its own
     if rot == x.shape[-1]:
-        return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+        return x * cos.to(x.dtype) + turn(x) * sin.to(x.dtype)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    x_rot = x_rot * cos.to(x.dtype) + rotate_half(x_rot) * sin.to(x.dtype)
+    x_rot = x_rot * cos.to(x.dtype) + turn(x_rot) * sin.to(x.dtype)
     return torch.cat([x_rot, x_pass], dim=-1)
 
 
