@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from tests.test_glm_generate import TOK, micro
 
@@ -12,12 +13,12 @@ from biglm import AttentionLayout
 from biglm.evaluate.glm_scoring import document_rows, score_glm_continuations, score_glm_documents
 
 
-def token_by_token(model, a: list[int], targets: list[int]) -> float:
+def token_by_token(model, a: list[int], targets: list[int], sop: int = TOK.sop) -> float:
     """Σ_j log p(target_j | A, [sop], targets_<j), one full forward pass per token."""
     total = 0.0
     blank = len(a) - 1
     for j, t in enumerate(targets):
-        ids = [*a, TOK.sop, *targets[:j]]
+        ids = [*a, sop, *targets[:j]]
         pos = [(i, 0) for i in range(len(a))] + [(blank, k + 1) for k in range(j + 1)]
         reg = [0] * len(a) + [1] * (j + 1)
         with torch.no_grad():
@@ -73,3 +74,27 @@ def test_lm_eval_model_scores_glm(tmp_path):
     assert math.isclose(lp, score_glm_continuations(model, [(x, y)], tokens)[0].logprob, abs_tol=1e-5)
     roll = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("the cat sat",), 0)], disable_tqdm=True)
     assert roll[0] < 0
+
+
+def test_the_blank_token_of_scoring_is_a_choice():
+    from lm_eval.api.instance import Instance
+    from tests.test_hf import make_tokenizer
+
+    from biglm.data.tokenizer import ensure_glm_tokens
+    from biglm.errors import BiglmError
+    from biglm.evaluate.lm_eval_model import BiGLMEvalModel
+    from biglm.generate.glm import GLMTokens
+
+    tok = make_tokenizer()
+    ensure_glm_tokens(tok)
+    tokens = GLMTokens.from_tokenizer(tok)
+    model = micro()
+    x, y = tok.encode("the cat", add_special_tokens=False), tok.encode("sat on", add_special_tokens=False)
+    req = Instance("loglikelihood", {}, ("the cat", " sat on"), 0)
+    (lp, _), = BiGLMEvalModel(model=model, tokenizer=tok, glm_blank="mask").loglikelihood([req], disable_tqdm=True)
+    with_mask = score_glm_continuations(model, [(x, y)], tokens, blank=tokens.mask)[0].logprob
+    assert math.isclose(lp, with_mask, abs_tol=1e-5)
+    assert not math.isclose(with_mask, score_glm_continuations(model, [(x, y)], tokens)[0].logprob, abs_tol=1e-3)
+    assert math.isclose(token_by_token(model, [tokens.bos, *x, tokens.mask], y, tokens.sop), with_mask, abs_tol=1e-4)
+    with pytest.raises(BiglmError, match="glm_blank"):
+        BiGLMEvalModel(model=model, tokenizer=tok, glm_blank="smask")

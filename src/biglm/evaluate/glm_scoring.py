@@ -1,7 +1,9 @@
 """Exact chain-rule scoring of GLM models over part B (see ``biglm.evaluate.ar_scoring``'s docstring).
 
 * ``log p(y | x)``: the row ``BOS x [gMASK] | [sop] y``, targets y (y continues x; no ``[eop]`` target,
-  since the text may go on). A context too long for the model loses its oldest tokens.
+  since the text may go on). A context too long for the model loses its oldest tokens. ``blank``
+  chooses another blank token: ``[MASK]`` for a model pretrained on short blanks only (the ``glm``
+  preset never sees ``[gMASK]``; the paper writes generation prompts with ``[MASK]``).
 * ``log p(x)`` (``loglikelihood_rolling``): targets ``x EOS`` written in part B after ``BOS [gMASK]``;
   a text longer than the model is scored in windows of half the maximum length, each window's part A
   holding as much of the preceding text as fits (with BOS only when it reaches the document's start).
@@ -22,8 +24,10 @@ from biglm.generate.glm import GLMTokens
 
 
 def continuation_row(context: Sequence[int], continuation: Sequence[int], tokens: GLMTokens,
-                     max_len: int) -> tuple[list[int], int, int]:
-    """(row ids, first target index, part A length) of ``log p(continuation | context)``."""
+                     max_len: int, blank: int | None = None) -> tuple[list[int], int, int]:
+    """(row ids, first target index, part A length) of ``log p(continuation | context)``; ``blank`` is the
+    blank token after the context (default ``[gMASK]``; ``[MASK]`` for a model trained on short blanks
+    only, as the paper writes generation prompts)."""
     x, y = list(context), list(continuation)
     if not y:
         raise BiglmError("empty continuation: there is nothing to score")
@@ -31,12 +35,14 @@ def continuation_row(context: Sequence[int], continuation: Sequence[int], tokens
     if keep < 0:
         raise BiglmError(f"continuation of {len(y)} tokens does not fit the model's maximum length {max_len}")
     x = x[len(x) - keep:] if len(x) > keep else x
-    a = [tokens.bos, *x, tokens.gmask]
+    a = [tokens.bos, *x, tokens.gmask if blank is None else blank]
     return [*a, tokens.sop, *y], len(a) + 1, len(a)
 
 
-def document_rows(document: Sequence[int], tokens: GLMTokens, max_len: int) -> list[tuple[list[int], int, int]]:
-    """Rows scoring ``document EOS`` in part B, in windows when it does not fit ``max_len``."""
+def document_rows(document: Sequence[int], tokens: GLMTokens, max_len: int,
+                  blank: int | None = None) -> list[tuple[list[int], int, int]]:
+    """Rows scoring ``document EOS`` in part B (after ``blank``, default ``[gMASK]``), in windows when it
+    does not fit ``max_len``."""
     seq = [*document, tokens.eos]
     chunk = max(1, (max_len - 3) // 2) if len(seq) + 3 > max_len else len(seq)
     rows = []
@@ -44,7 +50,7 @@ def document_rows(document: Sequence[int], tokens: GLMTokens, max_len: int) -> l
         hi = min(lo + chunk, len(seq))
         room = max_len - 3 - (hi - lo)  # part A: [BOS] context [gMASK]; part B: [sop] targets
         ctx_lo = max(0, lo - room)
-        a = ([tokens.bos] if ctx_lo == 0 else []) + list(seq[ctx_lo:lo]) + [tokens.gmask]
+        a = ([tokens.bos] if ctx_lo == 0 else []) + list(seq[ctx_lo:lo]) + [tokens.gmask if blank is None else blank]
         rows.append(([*a, tokens.sop, *seq[lo:hi]], len(a) + 1, len(a)))
     return rows
 
@@ -61,21 +67,22 @@ def _score(model: nn.Module, rows: list[tuple[list[int], int, int]], owner: list
 
 
 def score_glm_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                            tokens: GLMTokens, *, batch_tokens: int = 16384,
+                            tokens: GLMTokens, *, blank: int | None = None, batch_tokens: int = 16384,
                             progress: Callable[[int], None] | None = None) -> list[ARScore]:
     """``log p(continuation | context)`` of each ``(context ids, continuation ids)`` (no markers)."""
     max_len = model.config.max_seq_len
-    rows = [continuation_row(x, y, tokens, max_len) for x, y in requests]
+    rows = [continuation_row(x, y, tokens, max_len, blank) for x, y in requests]
     total, greedy = _score(model, rows, list(range(len(rows))), len(rows), tokens.pad, batch_tokens, progress)
     return [ARScore(t, g, t, None, len(y)) for t, g, (_, y) in zip(total, greedy, requests)]
 
 
 def score_glm_documents(model: nn.Module, documents: Sequence[Sequence[int]], tokens: GLMTokens, *,
-                        batch_tokens: int = 16384, progress: Callable[[int], None] | None = None) -> list[ARScore]:
-    """``log p(document EOS)`` of each token list, written in part B after ``BOS [gMASK]``."""
+                        blank: int | None = None, batch_tokens: int = 16384,
+                        progress: Callable[[int], None] | None = None) -> list[ARScore]:
+    """``log p(document EOS)`` of each token list, written in part B after ``BOS [gMASK]`` (or ``blank``)."""
     rows, owner = [], []
     for i, doc in enumerate(documents):
-        for row in document_rows(doc, tokens, model.config.max_seq_len):
+        for row in document_rows(doc, tokens, model.config.max_seq_len, blank):
             rows.append(row)
             owner.append(i)
     total, greedy = _score(model, rows, owner, len(documents), tokens.pad, batch_tokens, progress)

@@ -6,7 +6,8 @@ the default; ``r2l`` and ``mean`` for bidirectional-ar models), generate autoreg
 ``direction=mean`` record how far their two estimates agree (``direction_agreement``, also in the
 results' config). ``glm`` models are scored by the same chain rule over part B after ``[gMASK]``
 (``biglm.evaluate.glm_scoring``: continuation ``BOS x [gMASK] | [sop] y``, whole text
-``BOS [gMASK] | [sop] x EOS``) and generate by blank infilling. ``masked`` models are scored as follows.
+``BOS [gMASK] | [sop] x EOS``; ``glm_blank=mask`` uses ``[MASK]``, for models pretrained on short blanks
+only) and generate by blank infilling. ``masked`` models are scored as follows.
 
     lm_eval --model biglm --model_args pretrained=RUN_OR_CKPT,scoring=greedy-order --tasks arc_easy \
             --batch_size 32
@@ -76,13 +77,14 @@ class BiGLMEvalModel(TemplateLM):
                  batch_size: int | str = 32, max_rows: int = 512, use_cache: bool = True,
                  device: str | None = None, dtype: str | None = None, rolling_chunk: int = 64,
                  rolling_scoring: str = "left-to-right",
-                 gen_steps: int | None = None, gen_strategy: str | None = None, **kwargs: Any) -> None:
+                 gen_steps: int | None = None, gen_strategy: str | None = None, glm_blank: str = "gmask",
+                 **kwargs: Any) -> None:
         super().__init__()
         unknown = sorted(set(kwargs) - _IGNORED_ARGS)
         if unknown:
             raise BiglmError(f"biglm model_args: unknown argument '{unknown[0]}' (known: pretrained, scoring, "
                              "direction, beam, samples, seed, batch_size, max_rows, use_cache, device, dtype, "
-                             "rolling_chunk, rolling_scoring, gen_steps, gen_strategy)")
+                             "rolling_chunk, rolling_scoring, gen_steps, gen_strategy, glm_blank)")
         if dtype not in (None, "auto") and dtype not in _DTYPES:
             raise BiglmError(f"biglm model_args: dtype={dtype!r}: expected one of {', '.join(_DTYPES)}")
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
@@ -119,6 +121,10 @@ class BiGLMEvalModel(TemplateLM):
         self.rolling_chunk = int(rolling_chunk)
         self.rolling = dataclasses.replace(self.scoring, method=str(rolling_scoring))
         self.gen_steps, self.gen_strategy = gen_steps, gen_strategy
+        if glm_blank not in ("gmask", "mask"):
+            raise BiglmError(f"biglm model_args: glm_blank={glm_blank!r}: expected gmask or mask")
+        self.glm_blank = glm_blank
+        """GLM models: the blank after the context, ``[gMASK]`` (default) or ``[MASK]`` (short-blank models)."""
         self.stderrs: list[float] = []
         """mc-elbo: standard errors of the estimates of the last ``loglikelihood`` call."""
 
@@ -244,10 +250,11 @@ class BiGLMEvalModel(TemplateLM):
         return out  # type: ignore[return-value]
 
     # ---- autoregressive models ----------------------------------------------------------------------
-    def _glm_tokens(self) -> Any:
+    def _glm_tokens(self) -> tuple[Any, int]:
         from biglm.generate.glm import GLMTokens
 
-        return GLMTokens.from_tokenizer(self.tokenizer)
+        tokens = GLMTokens.from_tokenizer(self.tokenizer)
+        return tokens, tokens.gmask if self.glm_blank == "gmask" else tokens.mask
 
     def _ar_scores(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[Any]:
         from biglm.evaluate.ar_scoring import agreement, score_continuations
@@ -256,7 +263,8 @@ class BiGLMEvalModel(TemplateLM):
         bar = tqdm(total=None, desc=f"biglm chain rule {self.direction}", disable=disable_tqdm)
         try:
             if self.model.config.family == "glm":
-                return score_glm_continuations(self.model, pairs, self._glm_tokens(), progress=bar.update)
+                tokens, blank = self._glm_tokens()
+                return score_glm_continuations(self.model, pairs, tokens, blank=blank, progress=bar.update)
             scores = score_continuations(self.model, pairs, bos_token_id=self.prefix_token_id,
                                          eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
                                          direction=self.direction, progress=bar.update)
@@ -282,7 +290,8 @@ class BiGLMEvalModel(TemplateLM):
         bar = tqdm(total=None, desc=f"biglm rolling {self.direction}", disable=disable_tqdm)
         try:
             if self.model.config.family == "glm":
-                scores = score_glm_documents(self.model, docs, self._glm_tokens(), progress=bar.update)
+                tokens, blank = self._glm_tokens()
+                scores = score_glm_documents(self.model, docs, tokens, blank=blank, progress=bar.update)
             else:
                 scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
                                          eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
