@@ -24,18 +24,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ar_generate import best_of
-from ar_train_throughput import llama_like, make_step, rows_for
+from ar_train_throughput import rows_for
 from biglm.config import ModelConfig
 from biglm.generate.autoregressive import AROptions
 from biglm.generate.glm import GLMTokens, infill_ids
@@ -43,6 +39,7 @@ from biglm.model import BiGLM
 from biglm.objectives import ObjectiveConfig, build_criterion, build_objective
 from biglm.train.batches import ObjectiveBatcher, RowSeeds
 from biglm.train.metrics import flops_per_token
+from common import best_of, llama_like, machine_info, make_step
 
 RESULTS = Path(__file__).parent / "results" / "glm.json"
 SPECIALS = {"pad": 0, "mask": 1, "bos": 2, "eos": 3, "smask": 4, "gmask": 5, "sop": 6, "eop": 7}
@@ -63,10 +60,11 @@ def bench_train(shape: str, batch: int, seq_len: int, steps: int) -> dict[str, A
     transform_s = (time.perf_counter() - t) / 5
     model = BiGLM(cfg)
     criterion = build_criterion(ObjectiveConfig.from_preset("glm"))
-    fns = {"glm": make_step(model, lambda: criterion(model, b).terms["blank_infilling"] / b.num_targets)}
+    cpu = torch.device("cpu")
+    fns = {"glm": make_step(model, lambda: criterion(model, b).terms["blank_infilling"] / b.num_targets, cpu)}
     ids = raw["input_ids"]
     llama = llama_like(cfg)
-    fns["llama"] = make_step(llama, lambda: llama(input_ids=ids, labels=ids).loss)
+    fns["llama"] = make_step(llama, lambda: llama(input_ids=ids, labels=ids).loss, cpu)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(steps + 1):  # the first round warms up
         for key, fn in fns.items():
@@ -89,15 +87,7 @@ def bench_generate(shape: str, batches: list[int], prompt: int, new: int, repeat
     cfg = glm_config(shape)
     torch.manual_seed(0)
     ours = BiGLM(cfg).eval()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                     num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=2048, rms_norm_eps=cfg.norm_eps,
-                     rope_theta=cfg.rope_theta, tie_word_embeddings=True, bos_token_id=2, eos_token_id=3,
-                     pad_token_id=0)
-    hf._attn_implementation = "sdpa"
-    llama = LlamaForCausalLM(hf).eval()
+    llama = llama_like(cfg, bos_token_id=2, eos_token_id=3, pad_token_id=0).eval()
     llama.load_state_dict({k: v for k, v in ours.state_dict().items() if "rotary" not in k}, strict=False)
     llama.tie_weights()
     tokens = GLMTokens(**SPECIALS)
@@ -152,8 +142,7 @@ def main() -> None:
     for r in gen:
         print(f"{r['shape']:<11}{r['batch']:>6}{r['biglm_glm_tok_s']:>18.1f}{r['transformers_tok_s']:>20.1f}"
               f"{r['speedup']:>8.2f}×")
-    report = {"device": platform.processor() or "cpu", "threads": args.threads, "torch": torch.__version__,
-              "load_avg_1min": os.getloadavg()[0], "train": train, "generate": gen}
+    report = {**machine_info(), "train": train, "generate": gen}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
