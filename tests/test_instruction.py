@@ -13,6 +13,7 @@ from biglm import BiGLM, ModelConfig
 from biglm.checkpoint import model_state_dict, write_checkpoint
 from biglm.data.chat import ChatFields, fit_history, record_messages, render_prompt, set_chat_template
 from biglm.data.records import read_records
+from biglm.data.tokenizer import ensure_glm_tokens
 from biglm.errors import BiglmError
 from biglm.finetune import load_finetune_config
 from biglm.finetune.setup import prepare, read_split
@@ -32,8 +33,13 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
 
 def checkpoint(folder: Path, family: str = "masked", max_seq_len: int = 64) -> Path:
     torch.manual_seed(0)
-    cfg = ModelConfig("test", 64, 32, 1, 4, 2, 64, max_seq_len=max_seq_len, family=family)
-    return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, instruction_tokenizer())
+    tok = instruction_tokenizer()
+    glm = {}
+    if family == "glm":  # GLM's blank and span tokens, 2D positions
+        ensure_glm_tokens(tok)
+        glm = {"position_encoding": "rope-2d"}
+    cfg = ModelConfig("test", len(tok), 32, 1, 4, 2, 64, max_seq_len=max_seq_len, family=family, **glm)
+    return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, tok)
 
 
 def task_for(tmp_path: Path, records: list[dict], *overrides: str, family: str = "masked", max_seq_len: int = 64):
@@ -158,6 +164,26 @@ def test_autoregressive_models_put_the_loss_on_the_reply_only(tmp_path, family):
     assert labels[n:] == [*ex.target, task.ids.eos]  # position t predicts token t+1: the reply, then EOS
     loss = task.criterion()(BiGLM(prepared.cfg.model), batch)
     assert set(loss.terms) == {"mlm"} and int(loss.parts["y"][1]) == len(ex.target) + 1
+
+
+def test_glm_models_write_the_reply_in_part_b_after_gmask(tmp_path):
+    prepared, examples = task_for(tmp_path, [{"messages": CHAT}], family="glm")
+    task, ex = prepared.task, examples[0]
+    assert type(task).__name__ == "GLMInstructionTask" and not prepared.cfg.model.length_head
+    g = task.glm
+    batch = task.batcher()(examples, RowSeeds(0, 0))
+    a = [g.bos, *ex.source, g.gmask]  # the history (chat template) in part A, bidirectional
+    assert batch.layout.kind == "prefix_lm"
+    assert batch.input_ids[0].tolist() == [*a, g.sop, *ex.target]
+    assert batch.layout.regions[0].tolist() == [0] * len(a) + [1] * (len(ex.target) + 1)
+    assert batch.labels[0].tolist() == [IGNORE_INDEX] * len(a) + [*ex.target, g.eop]  # the reply, then [eop]
+    assert batch.position_ids[0, len(a):, 0].tolist() == [len(a) - 1] * (len(ex.target) + 1)  # at [gMASK]
+    loss = task.criterion()(BiGLM(prepared.cfg.model), batch)
+    assert torch.isfinite(loss.terms["blank_infilling"])
+    # Prediction fills the blank autoregressively (an untrained model: any text, one per example).
+    model = BiGLM(prepared.cfg.model).eval()
+    predictions = task.predict(model, examples)
+    assert len(predictions) == 1 and 1 <= predictions[0]["length"] <= task.max_target
 
 
 def test_instruction_records_read_through_the_record_readers(tmp_path):

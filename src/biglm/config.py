@@ -18,16 +18,24 @@ from biglm.errors import ConfigError, check
 # SmolLM's 49152-token vocabulary plus [MASK], rounded up to a multiple of 64 (the added token counts).
 PAPER_VOCAB = 49216
 
-MODEL_FAMILIES: tuple[str, ...] = ("masked", "causal", "bidirectional-ar")
+MODEL_FAMILIES: tuple[str, ...] = ("masked", "causal", "bidirectional-ar", "glm")
 """How a model is meant to be used; generation, evaluation, export and fine-tuning dispatch on it.
 
 - ``masked``: BiGLM / MLM, predicts [MASK]ed tokens (Mask-Predict decoding, masked scoring);
 - ``causal``: a left-to-right decoder (next-token prediction);
 - ``bidirectional-ar``: BatGPT's decoder trained left to right *and* right to left; a right-to-left
-  sequence is the reversed text read from an EOS marker (see ``biglm.objectives.autoregressive``).
+  sequence is the reversed text read from an EOS marker (see ``biglm.objectives.autoregressive``);
+- ``glm``: GLM's autoregressive blank infilling: part A (text with [MASK]/[sMASK]/[gMASK] blanks) read
+  bidirectionally, part B (the blanks' contents) written left to right; 2D positions
+  (see ``biglm.objectives.glm``).
 """
 
 ATTN_BACKENDS: tuple[str, ...] = ("sdpa", "flex")
+POSITION_ENCODINGS: tuple[str, ...] = ("rope", "rope-2d", "learned-2d")
+"""``rope``: RoPE on one position id. The two 2D forms take GLM's pair of ids per token (its position in
+part A, its position inside its span): ``rope-2d`` rotates half of the rotary dimensions by each id
+(as later GLM releases did), ``learned-2d`` adds two learned embeddings to the input and uses no RoPE
+(the GLM paper's form)."""
 
 
 @dataclass
@@ -72,7 +80,7 @@ class ModelConfig:
     """Number of length classes of the length head (lengths 0 .. max_target_length-1)."""
     span_head: bool = False
     """Add a span head (start and end logits per token) for extractive question answering."""
-    family: Literal["masked", "causal", "bidirectional-ar"] = "masked"
+    family: Literal["masked", "causal", "bidirectional-ar", "glm"] = "masked"
     """How the model is trained and used (see ``MODEL_FAMILIES``); checkpoints without it are ``masked``.
     A run config whose model section does not set it takes it from the objective."""
     attn_backend: Literal["sdpa", "flex"] = "sdpa"
@@ -80,6 +88,10 @@ class ModelConfig:
     block mask that skips fully masked blocks; no dense mask; compiled on first use; no dropout)."""
     attn_block_size: int = 128
     """Tokens per block of the ``flex`` backend's block mask (128 on GPU; tests use smaller ones)."""
+    position_encoding: Literal["rope", "rope-2d", "learned-2d"] = "rope"
+    """Positions: ``rope`` (one id), or GLM's two ids per token as ``rope-2d`` (half the rotary dimensions
+    per id) or ``learned-2d`` (two learned tables, no RoPE; the GLM paper's). A ``glm`` run whose model
+    section does not set it gets ``rope-2d``."""
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -109,11 +121,24 @@ class ModelConfig:
               f"ModelConfig.dropout={self.dropout}: attn_backend 'flex' has no attention dropout; use 'sdpa'")
         check(self.family in MODEL_FAMILIES,
               f"ModelConfig.family={self.family!r}: expected one of {', '.join(MODEL_FAMILIES)}")
+        check(self.position_encoding in POSITION_ENCODINGS,
+              f"ModelConfig.position_encoding={self.position_encoding!r}: expected one of "
+              f"{', '.join(POSITION_ENCODINGS)}")
+        check(self.family != "glm" or self.position_encoding != "rope",
+              "ModelConfig.position_encoding='rope': a glm model needs 2D positions ('rope-2d' or 'learned-2d')")
+        check(self.position_encoding != "rope-2d" or self.rotary_dim % 4 == 0,
+              f"ModelConfig.position_encoding='rope-2d': needs a multiple of 4 rotated dimensions per head "
+              f"(rotary_dim={self.rotary_dim})")
 
     @property
     def is_autoregressive(self) -> bool:
         """True for the families decoded token by token left to right (``causal``, ``bidirectional-ar``)."""
         return self.family in ("causal", "bidirectional-ar")
+
+    @property
+    def positions_2d(self) -> bool:
+        """True when the model takes GLM's two position ids per token (``position_ids`` (B, T, 2))."""
+        return self.position_encoding != "rope"
 
     @property
     def head_dim(self) -> int:
@@ -136,6 +161,8 @@ class ModelConfig:
             total += h * self.max_target_length + self.max_target_length
         if self.span_head:
             total += 2 * h + 2
+        if self.position_encoding == "learned-2d":
+            total += 2 * self.max_seq_len * h
         return total
 
     @classmethod
@@ -182,4 +209,15 @@ PRESETS: dict[str, ModelConfig] = {
     "demo": ModelConfig("demo", 8192, 128, 4, 4, 2, 352, max_seq_len=512, init_std=0.06),
     "tiny": ModelConfig("tiny", 8192, 256, 6, 4, 2, 704, max_seq_len=512),
     "micro": ModelConfig("micro", 512, 64, 2, 4, 2, 128, max_seq_len=256),
+    # GLM (§3.1): BERT-base / BERT-large shapes and the two multi-task sizes, sequence 512, dropout 0.1,
+    # BERT's 30k WordPiece vocabulary with GLM's special tokens (padded). SwiGLU inner sizes are ~8/3·hidden
+    # (multiples of 256), which keeps BERT's feed-forward parameter count.
+    "glm-base": ModelConfig("glm-base", 30592, 768, 12, 12, 12, 2048, max_seq_len=512, dropout=0.1,
+                            family="glm", position_encoding="rope-2d"),
+    "glm-large": ModelConfig("glm-large", 30592, 1024, 24, 16, 16, 2816, max_seq_len=512, dropout=0.1,
+                             family="glm", position_encoding="rope-2d"),
+    "glm-410m": ModelConfig("glm-410m", 30592, 1024, 30, 16, 16, 2816, max_seq_len=512, dropout=0.1,
+                            family="glm", position_encoding="rope-2d"),
+    "glm-515m": ModelConfig("glm-515m", 30592, 1152, 30, 18, 18, 3072, max_seq_len=512, dropout=0.1,
+                            family="glm", position_encoding="rope-2d"),
 }

@@ -62,11 +62,17 @@ def build_norm(config: ModelConfig) -> nn.Module:
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE on the first ``rotary_dim`` dimensions of each head (Llama's rotate-half convention)."""
+    """RoPE on the first ``rotary_dim`` dimensions of each head (Llama's rotate-half convention).
+
+    ``rope-2d`` (GLM's two position ids): the rotated dimensions are split in two halves, the first
+    rotated by the position in part A, the second by the position inside the span, each half with its
+    own frequencies over ``rotary_dim / 2`` dimensions (as later GLM releases did).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dim, self.theta = config.rotary_dim, config.rope_theta
+        self.parts = 2 if config.position_encoding == "rope-2d" else 1
+        self.dim, self.theta = config.rotary_dim // self.parts, config.rope_theta
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
 
     def _inv_freq(self) -> Tensor:
@@ -76,6 +82,10 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 
     def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        if self.parts == 2:  # (B, T, 2): each id rotates its own half; cos/sin (B, 1, T, 2·dim)
+            freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, 2, dim/2)
+            emb = torch.cat([freqs, freqs], dim=-1).flatten(-2)[:, None]
+            return emb.cos(), emb.sin()
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, dim/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, dim)
         return emb.cos(), emb.sin()
@@ -86,12 +96,19 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def rotate_halves(x: Tensor) -> Tensor:
+    """``rotate_half`` applied to each half of the last dimension separately (GLM's rope-2d), in one op."""
+    x = x.unflatten(-1, (2, 2, -1))  # (..., half, quarter, d/4)
+    return torch.stack([-x[..., 1, :], x[..., 0, :]], dim=-2).flatten(-3)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, parts: int = 1) -> Tensor:
     rot = cos.shape[-1]
+    turn = rotate_half if parts == 1 else rotate_halves  # rope-2d: each half of the rotated dims on its own
     if rot == x.shape[-1]:
-        return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+        return x * cos.to(x.dtype) + turn(x) * sin.to(x.dtype)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    x_rot = x_rot * cos.to(x.dtype) + rotate_half(x_rot) * sin.to(x.dtype)
+    x_rot = x_rot * cos.to(x.dtype) + turn(x_rot) * sin.to(x.dtype)
     return torch.cat([x_rot, x_pass], dim=-1)
 
 
@@ -100,18 +117,20 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.dropout = config.dropout
+        self.rope_parts = 2 if config.position_encoding == "rope-2d" else 1
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | BlockMask | None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | BlockMask | None,
                 past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if rope is not None:  # None: learned absolute positions (learned-2d)
+            q, k = apply_rotary(q, *rope, self.rope_parts), apply_rotary(k, *rope, self.rope_parts)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if isinstance(mask, BlockMask):  # the flex backend
@@ -147,7 +166,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | BlockMask | None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | BlockMask | None,
                 past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         h, kv = self.self_attn(self.input_layernorm(x), rope, mask, past)
         x = x + self.dropout(h)
@@ -163,6 +182,9 @@ class BiGLMModel(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config)
+        if config.position_encoding == "learned-2d":  # GLM's two learned position tables (names as GLM's)
+            self.position_embeddings = nn.Embedding(config.max_seq_len, config.hidden_size)
+            self.block_position_embeddings = nn.Embedding(config.max_seq_len, config.hidden_size)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = build_norm(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -175,6 +197,8 @@ class BiGLMModel(nn.Module):
         past_len = past.length if past is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).expand(B, T)
+        if self.config.positions_2d and position_ids.dim() == 2:  # one id given: inside-span position 0
+            position_ids = torch.stack([position_ids, torch.zeros_like(position_ids)], dim=-1)
         past_layout = past.layout if past else None
         if self.config.attn_backend == "flex" and T > 1:  # one-token decoding steps keep SDPA's mask row
             mask = layout_block_mask(layout, B, T, past_layout, past_len, input_ids.device,
@@ -187,8 +211,14 @@ class BiGLMModel(nn.Module):
             if torch.is_autocast_enabled(input_ids.device.type):
                 dtype = torch.get_autocast_dtype(input_ids.device.type)
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-        rope = self.rotary(position_ids)
-        x = self.dropout(self.embed_tokens(input_ids))
+        x = self.embed_tokens(input_ids)
+        if self.config.position_encoding == "learned-2d":
+            rope = None
+            x = x + self.position_embeddings(position_ids[..., 0])
+            x = x + self.block_position_embeddings(position_ids[..., 1])
+        else:
+            rope = self.rotary(position_ids)
+        x = self.dropout(x)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             layer_past = (past.keys[i], past.values[i]) if past is not None else None
@@ -276,7 +306,9 @@ class BiGLM(nn.Module):
         ``logits_mask`` (B, T) bool computes logits only at the selected positions (the masked ones in
         training), returned flat as (N, V). ``length_mask`` (B, T) bool selects the tokens mean-pooled
         by the length head (the prefix). ``past`` is a cache of earlier tokens of the same rows;
-        ``use_cache`` returns the cache extended by this call's tokens.
+        ``use_cache`` returns the cache extended by this call's tokens. ``position_ids`` are (B, T), or
+        (B, T, 2) for a model with 2D positions (``config.positions_2d``: GLM's position in part A and
+        position inside the span; (B, T) ids then mean inside-span position 0).
         """
         hidden, cache = self.model(input_ids, layout, position_ids, past, use_cache)
         selected = hidden[logits_mask] if logits_mask is not None else hidden

@@ -40,6 +40,8 @@ FAMILY_SCORERS: dict[str, Callable[[str], list[tuple[str, dict[str, Any]]]]] = {
     "masked": lambda scoring: [(scoring, {"scoring": scoring})],
     "causal": lambda scoring: [("l2r", {"direction": "l2r"})],
     "bidirectional-ar": lambda scoring: [(d, {"direction": d}) for d in ("l2r", "r2l", "mean")],
+    # the chain rule over part B after [gMASK], and after [MASK] (what a short-blank-only model was trained on)
+    "glm": lambda scoring: [("gMASK", {"glm_blank": "gmask"}), ("MASK", {"glm_blank": "mask"})],
 }
 """family -> the (label, BiGLMEvalModel arguments) each recipe of that family is scored with."""
 

@@ -26,6 +26,10 @@ log = logging.getLogger("biglm.data")
 # Attribute -> token string added when a loaded tokenizer lacks it (order fixes the new ids).
 DEFAULT_SPECIALS = {"bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[PAD]", "mask_token": "[MASK]"}
 TRAINED_SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "[MASK]"]
+# GLM's extra tokens (added only for GLM models): sentence and generation blanks, and the start / end of a
+# span in part B (the paper's [START] / [END]; the authors' code calls them sop / eop).
+GLM_SPECIALS = {"smask": "[sMASK]", "gmask": "[gMASK]", "sop": "[sop]", "eop": "[eop]"}
+SENTENCE_END_CHARS = ".!?"
 
 
 def padded_vocab_size(tokenizer: PreTrainedTokenizerFast, multiple: int = 64) -> int:
@@ -43,6 +47,34 @@ def ensure_special_tokens(tokenizer: PreTrainedTokenizerFast) -> list[str]:
         for attr, tok in missing.items():
             log.warning("tokenizer %s has no %s token: added %s", name, attr.removesuffix("_token"), tok)
     return list(missing.values())
+
+
+def ensure_glm_tokens(tokenizer: PreTrainedTokenizerFast) -> list[str]:
+    """Add GLM's special tokens (``GLM_SPECIALS``) that ``tokenizer`` lacks, after the existing ones (so the
+    ids of every other token stay as they are); return what was added."""
+    have = set(tokenizer.get_vocab())
+    missing = [t for t in GLM_SPECIALS.values() if t not in have]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return missing
+
+
+def glm_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """Ids of GLM's special tokens (``smask``, ``gmask``, ``sop``, ``eop``); one-line error when absent."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in GLM_SPECIALS.values() if t not in vocab]
+    check(not missing, f"tokenizer {tokenizer.name_or_path} lacks GLM's special tokens {', '.join(missing)} "
+          "(a glm model's checkpoint carries them; add them with biglm.data.tokenizer.ensure_glm_tokens)",
+          BiglmError)
+    return {name: int(vocab[tok]) for name, tok in GLM_SPECIALS.items()}
+
+
+def sentence_end_ids(tokenizer: PreTrainedTokenizerFast) -> tuple[int, ...]:
+    """Ids of the tokens that end a sentence (their text ends with ``.``, ``!`` or ``?``), for GLM's
+    sentence blanks; byte-level and WordPiece token strings keep these characters as they are."""
+    specials = set(tokenizer.all_special_tokens)
+    return tuple(sorted(i for t, i in tokenizer.get_vocab().items()
+                        if t not in specials and t.rstrip().endswith(tuple(SENTENCE_END_CHARS))))
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:

@@ -24,6 +24,12 @@ A *row* is a token sequence that starts with its direction's marker (``BOS …``
 
 Contexts too long for the model lose their tokens farthest from the continuation (and then their
 boundary marker target, which no longer holds).
+
+**GLM models** (family ``glm``) are scored by the same chain rule over part B, in one forward pass per
+batch: a continuation is the row ``BOS x [gMASK] | [sop] y`` (part A | part B; targets y), a whole text
+``BOS [gMASK] | [sop] x EOS`` (targets x and EOS; long texts in windows whose part A holds the
+preceding tokens). Part A is read bidirectionally, part B left to right (the ``prefix_lm`` layout),
+with GLM's 2D positions (B tokens at the [gMASK]'s position, 1, 2, … inside the span).
 """
 
 from __future__ import annotations
@@ -50,13 +56,34 @@ class RowScore:
     """How many leading targets are the model's arg-max."""
 
 
+def _layout(rows: list[tuple[Sequence[int], int]], part_a: Sequence[tuple[int, int]] | None, width: int,
+            device: torch.device) -> tuple[AttentionLayout, torch.Tensor | None]:
+    """The causal layout, or for GLM rows (``part_a``: (tokens in part A, index of the blank) per row)
+    the prefix-LM layout with 2D positions; padding (document id -1) right of each row."""
+    docs = torch.full((len(rows), width), -1, dtype=torch.int32)
+    for r, (seq, _) in enumerate(rows):
+        docs[r, :len(seq)] = 0
+    if part_a is None:
+        return AttentionLayout("causal", docs.to(device)), None
+    regions = torch.zeros(len(rows), width, dtype=torch.int8)
+    positions = torch.zeros(len(rows), width, 2, dtype=torch.long)
+    for r, ((seq, _), (a, blank)) in enumerate(zip(rows, part_a)):
+        regions[r, a:len(seq)] = 1
+        positions[r, :a, 0] = torch.arange(a)
+        positions[r, a:len(seq), 0] = blank  # part B sits at its blank's position
+        positions[r, a:len(seq), 1] = torch.arange(1, len(seq) - a + 1)
+    return AttentionLayout("prefix_lm", docs.to(device), regions.to(device)), positions.to(device)
+
+
 @torch.no_grad()
 def score_rows(model: nn.Module, rows: Sequence[tuple[Sequence[int], int]], *, pad_token_id: int = 0,
-               batch_tokens: int = 16384, progress: Callable[[int], None] | None = None) -> list[RowScore]:
+               batch_tokens: int = 16384, progress: Callable[[int], None] | None = None,
+               part_a: Sequence[tuple[int, int]] | None = None) -> list[RowScore]:
     """Chain-rule log-probabilities of ``rows`` = [(token ids, first target index)], batched by length.
 
     Rows are sorted by length and packed into batches of at most ``batch_tokens`` (padded) tokens;
-    padding is right of each row with document id -1 (so it changes nothing)."""
+    padding is right of each row with document id -1 (so it changes nothing). GLM rows give
+    ``part_a``: (how many leading tokens of the row are part A, the index of the blank its part B fills)."""
     max_len = model.config.max_seq_len
     for ids, start in rows:
         if len(ids) > max_len:
@@ -75,17 +102,16 @@ def score_rows(model: nn.Module, rows: Sequence[tuple[Sequence[int], int]], *, p
             hi = min(len(order), lo + max(1, batch_tokens // max(width, 1)))
             part = order[lo:hi]
             ids = torch.full((len(part), width), pad_token_id, dtype=torch.long)
-            docs = torch.full((len(part), width), -1, dtype=torch.int32)
             want = torch.zeros(len(part), width, dtype=torch.bool)  # positions whose logits predict a target
             for r, i in enumerate(part):
                 seq, start = rows[i]
                 ids[r, :len(seq)] = torch.as_tensor(list(seq))
-                docs[r, :len(seq)] = 0
                 want[r, start - 1:len(seq) - 1] = True
             gold = torch.zeros_like(ids)
             gold[:, :-1] = ids[:, 1:]
-            logits = model(ids.to(device), AttentionLayout("causal", docs.to(device)),
-                           logits_mask=want.to(device)).logits.float()
+            layout, positions = _layout([rows[i] for i in part], None if part_a is None else [part_a[i] for i in part],
+                                        width, device)
+            logits = model(ids.to(device), layout, positions, logits_mask=want.to(device)).logits.float()
             target = gold[want].to(device)
             gold_logit = logits.gather(1, target[:, None])[:, 0]
             logp = (gold_logit - logits.logsumexp(-1)).double().cpu()

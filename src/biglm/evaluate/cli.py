@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--direction", default=None, choices=("l2r", "r2l", "mean"),
                    help="causal / bidirectional-ar models: chain rule left to right (default), right to left, "
                         "or the mean of both (which also reports how far the two agree)")
+    p.add_argument("--glm-blank", default="gmask", choices=("gmask", "mask"),
+                   help="glm models: the blank after the context, [gMASK] (default) or [MASK] (models pretrained "
+                        "on short blanks only)")
     p.add_argument("--beam", type=int, default=1, help="greedy-order: orders kept (default 1)")
     p.add_argument("--samples", type=int, default=16, help="mc-elbo: samples per request (default 16)")
     p.add_argument("--seed", type=int, default=0, help="mc-elbo sampling seed")
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
     lm = BiGLMEvalModel(pretrained=args.ckpt, scoring=args.scoring, direction=args.direction, beam=args.beam,
                         samples=args.samples, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                        dtype=args.dtype)
+                        dtype=args.dtype, glm_blank=args.glm_blank)
     tm = task_manager(tasks, args.include_path)
     try:
         results = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit,

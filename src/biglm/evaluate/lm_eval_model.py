@@ -4,7 +4,10 @@ The checkpoint's family decides the scorer. ``causal`` and ``bidirectional-ar`` 
 the exact chain rule (``biglm.evaluate.ar_scoring``) in the direction given by ``direction`` (``l2r``,
 the default; ``r2l`` and ``mean`` for bidirectional-ar models), generate autoregressively, and with
 ``direction=mean`` record how far their two estimates agree (``direction_agreement``, also in the
-results' config). ``masked`` models are scored as follows.
+results' config). ``glm`` models are scored by the same chain rule over part B after ``[gMASK]``
+(``biglm.evaluate.glm_scoring``: continuation ``BOS x [gMASK] | [sop] y``, whole text
+``BOS [gMASK] | [sop] x EOS``; ``glm_blank=mask`` uses ``[MASK]``, for models pretrained on short blanks
+only) and generate by blank infilling. ``masked`` models are scored as follows.
 
     lm_eval --model biglm --model_args pretrained=RUN_OR_CKPT,scoring=greedy-order --tasks arc_easy \
             --batch_size 32
@@ -74,13 +77,14 @@ class BiGLMEvalModel(TemplateLM):
                  batch_size: int | str = 32, max_rows: int = 512, use_cache: bool = True,
                  device: str | None = None, dtype: str | None = None, rolling_chunk: int = 64,
                  rolling_scoring: str = "left-to-right",
-                 gen_steps: int | None = None, gen_strategy: str | None = None, **kwargs: Any) -> None:
+                 gen_steps: int | None = None, gen_strategy: str | None = None, glm_blank: str = "gmask",
+                 **kwargs: Any) -> None:
         super().__init__()
         unknown = sorted(set(kwargs) - _IGNORED_ARGS)
         if unknown:
             raise BiglmError(f"biglm model_args: unknown argument '{unknown[0]}' (known: pretrained, scoring, "
                              "direction, beam, samples, seed, batch_size, max_rows, use_cache, device, dtype, "
-                             "rolling_chunk, rolling_scoring, gen_steps, gen_strategy)")
+                             "rolling_chunk, rolling_scoring, gen_steps, gen_strategy, glm_blank)")
         if dtype not in (None, "auto") and dtype not in _DTYPES:
             raise BiglmError(f"biglm model_args: dtype={dtype!r}: expected one of {', '.join(_DTYPES)}")
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
@@ -103,7 +107,8 @@ class BiGLMEvalModel(TemplateLM):
             raise BiglmError("BiGLMEvalModel(model=...) also needs tokenizer=...")
         self.model = model.to(self._device, torch_dtype).eval() if torch_dtype else model.to(self._device).eval()
         self.tokenizer = tokenizer
-        self.autoregressive = bool(model.config.is_autoregressive)
+        # GLM models are scored by the chain rule over part B (``biglm.evaluate.glm_scoring``)
+        self.autoregressive = bool(model.config.is_autoregressive or model.config.family == "glm")
         self.direction = _check_direction(model.config.family, scoring, direction)
         self.direction_agreement: dict[str, dict[str, float]] = {}
         """With ``direction=mean``: L2R/R2L agreement of the last ``loglikelihood`` and rolling calls."""
@@ -116,6 +121,10 @@ class BiGLMEvalModel(TemplateLM):
         self.rolling_chunk = int(rolling_chunk)
         self.rolling = dataclasses.replace(self.scoring, method=str(rolling_scoring))
         self.gen_steps, self.gen_strategy = gen_steps, gen_strategy
+        if glm_blank not in ("gmask", "mask"):
+            raise BiglmError(f"biglm model_args: glm_blank={glm_blank!r}: expected gmask or mask")
+        self.glm_blank = glm_blank
+        """GLM models: the blank after the context, ``[gMASK]`` (default) or ``[MASK]`` (short-blank models)."""
         self.stderrs: list[float] = []
         """mc-elbo: standard errors of the estimates of the last ``loglikelihood`` call."""
 
@@ -241,11 +250,21 @@ class BiGLMEvalModel(TemplateLM):
         return out  # type: ignore[return-value]
 
     # ---- autoregressive models ----------------------------------------------------------------------
+    def _glm_tokens(self) -> tuple[Any, int]:
+        from biglm.generate.glm import GLMTokens
+
+        tokens = GLMTokens.from_tokenizer(self.tokenizer)
+        return tokens, tokens.gmask if self.glm_blank == "gmask" else tokens.mask
+
     def _ar_scores(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[Any]:
         from biglm.evaluate.ar_scoring import agreement, score_continuations
+        from biglm.evaluate.glm_scoring import score_glm_continuations
 
         bar = tqdm(total=None, desc=f"biglm chain rule {self.direction}", disable=disable_tqdm)
         try:
+            if self.model.config.family == "glm":
+                tokens, blank = self._glm_tokens()
+                return score_glm_continuations(self.model, pairs, tokens, blank=blank, progress=bar.update)
             scores = score_continuations(self.model, pairs, bos_token_id=self.prefix_token_id,
                                          eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
                                          direction=self.direction, progress=bar.update)
@@ -265,13 +284,18 @@ class BiGLMEvalModel(TemplateLM):
 
     def _ar_rolling(self, requests: list[Any], disable_tqdm: bool) -> list[float]:
         from biglm.evaluate.ar_scoring import agreement, score_documents
+        from biglm.evaluate.glm_scoring import score_glm_documents
 
         docs = [self.tok_encode(text) for (text,) in (r.args for r in requests)]
         bar = tqdm(total=None, desc=f"biglm rolling {self.direction}", disable=disable_tqdm)
         try:
-            scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
-                                     eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
-                                     direction=self.direction, progress=bar.update)
+            if self.model.config.family == "glm":
+                tokens, blank = self._glm_tokens()
+                scores = score_glm_documents(self.model, docs, tokens, blank=blank, progress=bar.update)
+            else:
+                scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
+                                         eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
+                                         direction=self.direction, progress=bar.update)
         finally:
             bar.close()
         if self.direction == "mean":
@@ -285,14 +309,14 @@ def _check_direction(family: str, scoring: str | None, direction: str | None) ->
     """The scoring direction of an autoregressive family (None for masked models), checked."""
     from biglm.evaluate.ar_scoring import AR_DIRECTIONS
 
-    if family in ("causal", "bidirectional-ar"):
+    if family in ("causal", "bidirectional-ar", "glm"):
         if scoring not in (None, "chain-rule"):
             raise BiglmError(f"scoring={scoring!r} is a masked-model method; a {family} model is scored by the "
                              "exact chain rule (choose direction=l2r, r2l or mean)")
         direction = direction or "l2r"
         if direction not in AR_DIRECTIONS:
             raise BiglmError(f"direction={direction!r}: expected one of {', '.join(AR_DIRECTIONS)}")
-        if direction != "l2r" and family != "bidirectional-ar":
+        if direction != "l2r" and family != "bidirectional-ar":  # GLM writes part B left to right
             raise BiglmError(f"direction={direction!r} needs a bidirectional-ar model (this one is {family})")
         return direction
     if direction is not None:

@@ -112,6 +112,14 @@ class Seq2SeqConfig:
     metrics: list[str] = field(default_factory=lambda: ["rouge", "bleu", "exact_match"])
     """Of rouge (1/2/L/Lsum, stemmed), bleu (sacrebleu BLEU-4), bleu2 (BLEU-2), distinct (Distinct-1/2), meteor
     (nltk; needs WordNet), exact_match."""
+    num_beams: int = 1
+    """GLM models (autoregressive decoding in part B): beam search with this many beams (1 = greedy)."""
+    no_repeat_ngram_size: int = 0
+    """GLM models: never repeat an n-gram of this size (GLM's summarisation: 3)."""
+    length_penalty: float = 1.0
+    """GLM models: beam score = sum log p / length ** this."""
+    min_target_length: int = 0
+    """GLM models: no [eop] before this many tokens."""
 
     section: ClassVar[str] = "task.seq2seq"
 
@@ -127,6 +135,9 @@ class Seq2SeqConfig:
         check(self.steps > 0 and self.length_candidates > 0, f"{w}.steps and length_candidates: must be > 0")
         check(self.length_rule in ("average", "joint"),
               f"{w}.length_rule={self.length_rule!r}: expected average or joint")
+        check(self.num_beams >= 1 and self.no_repeat_ngram_size >= 0 and self.min_target_length >= 0,
+              f"{w}.num_beams={self.num_beams}, no_repeat_ngram_size={self.no_repeat_ngram_size}, min_target_length="
+              f"{self.min_target_length}: need num_beams >= 1 and the others >= 0")
         known = ("rouge", "bleu", "bleu2", "distinct", "meteor", "exact_match")
         for m in self.metrics:
             check(m in known, f"{w}.metrics: unknown metric {m!r}; expected some of {', '.join(known)}")

@@ -65,7 +65,7 @@ def load_predictor(ckpt: str | Path, cfg: FinetuneConfig | None = None, device: 
     loaded = load_model(folder, device=device)
     if loaded.tokenizer is None:
         raise BiglmError(f"{folder}: the checkpoint has no tokenizer")
-    task = build_task(cfg, loaded.tokenizer, loaded.config.max_seq_len)
+    task = build_task(cfg, loaded.tokenizer, loaded.config.max_seq_len, loaded.config.family)
     needed = task.model_config(loaded.config)
     if needed != loaded.config:
         diff = ", ".join(f"model.{k}={getattr(needed, k)!r} (the checkpoint has {getattr(loaded.config, k)!r})"

@@ -57,7 +57,7 @@ def prepare(cfg: FinetuneConfig, source: Path | None = None) -> Prepared:
     tokenizer = load_tokenizer(init / "tokenizer")
     base = load_yaml(init / "model_config.yaml")
     model = ModelConfig.from_dict({**base, **cfg.model_overrides})
-    task = build_task(cfg, tokenizer, model.max_seq_len)
+    task = build_task(cfg, tokenizer, model.max_seq_len, model.family)
     cfg = dataclasses.replace(cfg, model=task.model_config(model))
     return Prepared(cfg, init, tokenizer, task)
 

@@ -2,7 +2,9 @@
 
 The model's family decides how: ``causal`` and ``bidirectional-ar`` models decode autoregressively
 with the KV cache (``biglm.generate.autoregressive``; ``direction='r2l'`` writes the text that comes
-before the prompt); ``masked`` models decode non-autoregressively as follows. Each prompt becomes
+before the prompt); ``glm`` models fill the prompt's ``[MASK]`` / ``[sMASK]`` / ``[gMASK]`` blanks left to
+right on the same loop (``biglm.generate.glm``; a prompt without a blank is continued); ``masked`` models
+decode non-autoregressively as follows. Each prompt becomes
 X = ``BOS prompt`` (tokenized without special tokens, no EOS); Y = L [MASK] tokens is refined over T
 passes by the chosen strategy (see ``biglm.generate.strategies``) with the exact prefix cache (see
 ``biglm.generate.engine``). The text is the decoded suffix up to its first EOS. A prompt longer than
@@ -134,7 +136,10 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
     ar = {"direction": direction, "num_beams": num_beams, "length_penalty": length_penalty,
           "no_repeat_ngram_size": no_repeat_ngram_size, "min_new_tokens": min_new_tokens,
           "early_stopping": early_stopping}
-    if not model.config.is_autoregressive:
+    decodes_ar = model.config.is_autoregressive or model.config.family == "glm"
+    if model.config.family == "glm" and direction != "l2r":
+        raise BiglmError("direction='r2l' is for bidirectional-ar models; a glm model fills blanks left to right")
+    if not decodes_ar:
         changed = [k for k, v in ar.items() if v != {"direction": "l2r", "num_beams": 1, "length_penalty": 1.0,
                                                       "no_repeat_ngram_size": 0, "min_new_tokens": 0,
                                                       "early_stopping": False}[k]]
@@ -154,9 +159,20 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
         if not text.strip():
             raise BiglmError(f"prompt {i} is {'blank (only whitespace)' if text else 'empty'}: give some text "
                              "to continue")
-        encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if model.config.family == "glm":  # blanks as single tokens, the space before one left to its span
+            from biglm.generate.glm import encode_prompt
+
+            encoded.append(encode_prompt(tokenizer, text))
+        else:
+            encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = special_ids(tokenizer)
-    if model.config.is_autoregressive:
+    if model.config.family == "glm":
+        if strategy_options:
+            raise BiglmError(f"blank infilling has no option '{sorted(strategy_options)[0]}'")
+        ar.pop("direction")
+        output = _generate_glm(model, encoded, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy,
+                               sampling=(temperature, top_k, top_p), seed=seed, use_cache=prefix_cache, **ar)
+    elif model.config.is_autoregressive:
         if strategy_options:
             raise BiglmError(f"autoregressive decoding has no option '{sorted(strategy_options)[0]}'")
         output = _generate_ar(model, encoded, ids, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy,
@@ -195,20 +211,45 @@ def resolve_ar_strategy(strategy: str | None, temperature: float, num_beams: int
     return strategy
 
 
-def _generate_ar(model: nn.Module, encoded: list[list[int]], ids: dict[str, int], tokenizer: Any, *,
-                 max_new_tokens: int, strategy: str | None, sampling: tuple[float, int, float], seed: int | None,
-                 use_cache: bool, direction: str, num_beams: int, length_penalty: float,
-                 no_repeat_ngram_size: int, min_new_tokens: int, early_stopping: bool) -> GenerationOutput:
+def _ar_options(model: nn.Module, tokenizer: Any, *, max_new_tokens: int, strategy: str | None,
+                sampling: tuple[float, int, float], num_beams: int, length_penalty: float, no_repeat_ngram_size: int,
+                min_new_tokens: int, early_stopping: bool, allow: Sequence[int] = ()) -> AROptions:
+    """The options of the autoregressive loop from ``generate``'s arguments (strategy checked)."""
     temperature, top_k, top_p = sampling
     strategy = resolve_ar_strategy(strategy, temperature, num_beams)
     if strategy == "sample" and temperature == 0:
         temperature = 1.0
-    options = AROptions(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                        sampling=SamplingConfig(temperature, top_k, top_p), num_beams=num_beams,
-                        length_penalty=length_penalty, early_stopping=early_stopping,
-                        no_repeat_ngram_size=no_repeat_ngram_size,
-                        banned_token_ids=tuple(banned_ids(tokenizer, model.config.vocab_size,
-                                                          allow=[ids["bos"]] if direction == "r2l" else ())))
+    return AROptions(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                     sampling=SamplingConfig(temperature, top_k, top_p), num_beams=num_beams,
+                     length_penalty=length_penalty, early_stopping=early_stopping,
+                     no_repeat_ngram_size=no_repeat_ngram_size,
+                     banned_token_ids=tuple(banned_ids(tokenizer, model.config.vocab_size, allow=allow)))
+
+
+def _generate_glm(model: nn.Module, encoded: list[list[int]], tokenizer: Any, *, max_new_tokens: int,
+                  seed: int | None, use_cache: bool, **options: Any) -> GenerationOutput:
+    """Blank infilling: a prompt with blanks gives the whole text with them filled, one without a blank
+    its continuation (the fill of the ``[gMASK]`` appended)."""
+    from biglm.generate.glm import GLMTokens, infill_ids
+
+    tokens = GLMTokens.from_tokenizer(tokenizer)
+    opts = _ar_options(model, tokenizer, max_new_tokens=max_new_tokens, **options)
+    result = infill_ids(model, encoded, tokens, options=opts, use_cache=use_cache, seed=seed)
+    out = [result.filled(tokens, i) if any(t in tokens.blanks for t in p) else result.fills[i][0]
+           for i, p in enumerate(encoded)]
+    return GenerationOutput(token_ids=out, full_token_ids=out, lengths=[len(t) for t in out],
+                            scores=[sum(s) for s in result.scores], prompt_lengths=[len(a) for a in result.part_a],
+                            forward_passes=result.forward_passes)
+
+
+def _generate_ar(model: nn.Module, encoded: list[list[int]], ids: dict[str, int], tokenizer: Any, *,
+                 max_new_tokens: int, strategy: str | None, sampling: tuple[float, int, float], seed: int | None,
+                 use_cache: bool, direction: str, num_beams: int, length_penalty: float,
+                 no_repeat_ngram_size: int, min_new_tokens: int, early_stopping: bool) -> GenerationOutput:
+    options = _ar_options(model, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy, sampling=sampling,
+                          num_beams=num_beams, length_penalty=length_penalty,
+                          no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                          early_stopping=early_stopping, allow=[ids["bos"]] if direction == "r2l" else ())
     result = generate_ar_ids(model, encoded, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                              pad_token_id=ids["pad"], direction=direction, options=options, use_cache=use_cache,
                              seed=seed)

@@ -16,17 +16,17 @@ from biglm.errors import BiglmError
 from biglm.grow.expand import ExpandSpec, Plan, expand_state, make_plan
 from biglm.model import BiGLM
 
-FAMILY_LAYOUTS = {"masked": "prefix_blind", "causal": "causal", "bidirectional-ar": "causal"}
+FAMILY_LAYOUTS = {"masked": "prefix_blind", "causal": "causal", "bidirectional-ar": "causal", "glm": "prefix_lm"}
 """The attention layout each family is used with (where the function check runs)."""
 
 
 def family_layout(family: str, rows: Tensor) -> AttentionLayout:
     """The family's layout over ``rows`` (B, T): prefix-blind with the second half as suffix (masked),
-    causal (autoregressive)."""
+    prefix-LM with the second half as part B (GLM), causal (autoregressive)."""
     kind = FAMILY_LAYOUTS.get(family)
     if kind is None:
         raise BiglmError(f"expand: no check layout for model family {family!r}")
-    if kind == "prefix_blind":
+    if kind in ("prefix_blind", "prefix_lm"):
         regions = torch.zeros(rows.shape, dtype=torch.int8)
         regions[:, rows.shape[1] // 2:] = 1
         return AttentionLayout(kind, None, regions.to(rows.device))

@@ -28,7 +28,9 @@ class BiGLMConfig(PretrainedConfig):
     ``tie_embeddings``, ``init_std``, ``scaled_residual_init``, ``length_head`` (Mask-Predict length
     classifier on the mean-pooled prefix), ``max_target_length`` (its number of classes), ``span_head``
     (start/end logits for extractive question answering, ``BiGLMForQuestionAnswering``) and ``family``
-    (``masked``, ``causal`` or ``bidirectional-ar``: how the model is meant to be used).
+    (``masked``, ``causal``, ``bidirectional-ar`` or ``glm``: how the model is meant to be used);
+    ``position_encoding`` (``rope``, or GLM's 2D positions ``rope-2d`` / ``learned-2d``) and, for GLM
+    models, ``glm_token_ids`` (ids of ``[sMASK]``, ``[gMASK]``, ``[sop]``, ``[eop]``).
     ``attn_backend`` / ``attn_block_size`` record biglm's attention kernel choice (``sdpa`` or ``flex``) for
     round trips; the transformers model always uses SDPA with the layout's mask.
     ``biglm_format_version`` records the biglm checkpoint format the weights came from.
@@ -67,6 +69,8 @@ class BiGLMConfig(PretrainedConfig):
         family: str = "masked",
         attn_backend: str = "sdpa",
         attn_block_size: int = 128,
+        position_encoding: str = "rope",
+        glm_token_ids: dict[str, int] | None = None,
         biglm_format_version: int = BIGLM_FORMAT_VERSION,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -79,6 +83,9 @@ class BiGLMConfig(PretrainedConfig):
         if hidden_size % num_heads or num_heads % num_kv_heads:
             raise ValueError(f"BiGLMConfig: num_heads={num_heads} must divide hidden_size={hidden_size} "
                              f"and num_kv_heads={num_kv_heads} must divide num_heads")
+        if position_encoding not in ("rope", "rope-2d", "learned-2d"):
+            raise ValueError(f"BiGLMConfig.position_encoding={position_encoding!r}: expected rope, rope-2d or "
+                             "learned-2d")
         if not 0.0 < rotary_fraction <= 1.0:
             raise ValueError(f"BiGLMConfig.rotary_fraction={rotary_fraction}: must be in (0, 1]")
         self.name = name
@@ -102,6 +109,8 @@ class BiGLMConfig(PretrainedConfig):
         self.family = family
         self.attn_backend = attn_backend
         self.attn_block_size = attn_block_size
+        self.position_encoding = position_encoding
+        self.glm_token_ids = dict(glm_token_ids or {})
         self.biglm_format_version = biglm_format_version
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id

@@ -187,6 +187,8 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
         from biglm.hf.causal import write_causal_lm
 
         write_causal_lm(loaded, tmp)
+    elif loaded.config.family == "glm":
+        _write_glm(loaded, tmp)
     else:
         _write_masked_lm(loaded, tmp)
     if out.exists():  # --force: the old folder goes only once the new one is whole
@@ -217,6 +219,35 @@ def _write_masked_lm(loaded: Any, tmp: Path) -> None:
         "model = AutoModelForMaskedLM.from_pretrained(PATH, trust_remote_code=True)\n"
         "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)\n```\n\n"
         "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n")
+
+
+def _write_glm(loaded: Any, tmp: Path) -> None:
+    """A GLM model: remote code ``BiGLMForBlankInfilling`` (``AutoModelForSeq2SeqLM``, as GLM's own
+    releases map it) with GLM's special ids in the config."""
+    from biglm.data.tokenizer import glm_token_ids
+
+    state = to_hf_state_dict(model_state_dict(loaded.model), loaded.config)
+    dtype = loaded.model.model.embed_tokens.weight.dtype
+    cfg = hf_config(loaded.config, loaded.tokenizer, dtype, int(loaded.meta.get("step", 0)))
+    cfg.glm_token_ids = glm_token_ids(loaded.tokenizer)
+    cfg.auto_map = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
+                    "AutoModelForSeq2SeqLM": "modeling_biglm.BiGLMForBlankInfilling"}
+    cfg.architectures = ["BiGLMForBlankInfilling"]
+    cfg.save_pretrained(str(tmp))
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    for name in REMOTE_CODE:
+        shutil.copyfile(Path(__file__).with_name(name), tmp / name)
+    loaded.tokenizer.save_pretrained(str(tmp))
+    (tmp / "README.md").write_text(
+        f"---\nlibrary_name: transformers\ntags: [biglm, glm, blank-infilling]\n---\n# {loaded.config.name}\n\n"
+        "A GLM (autoregressive blank infilling) exported by `biglm export-hf`.\n\n"
+        "```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
+        "model = AutoModelForSeq2SeqLM.from_pretrained(PATH, trust_remote_code=True)\n"
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)\n"
+        "print(model.infill(tokenizer, 'The [MASK] sat on the mat.'))\n```\n\n"
+        "Rows are part A (text with [MASK]/[sMASK]/[gMASK] blanks) then part B ([sop] span per blank); pass "
+        "`regions` (0 = A, 1 = B) and `position_ids` (B, T, 2): (position in A or the blank's, position in "
+        "the span).\n")
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:

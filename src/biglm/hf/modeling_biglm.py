@@ -1,6 +1,7 @@
 """transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM``,
-``BiGLMForQuestionAnswering`` and ``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout
-Llama cannot express: LayerNorm or partial rotary; with a KV cache for ``generate()``).
+``BiGLMForQuestionAnswering``, ``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout
+Llama cannot express: LayerNorm or partial rotary; with a KV cache for ``generate()``) and
+``BiGLMForBlankInfilling`` (GLM models: 2D positions, part A / part B attention, ``infill()``).
 
 SELF-CONTAINED: this file imports only torch and transformers (and its sibling
 ``configuration_biglm``), because ``biglm export-hf`` copies it next to the weights as remote code.
@@ -14,7 +15,12 @@ Attention (one boolean mask shared by all layers, given to ``scaled_dot_product_
   padding (biglm's document id -1), so padded rows give the same outputs as unpadded ones;
 - ``regions`` (B, T) with 0 = prefix X, 1 = suffix Y: BiGLM's prefix-blind mask, X attends X only and
   Y attends X and Y (``AttentionLayout("prefix_blind", ...)``);
+- for GLM models (``config.family == "glm"``) ``regions`` mean part A (0) and part B (1): A attends A;
+  a B token attends A and the B tokens up to itself (GLM's ``prefix_lm`` layout);
 - a 4D ``attention_mask`` (B, 1, T, T) (bool, True = may attend, or additive float) is used as given.
+
+GLM models take ``position_ids`` (B, T, 2): the position in part A (for B tokens, their blank's) and the
+position inside the span (0 in A); (B, T) ids mean inside-span position 0.
 
 ``token_type_ids`` (returned by some tokenizers) are accepted and ignored. Positions default to
 ``arange(T)``: pass ``position_ids`` for left-padded batches.
@@ -59,27 +65,40 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """RoPE on the first ``cos.shape[-1]`` dimensions of each head (Llama's rotate-half convention)."""
+def rotate_halves(x: Tensor) -> Tensor:
+    """``rotate_half`` applied to each half of the last dimension separately (GLM's rope-2d), in one op."""
+    x = x.unflatten(-1, (2, 2, -1))  # (..., half, quarter, d/4)
+    return torch.stack([-x[..., 1, :], x[..., 0, :]], dim=-2).flatten(-3)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, parts: int = 1) -> Tensor:
+    """RoPE on the first ``cos.shape[-1]`` dimensions of each head (Llama's rotate-half convention);
+    ``parts=2`` (GLM's rope-2d): the two halves of those dimensions rotated separately."""
     rot = cos.shape[-1]
+    turn = rotate_half if parts == 1 else rotate_halves  # rope-2d: each half of the rotated dims on its own
     if rot == x.shape[-1]:
-        return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+        return x * cos.to(x.dtype) + turn(x) * sin.to(x.dtype)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    x_rot = x_rot * cos.to(x.dtype) + rotate_half(x_rot) * sin.to(x.dtype)
+    x_rot = x_rot * cos.to(x.dtype) + turn(x_rot) * sin.to(x.dtype)
     return torch.cat([x_rot, x_pass], dim=-1)
 
 
 def rotary_cos_sin(config: BiGLMConfig, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, 1, T, rotary_dim) cos and sin in float32; frequencies computed on the CPU as in biglm."""
-    dim = config.rotary_dim
+    """(B, 1, T, rotary_dim) cos and sin in float32; frequencies computed on the CPU as in biglm
+    (rope-2d: each of the two ids over its half of the rotated dimensions)."""
+    parts = 2 if getattr(config, "position_encoding", "rope") == "rope-2d" else 1
+    dim = config.rotary_dim // parts
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    emb = (emb.flatten(-2) if parts == 2 else emb)[:, None]
     return emb.cos(), emb.sin()
 
 
-def build_attention_mask(attention_mask: Tensor | None, regions: Tensor | None) -> Tensor | None:
-    """The (B, 1, T, T) mask (True = may attend) for padding and prefix-blind regions, or None."""
+def build_attention_mask(attention_mask: Tensor | None, regions: Tensor | None,
+                         prefix_lm: bool = False) -> Tensor | None:
+    """The (B, 1, T, T) mask (True = may attend) for padding and prefix-blind regions (GLM: prefix-LM
+    regions), or None."""
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask
     if regions is None and (attention_mask is None or bool(attention_mask.all())):
@@ -89,7 +108,12 @@ def build_attention_mask(attention_mask: Tensor | None, regions: Tensor | None) 
     allowed = real[:, :, None] == real[:, None, :]
     if regions is not None:
         suffix = regions.bool()
-        allowed = allowed & (~suffix[:, None, :] | suffix[:, :, None])
+        if prefix_lm:  # GLM: keys in part A, or earlier part B keys for a part B query
+            T = suffix.shape[1]
+            earlier = torch.ones(T, T, dtype=torch.bool, device=suffix.device).tril()
+            allowed = allowed & (~suffix[:, None, :] | (suffix[:, :, None] & earlier))
+        else:
+            allowed = allowed & (~suffix[:, None, :] | suffix[:, :, None])
     return allowed[:, None]
 
 
@@ -112,6 +136,7 @@ class BiGLMAttention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
+        self.rope_parts = 2 if getattr(config, "position_encoding", "rope") == "rope-2d" else 1
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
@@ -123,7 +148,8 @@ class BiGLMAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos is not None:  # None: learned absolute positions (GLM's learned-2d)
+            q, k = apply_rotary(q, cos, sin, self.rope_parts), apply_rotary(k, cos, sin, self.rope_parts)
         if cache is not None:  # a transformers Cache: keys/values after RoPE, as biglm's KVCache
             k, v = cache.update(k, v, layer_idx)
         y = F.scaled_dot_product_attention(
@@ -196,6 +222,9 @@ class BiGLMModel(BiGLMPreTrainedModel):
     def __init__(self, config: BiGLMConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if getattr(config, "position_encoding", "rope") == "learned-2d":
+            self.position_embeddings = nn.Embedding(config.max_seq_len, config.hidden_size)
+            self.block_position_embeddings = nn.Embedding(config.max_seq_len, config.hidden_size)
         self.layers = nn.ModuleList(BiGLMBlock(config) for _ in range(config.num_layers))
         self.norm = build_norm(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -232,11 +261,19 @@ class BiGLMModel(BiGLMPreTrainedModel):
         past = int(cache.get_seq_length()) if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
-        cos, sin = rotary_cos_sin(self.config, position_ids)
+        encoding = getattr(self.config, "position_encoding", "rope")
+        if encoding != "rope" and position_ids.dim() == 2:
+            position_ids = torch.stack([position_ids, torch.zeros_like(position_ids)], dim=-1)
+        if encoding == "learned-2d":
+            cos = sin = None
+            x = x + self.position_embeddings(position_ids[..., 0])
+            x = x + self.block_position_embeddings(position_ids[..., 1])
+        else:
+            cos, sin = rotary_cos_sin(self.config, position_ids)
         if causal:
             mask = build_causal_mask(attention_mask, B, T, past, x.device)
         else:
-            mask = build_attention_mask(attention_mask, regions)
+            mask = build_attention_mask(attention_mask, regions, prefix_lm=self.config.family == "glm")
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(x.dtype)
         output_hidden_states = output_hidden_states if output_hidden_states is not None \
@@ -418,3 +455,70 @@ class BiGLMForCausalLM(BiGLMPreTrainedModel, GenerationMixin):
                                    ignore_index=-100)
         field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{field: cache})
+
+
+class BiGLMForBlankInfilling(BiGLMForMaskedLM):
+    """A GLM model (``family: glm``): logits (B, T, V) under the part A / part B layout given by
+    ``regions`` and 2D ``position_ids``, and ``infill()``, which fills the blanks of a text greedily.
+
+    A training or scoring row is ``part A | part B``: part A the text with each blank as one ``[MASK]``,
+    ``[sMASK]`` or ``[gMASK]`` token (``BOS`` first), part B ``[sop] span`` per blank, at the 2D
+    position (the blank's position in A, 1, 2, ...)."""
+
+    @torch.no_grad()
+    def infill(self, tokenizer: Any, text: str, max_new_tokens: int = 32) -> str:
+        """``text`` with every ``[MASK]`` / ``[sMASK]`` / ``[gMASK]`` filled left to right (greedy, one full
+        forward pass per token; ``biglm generate`` does the same with the KV cache and beam search). A
+        text without a blank is continued (``[gMASK]`` appended)."""
+        ids = self.config.glm_token_ids
+        bos, eos = self.config.bos_token_id, self.config.eos_token_id
+        blanks = {self.config.mask_token_id, ids["smask"], ids["gmask"]}
+        # blanks as single tokens; the whitespace before a blank belongs to its span (as in training)
+        pieces, rest = [], text  # text, blank, text, blank, ..., text
+        while True:
+            hits = [(rest.find(b), b) for b in ("[MASK]", "[sMASK]", "[gMASK]") if b in rest]
+            if not hits:
+                pieces.append(rest)
+                break
+            at, blank_text = min(hits)
+            pieces += [rest[:at], blank_text]
+            rest = rest[at + len(blank_text):]
+        prompt: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                prompt.append(int(tokenizer.convert_tokens_to_ids(piece)))
+            elif (piece.rstrip() if i + 1 < len(pieces) else piece):
+                prompt += tokenizer(piece.rstrip() if i + 1 < len(pieces) else piece,
+                                    add_special_tokens=False)["input_ids"]
+        a = [bos, *prompt] + ([] if any(t in blanks for t in prompt) else [ids["gmask"]])
+        if a[-1] != ids["gmask"]:
+            a.append(eos)
+        device = self.lm_head.weight.device
+        seq, pos, reg = list(a), [(i, 0) for i in range(len(a))], [0] * len(a)
+        banned = [*blanks, ids["sop"], bos, self.config.pad_token_id]
+        banned = [t for t in banned if t is not None and t != eos] + list(range(len(tokenizer), self.config.vocab_size))
+        fills = []
+        for blank in [i for i, t in enumerate(a) if t in blanks]:
+            seq.append(ids["sop"])
+            pos.append((blank, 1))
+            reg.append(1)
+            fill: list[int] = []
+            for _ in range(max_new_tokens):
+                logits = self(torch.tensor([seq], device=device), regions=torch.tensor([reg], device=device),
+                              position_ids=torch.tensor([pos], device=device)).logits[0, -1]
+                logits[banned] = float("-inf")
+                token = int(logits.argmax())
+                if token in (ids["eop"], eos):
+                    break
+                fill.append(token)
+                seq.append(token)
+                pos.append((blank, len(fill) + 1))
+                reg.append(1)
+            fills.append(fill)
+        out, it = [], iter(fills)
+        for t in a[1:]:
+            if t in blanks:
+                out += next(it)
+            elif t != eos:
+                out.append(t)
+        return tokenizer.decode(out, skip_special_tokens=True)

@@ -7,7 +7,7 @@ called as ``objective(input_ids, document_ids, generator) -> Batch``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -23,9 +23,11 @@ from biglm.objectives.config import (
     BidirectionalARObjectiveConfig,
     BiGLMObjectiveConfig,
     CausalObjectiveConfig,
+    GLMObjectiveConfig,
     MLMObjectiveConfig,
     ObjectiveConfig,
 )
+from biglm.objectives.glm import GLMObjective
 from biglm.objectives.loss import Criterion, LossParts, MaskedLMCriterion, masked_lm_loss
 from biglm.objectives.mlm import MLMObjective
 
@@ -39,6 +41,7 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "mlm": MLMObjective,
     "causal": AutoregressiveObjective,
     "bidirectional-ar": AutoregressiveObjective,
+    "glm": GLMObjective,
 }
 assert set(OBJECTIVES) == set(OBJECTIVE_NAMES), "every objective needs a config section and a registry entry"
 
@@ -46,18 +49,21 @@ assert set(OBJECTIVES) == set(OBJECTIVE_NAMES), "every objective needs a config 
 def build_criterion(config: ObjectiveConfig) -> Criterion:
     """The loss an objective trains with: masked-token cross-entropy with the X / Y parts, or for the
     autoregressive objectives the next-token cross-entropy with the L2R / R2L parts (``loss_l2r``,
-    ``loss_r2l`` in the metrics)."""
+    ``loss_r2l`` in the metrics); ``glm``: the cross-entropy over part B (term ``blank_infilling``)."""
     if config.name in ("causal", "bidirectional-ar"):
         return MaskedLMCriterion(term="next_token", parts=("l2r", "r2l"))
+    if config.name == "glm":
+        return MaskedLMCriterion(term="blank_infilling", parts=("a", "b"))
     return MaskedLMCriterion()
 
 
 def build_objective(config: ObjectiveConfig, mask_token_id: int, vocab_size: int,
-                    specials: Mapping[str, int] | None = None) -> Objective:
+                    specials: Mapping[str, Any] | None = None) -> Objective:
     """The objective named by ``config.name``, configured by its section of ``config``.
 
     ``specials`` maps ``bos``, ``eos``, ``pad`` (and ``mask``) to token ids, for objectives that
-    need more than [MASK] (the autoregressive ones mark directions with BOS/EOS).
+    need more than [MASK] (the autoregressive ones mark directions with BOS/EOS; ``glm`` also needs
+    ``smask``, ``gmask``, ``sop``, ``eop`` and optionally ``sentence_ends``, a collection of ids).
     """
     if config.name not in OBJECTIVES:
         raise ConfigError(f"objective.name={config.name!r}: expected one of {', '.join(OBJECTIVES)}")
@@ -76,6 +82,8 @@ __all__ = [
     "BidirectionalARObjectiveConfig",
     "CausalObjectiveConfig",
     "Criterion",
+    "GLMObjective",
+    "GLMObjectiveConfig",
     "LossParts",
     "MLMObjective",
     "MLMObjectiveConfig",

@@ -116,14 +116,61 @@ class BidirectionalARObjectiveConfig:
               f"objective.bidirectional_ar.r2l_fraction={self.r2l_fraction}: must be in [0, 1]")
 
 
+@dataclass
+class GLMObjectiveConfig:
+    """GLM's autoregressive blank infilling (see ``biglm.objectives.glm``); each packed row draws one task
+    with the probabilities ``blank_prob`` / ``sentence_prob`` / ``gen_prob`` (they must sum to 1)."""
+
+    blank_prob: float = 1.0
+    """Share of rows with short spans (Poisson lengths, ``[MASK]``): the paper's BERT-style objective."""
+    sentence_prob: float = 0.0
+    """Share of rows with whole-sentence spans (``[sMASK]``)."""
+    gen_prob: float = 0.0
+    """Share of rows with one long span at the document's end (``[gMASK]``)."""
+    mask_ratio: float = 0.15
+    """Blank task: spans are drawn until at least this share of each document is covered."""
+    poisson_lambda: float = 3.0
+    """Blank task: span lengths ~ Poisson(lambda) truncated to 1..max_span."""
+    max_span: int = 39
+    """Blank task: the longest span (the authors truncate at 39)."""
+    sentence_ratio: float = 0.15
+    """Sentence task: whole sentences are drawn until at least this share of each document is covered."""
+    gen_min_ratio: float = 0.5
+    """Generation task: the span covers a share of the document uniform in [gen_min_ratio, gen_max_ratio]
+    (paper: 0.5–1.0; the authors' 10B model: 0.25–1.0)."""
+    gen_max_ratio: float = 1.0
+    """Generation task: the largest share of the document the span covers."""
+    shuffle_spans: bool = True
+    """Put the spans into part B in a random order (eq. 3's permutation); False keeps text order."""
+    min_loss_tokens: int = 12
+    """Documents (pieces) with fewer tokens stay in the row, in part A, without blanks or loss."""
+    reset_position_ids: bool = True
+    """Part A positions restart at 0 at every packed document (each is its own GLM sample)."""
+
+    def __post_init__(self) -> None:
+        probs = (self.blank_prob, self.sentence_prob, self.gen_prob)
+        check(all(p >= 0 for p in probs) and abs(sum(probs) - 1.0) < 1e-6,
+              f"objective.glm.blank_prob/sentence_prob/gen_prob={list(probs)}: must be >= 0 and sum to 1")
+        for f in ("mask_ratio", "sentence_ratio"):
+            v = getattr(self, f)
+            check(0.0 < v < 1.0, f"objective.glm.{f}={v}: must be in (0, 1)")
+        check(self.poisson_lambda > 0, f"objective.glm.poisson_lambda={self.poisson_lambda}: must be > 0")
+        check(self.max_span >= 1, f"objective.glm.max_span={self.max_span}: must be >= 1")
+        check(0.0 < self.gen_min_ratio <= self.gen_max_ratio <= 1.0,
+              f"objective.glm.gen_min_ratio={self.gen_min_ratio}, gen_max_ratio={self.gen_max_ratio}: "
+              "need 0 < min <= max <= 1")
+        check(self.min_loss_tokens >= 2, f"objective.glm.min_loss_tokens={self.min_loss_tokens}: must be >= 2")
+
+
 # Every objective has a section named after it (``-`` as ``_``) below and an entry in
 # ``biglm.objectives.OBJECTIVES``; ``OBJECTIVE_FAMILIES`` says which model families it trains.
-OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm", "causal", "bidirectional-ar")
+OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm", "causal", "bidirectional-ar", "glm")
 OBJECTIVE_FAMILIES: dict[str, tuple[str, ...]] = {
     "biglm": ("masked",),
     "mlm": ("masked",),
     "causal": ("causal", "bidirectional-ar"),  # first: the family a run gets when the model section is silent
     "bidirectional-ar": ("bidirectional-ar",),
+    "glm": ("glm",),
 }
 
 
@@ -138,7 +185,8 @@ class ObjectiveConfig:
 
     name: str = "biglm"
     """The objective: ``biglm`` (the paper's), ``mlm`` (classic masked LM), ``causal`` (next-token
-    prediction) or ``bidirectional-ar`` (BatGPT's left-to-right and right-to-left next-token prediction)."""
+    prediction), ``bidirectional-ar`` (BatGPT's left-to-right and right-to-left next-token prediction) or
+    ``glm`` (GLM's autoregressive blank infilling)."""
     biglm: BiGLMObjectiveConfig = field(default_factory=BiGLMObjectiveConfig)
     """Settings of the ``biglm`` objective."""
     mlm: MLMObjectiveConfig = field(default_factory=MLMObjectiveConfig)
@@ -147,6 +195,8 @@ class ObjectiveConfig:
     """Settings of the ``causal`` objective."""
     bidirectional_ar: BidirectionalARObjectiveConfig = field(default_factory=BidirectionalARObjectiveConfig)
     """Settings of the ``bidirectional-ar`` objective."""
+    glm: GLMObjectiveConfig = field(default_factory=GLMObjectiveConfig)
+    """Settings of the ``glm`` objective."""
 
     def __post_init__(self) -> None:
         check(self.name in OBJECTIVE_NAMES,
@@ -182,6 +232,13 @@ OBJECTIVE_PRESETS: dict[str, ObjectiveConfig] = {
     # BatGPT §3.1: the autoregressive baseline and the bidirectional autoregressive objective (eq. 1).
     "causal": ObjectiveConfig("causal"),
     "bidirectional-ar": ObjectiveConfig("bidirectional-ar"),
+    # GLM (§2.3, §3.3; the authors' 10B mixture): short blanks, sentence blanks, one long generation blank.
+    "glm": ObjectiveConfig("glm"),
+    "glm-sent": ObjectiveConfig("glm", glm=GLMObjectiveConfig(blank_prob=0.0, sentence_prob=1.0)),
+    "glm-gen": ObjectiveConfig("glm", glm=GLMObjectiveConfig(blank_prob=0.0, gen_prob=1.0)),
+    "glm-multitask": ObjectiveConfig("glm", glm=GLMObjectiveConfig(blank_prob=0.5, gen_prob=0.5)),
+    "glm-mixture": ObjectiveConfig("glm", glm=GLMObjectiveConfig(blank_prob=0.5, sentence_prob=0.3, gen_prob=0.2,
+                                                                 gen_min_ratio=0.25)),
     "biglm-alpha-0.1": _biglm(alpha=0.1),
     "biglm-alpha-0.3": _biglm(alpha=0.3),
     "biglm-alpha-0.4": _biglm(alpha=0.4),

@@ -96,7 +96,7 @@ def pad_batch(batch: Batch, width: int) -> Batch:
     n = width - T
     if n == 0:
         return batch
-    pad = lambda t, value: torch.cat([t, t.new_full((B, n), value)], dim=1)
+    pad = lambda t, value: torch.cat([t, t.new_full((B, n, *t.shape[2:]), value)], dim=1)  # (B, T[, 2])
     docs = batch.layout.document_ids
     docs = torch.zeros(B, T, dtype=torch.int32) if docs is None else docs
     regions = batch.layout.regions

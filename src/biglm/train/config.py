@@ -264,6 +264,8 @@ class RunConfig:
             model["vocab_size"] = vocab
         objective = _objective(dict(data.get("objective") or {}))
         model.setdefault("family", objective.families[0])  # the objective decides unless the model section does
+        if model["family"] == "glm":
+            model.setdefault("position_encoding", "rope-2d")  # GLM needs 2D positions; RoPE form by default
         return cls(model=ModelConfig.from_dict(model), objective=objective,
                    data=DataConfig.from_dict(dict(data.get("data") or {})),
                    train=from_dict(TrainConfig, dict(data.get("train") or {}), "train"),

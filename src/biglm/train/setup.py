@@ -56,8 +56,16 @@ def load_data(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
     info = prepared.tokenizer
     specials = {"bos": info.bos_token_id, "eos": info.eos_token_id, "pad": info.pad_token_id,
                 "mask": info.mask_token_id}
-    return DataBundle(train, val, mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
-                      n_tokens=info.n_tokens, tokenizer=tokenizer, anneal=bool(prepared.anneal_sources),
+    vocab_size, n_tokens = info.vocab_size, info.n_tokens
+    if cfg.model.family == "glm":
+        # Added after the data is tokenised (the cache stays shared with other recipes): new ids only.
+        from biglm.data.tokenizer import ensure_glm_tokens, glm_token_ids, padded_vocab_size, sentence_end_ids
+
+        ensure_glm_tokens(tokenizer)
+        specials.update(glm_token_ids(tokenizer), sentence_ends=sentence_end_ids(tokenizer))
+        vocab_size, n_tokens = padded_vocab_size(tokenizer), len(tokenizer)
+    return DataBundle(train, val, mask_token_id=info.mask_token_id, vocab_size=vocab_size,
+                      n_tokens=n_tokens, tokenizer=tokenizer, anneal=bool(prepared.anneal_sources),
                       special_ids=specials)
 
 

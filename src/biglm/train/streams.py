@@ -45,8 +45,9 @@ class DataBundle:
     """Saved into every checkpoint when given."""
     anneal: bool = False
     """The train stream has an anneal mixture (``set_phase("anneal")``)."""
-    special_ids: dict[str, int] = field(default_factory=dict)
-    """``bos``, ``eos``, ``pad``, ``mask`` token ids (objectives that mark directions or spans need them)."""
+    special_ids: dict[str, Any] = field(default_factory=dict)
+    """``bos``, ``eos``, ``pad``, ``mask`` token ids (objectives that mark directions or spans need them); GLM
+    runs add ``smask``, ``gmask``, ``sop``, ``eop`` and ``sentence_ends`` (a tuple of ids)."""
 
 
 DataFactory = Callable[["RunConfig", "DistEnv", int], DataBundle]
@@ -114,10 +115,14 @@ class SyntheticRows:
         self.phase = phase
 
 
+SYNTHETIC_SPECIALS = {"pad": 0, "mask": 1, "bos": 2, "eos": 3, "smask": 4, "gmask": 5, "sop": 6, "eop": 7}
+
+
 def synthetic_data(vocab_size: int = 512, seed: int = 0, val_rows: int = 32, **kwargs: Any) -> DataFactory:
     """A ``DataFactory`` of ``SyntheticRows`` (train: infinite with an anneal phase; val: ``val_rows`` rows).
 
-    Ids 0..7 are left for specials: PAD 0, [MASK] 1, BOS 2, EOS 3 (the rows themselves hold none).
+    Ids 0..7 are left for specials: PAD 0, [MASK] 1, BOS 2, EOS 3, GLM's [sMASK] 4, [gMASK] 5, [sop] 6,
+    [eop] 7 (the rows themselves hold none).
     """
 
     def build(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
@@ -125,6 +130,6 @@ def synthetic_data(vocab_size: int = 512, seed: int = 0, val_rows: int = 32, **k
         train = SyntheticRows(seed=seed, **common, **kwargs)
         val = SyntheticRows(seed=seed + 7919, num_rows=val_rows, **common, **kwargs) if val_rows else None
         return DataBundle(train, val, mask_token_id=1, vocab_size=-(-vocab_size // 64) * 64,
-                          n_tokens=vocab_size, anneal=True, special_ids={"pad": 0, "mask": 1, "bos": 2, "eos": 3})
+                          n_tokens=vocab_size, anneal=True, special_ids=dict(SYNTHETIC_SPECIALS))
 
     return build

@@ -7,6 +7,7 @@ from typing import Any
 from biglm.finetune.config import TASK_KINDS, FinetuneConfig
 from biglm.finetune.tasks.base import FinetuneTask, TaskBase, TokenIds
 from biglm.finetune.tasks.cloze import ClozeTask
+from biglm.finetune.tasks.glm import GLMClozeTask, GLMInstructionTask, GLMSeq2SeqTask
 from biglm.finetune.tasks.instruction import InstructionTask
 from biglm.finetune.tasks.qa import QATask
 from biglm.finetune.tasks.seq2seq import Seq2SeqTask
@@ -18,11 +19,17 @@ TASKS: dict[str, type[TaskBase]] = {
     "instruction": InstructionTask,
 }
 assert set(TASKS) == set(TASK_KINDS), "every task kind needs a config section and a registry entry"
+FAMILY_TASKS: dict[str, dict[str, type[TaskBase]]] = {
+    "glm": {"cloze-classification": GLMClozeTask, "seq2seq": GLMSeq2SeqTask, "instruction": GLMInstructionTask},
+}
+"""Task kinds a model family does its own way (GLM fills blanks in part B); the others use ``TASKS``."""
 
 
-def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int) -> FinetuneTask:
-    """The task of ``cfg.task.kind`` for a model of ``max_seq_len`` tokens with ``tokenizer``."""
-    return TASKS[cfg.task.kind](cfg, tokenizer, max_seq_len)  # type: ignore[return-value]
+def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: str = "masked") -> FinetuneTask:
+    """The task of ``cfg.task.kind`` for a ``family`` model of ``max_seq_len`` tokens with ``tokenizer``."""
+    kind = cfg.task.kind
+    return FAMILY_TASKS.get(family, {}).get(kind, TASKS[kind])(cfg, tokenizer, max_seq_len)  # type: ignore
 
 
-__all__ = ["TASKS", "ClozeTask", "FinetuneTask", "InstructionTask", "QATask", "Seq2SeqTask", "TokenIds", "build_task"]
+__all__ = ["FAMILY_TASKS", "TASKS", "ClozeTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask", "GLMSeq2SeqTask",
+           "InstructionTask", "QATask", "Seq2SeqTask", "TokenIds", "build_task"]

@@ -121,15 +121,20 @@ class ClozeTask(TaskBase):
     def criterion(self) -> MaskedLMCriterion:
         return MaskedLMCriterion()
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, examples: Sequence[ClozeExample]) -> list[dict[str, Any]]:
+    def verbalizer_logprobs(self, model: nn.Module, examples: Sequence[ClozeExample]) -> list[float]:
+        """log p(verbalizer | example) of every (example, label), labels innermost (the masked scorers)."""
         requests = [(ex.before, v, ex.after) for ex in examples for v in ex.verbalizers]
         scoring = ScoringConfig(method=self.options.scoring, batch_size=self.batch_size * len(self.labels))
         scores = score_requests(model, requests, mask_token_id=self.ids.mask, pad_token_id=self.ids.pad,
                                 config=scoring)
+        return [s.logprob for s in scores]
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, examples: Sequence[ClozeExample]) -> list[dict[str, Any]]:
+        scores = self.verbalizer_logprobs(model, examples)
         out = []
         for i, ex in enumerate(examples):
-            logp = torch.tensor([s.logprob for s in scores[i * len(self.labels):(i + 1) * len(self.labels)]])
+            logp = torch.tensor(scores[i * len(self.labels):(i + 1) * len(self.labels)])
             if self.options.length_normalise:
                 logp = logp / torch.tensor([len(v) for v in ex.verbalizers], dtype=logp.dtype)
             probs = logp.softmax(0)  # GLM eq. 5: normalised over the label set

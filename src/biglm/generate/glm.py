@@ -1,0 +1,202 @@
+"""GLM blank infilling on the autoregressive loop: fill every ``[MASK]`` / ``[sMASK]`` / ``[gMASK]`` of a
+prompt, left to right.
+
+Part A (``BOS prompt``, plus ``EOS`` unless it ends in ``[gMASK]``, as documents are framed in training)
+is encoded once into the KV cache under the ``prefix_lm`` layout; every blank is then written in part B,
+autoregressively: ``[sop]`` is fed at the 2D position (blank's position in A, 1), each new token one
+place further inside the span, until ``[eop]`` or EOS (or ``max_new_tokens``), with the shared loop of
+``biglm.generate.autoregressive`` (greedy, sampling, beam search with no-repeat-n-gram and a length
+penalty). The next blank's part B sees part A and the blanks already filled: after a blank, the chosen
+tokens are fed in one pass (rows ragged → the shorter ones padded with invisible tokens), then the next
+``[sop]``. A prompt without a blank gets ``[gMASK]`` appended: its fill is the continuation.
+
+Without the cache every step re-encodes the whole sequence under the same layout (same tokens, same
+logits up to float rounding: the test of the cache).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from biglm.errors import BiglmError
+from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode, model_device
+
+
+@dataclass(frozen=True)
+class GLMTokens:
+    """The special ids GLM generation needs."""
+
+    bos: int
+    eos: int
+    pad: int
+    mask: int
+    smask: int
+    gmask: int
+    sop: int
+    eop: int
+
+    @property
+    def blanks(self) -> tuple[int, int, int]:
+        return (self.mask, self.smask, self.gmask)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: object) -> GLMTokens:
+        from biglm.data.tokenizer import glm_token_ids
+        from biglm.generate.api import special_ids
+
+        return cls(**special_ids(tokenizer), **glm_token_ids(tokenizer))
+
+
+@dataclass
+class InfillResult:
+    fills: list[list[list[int]]]
+    """Per prompt, the ids written into each of its blanks (left to right), without ``[eop]``."""
+    part_a: list[list[int]]
+    """Per prompt, part A as encoded (``BOS``, the prompt, ``[gMASK]`` / ``EOS`` added as described)."""
+    finished: list[list[bool]]
+    """Per prompt and blank: ended with ``[eop]`` (else it reached ``max_new_tokens``)."""
+    scores: list[list[float]]
+    """Per prompt and blank: the decoding score (sum of log-probs; beam search: the normalised score)."""
+    forward_passes: int
+
+    def filled(self, tokens: GLMTokens, row: int) -> list[int]:
+        """Prompt ``row``'s part A with each blank replaced by its fill (BOS and EOS dropped)."""
+        out, fills = [], iter(self.fills[row])
+        for t in self.part_a[row]:
+            if t in tokens.blanks:
+                out += next(fills)
+            elif t not in (tokens.bos, tokens.eos):
+                out.append(t)
+        return out
+
+
+BLANK_TEXT = re.compile(r"(\[MASK\]|\[sMASK\]|\[gMASK\])")
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt with blanks written as ``[MASK]`` / ``[sMASK]`` / ``[gMASK]``. Whitespace right
+    before a blank belongs to the span (as in training, where a span's first token carries its leading
+    space), so it is dropped from part A: ``"The [MASK] sat"`` reads ``The [MASK] ␣sat``, not
+    ``The ␣ [MASK] ␣sat``."""
+    pieces = BLANK_TEXT.split(text)
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:  # a blank
+            ids.append(int(tokenizer.convert_tokens_to_ids(piece)))
+            continue
+        if i + 1 < len(pieces):
+            piece = piece.rstrip()
+        if piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def part_a(prompt: Sequence[int], tokens: GLMTokens) -> list[int]:
+    """``BOS prompt [EOS]``, with ``[gMASK]`` appended to a prompt without a blank."""
+    ids = [tokens.bos, *prompt]
+    if not any(t in tokens.blanks for t in prompt):
+        ids.append(tokens.gmask)
+    if ids[-1] != tokens.gmask:
+        ids.append(tokens.eos)
+    return ids
+
+
+def _span_feed(state: ARState) -> tuple[Tensor, Tensor, Tensor]:
+    """The next token of a span: same blank position, one place further inside the span, part B."""
+    pos = state.position_ids[:, -1:].clone()
+    pos[..., 1] += 1
+    return pos, state.document_ids[:, -1:], state.regions[:, -1:]
+
+
+def _feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], positions: list[list[tuple[int, int]]],
+               visible: list[list[bool]]) -> None:
+    """Extend every row by its tokens at their 2D positions (ragged rows padded with invisible tokens)."""
+    width = max(len(r) for r in rows)
+    device = state.input_ids.device
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    pos = torch.zeros(len(rows), width, 2, dtype=torch.long)
+    docs = torch.full((len(rows), width), PAD_DOCUMENT, dtype=torch.int32)
+    for i, (r, p, v) in enumerate(zip(rows, positions, visible)):
+        if r:
+            ids[i, :len(r)] = torch.tensor(r)
+            pos[i, :len(r)] = torch.tensor(p)
+            docs[i, :len(r)] = torch.tensor([0 if x else PAD_DOCUMENT for x in v], dtype=torch.int32)
+    regions = torch.ones(len(rows), width, dtype=torch.int8)
+    state.extend(model, ids.to(device), pos.to(device), docs.to(device), regions.to(device))
+
+
+def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTokens, *,
+               options: AROptions | None = None, use_cache: bool = True, seed: int | None = None) -> InfillResult:
+    """Fill the blanks of each prompt (token ids without BOS/EOS; see the module docstring).
+
+    ``options.max_new_tokens`` bounds each blank; ``[eop]`` and EOS are added to the stop tokens; the
+    blank, ``[sop]``, BOS and PAD tokens are never generated.
+    """
+    if getattr(model.config, "family", None) != "glm":
+        raise BiglmError(f"blank infilling needs a glm model, not family {model.config.family!r}")
+    if not prompts:
+        raise BiglmError("no prompts given")
+    opts = options or AROptions()
+    banned = {*opts.banned_token_ids, *tokens.blanks, tokens.sop, tokens.bos} | ({tokens.pad} - {tokens.eos})
+    stops = {*opts.stop_token_ids, tokens.eop, tokens.eos}  # EOS: the document ends inside a [gMASK] span
+    opts = replace(opts, stop_token_ids=tuple(sorted(stops)), banned_token_ids=tuple(sorted(banned - stops)))
+    rows = [part_a(p, tokens) for p in prompts]
+    longest = max(len(r) for r in rows)
+    if longest + opts.max_new_tokens + 1 > model.config.max_seq_len and model.config.position_encoding == "learned-2d":
+        raise BiglmError(f"a prompt of {longest} tokens and max_new_tokens={opts.max_new_tokens} exceed the "
+                         f"model's max_seq_len={model.config.max_seq_len}")
+    device = model_device(model)
+    n = len(rows)
+    ids = torch.full((n, longest), tokens.pad, dtype=torch.long)
+    pos = torch.zeros(n, longest, 2, dtype=torch.long)
+    docs = torch.full((n, longest), PAD_DOCUMENT, dtype=torch.int32)
+    for i, r in enumerate(rows):  # left padding: every row's positions count from its own BOS
+        ids[i, longest - len(r):] = torch.tensor(r)
+        pos[i, longest - len(r):, 0] = torch.arange(len(r))
+        docs[i, longest - len(r):] = 0
+    empty = lambda *shape, dtype: torch.zeros(n, 0, *shape, dtype=dtype, device=device)
+    state = ARState(empty(dtype=torch.long), empty(2, dtype=torch.long), empty(dtype=torch.int32),
+                    empty(dtype=torch.int8), "prefix_lm", use_cache=use_cache)
+    state.extend(model, ids.to(device), pos.to(device), docs.to(device), torch.zeros(n, longest, dtype=torch.int8,
+                                                                                      device=device))
+    blanks = [[j for j, t in enumerate(r) if t in tokens.blanks] for r in rows]
+    fills: list[list[list[int]]] = [[] for _ in rows]
+    finished: list[list[bool]] = [[] for _ in rows]
+    scores: list[list[float]] = [[] for _ in rows]
+    generator = None
+    if seed is not None or not opts.sampling.greedy:
+        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+    pending: list[list[int]] = [[] for _ in rows]  # the previous blank's tokens, not yet fed
+    pending_pos: list[list[tuple[int, int]]] = [[] for _ in rows]
+    for k in range(max(len(b) for b in blanks)):
+        active = [k < len(b) for b in blanks]
+        feed_ids = [pending[i] + [tokens.sop] for i in range(n)]
+        feed_pos = [pending_pos[i] + [(blanks[i][k] if active[i] else 0, 1)] for i in range(n)]
+        feed_vis = [[True] * len(pending[i]) + [active[i]] for i in range(n)]
+        _feed_rows(model, state, feed_ids, feed_pos, feed_vis)
+        # Beam search reorders a copy; sampling extends its state in place, so it decodes on a copy too
+        # and the chosen tokens are fed to ``state`` with the next blank's [sop].
+        work = state if opts.num_beams > 1 else state.index_select(torch.arange(n, device=device))
+        result = decode(model, work, opts, feed=_span_feed, generator=generator)
+        state.forward_passes = work.forward_passes if opts.num_beams == 1 else state.forward_passes + \
+            result.forward_passes
+        for i in range(n):
+            if active[i]:
+                fill = result.token_ids[i]
+                fills[i].append(fill)
+                finished[i].append(result.finished[i])
+                scores[i].append(result.scores[i])
+                pending[i] = fill
+                pending_pos[i] = [(blanks[i][k], j + 2) for j in range(len(fill))]
+            else:
+                pending[i], pending_pos[i] = [], []
+    return InfillResult(fills, rows, finished, scores, state.forward_passes)
+
+
+__all__ = ["GLMTokens", "InfillResult", "encode_prompt", "infill_ids", "part_a"]
