@@ -17,19 +17,25 @@ from biglm.chat.cli import chat_loop
 from biglm.checkpoint import model_state_dict, write_checkpoint
 from biglm.cli import main
 from biglm.data.chat import set_chat_template
+from biglm.data.tokenizer import ensure_glm_tokens
 from biglm.errors import BiglmError
 from biglm.generate.api import MASK_SYMBOL
+from biglm.generate.autoregressive import AROptions
 from biglm.generate.engine import generate_ids
+from biglm.generate.glm import GLMTokens, infill_ids
 from instruction_data import instruction_tokenizer
 
 
-def chat_checkpoint(folder: Path, family: str = "masked", max_seq_len: int = 64, template: bool = True) -> Path:
+def chat_checkpoint(folder: Path, family: str = "masked", max_seq_len: int = 64, template: bool = True,
+                    position_encoding: str = "rope") -> Path:
     """A random micro model (masked ones with a length head) whose tokenizer carries the chat template."""
     torch.manual_seed(0)
     head = family == "masked"
-    cfg = ModelConfig("test", 64, 32, 1, 4, 2, 64, max_seq_len=max_seq_len, family=family, length_head=head,
-                      max_target_length=9)
     tok = instruction_tokenizer()
+    if family == "glm":
+        ensure_glm_tokens(tok)
+    cfg = ModelConfig("test", max(64, len(tok)), 32, 1, 4, 2, 64, max_seq_len=max_seq_len, family=family,
+                      length_head=head, max_target_length=9, position_encoding=position_encoding)
     if template:
         set_chat_template(tok)
     return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, tok)
@@ -90,6 +96,22 @@ def test_autoregressive_models_stream_tokens(tmp_path):
     out = io.StringIO()
     chat_loop(chat, io.StringIO("caps this a b\n"), out, live=False)
     assert "[token 0]" in out.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["rope-2d", "learned-2d"])
+def test_glm_models_write_the_reply_into_a_gmask_blank(tmp_path, encoding):
+    chat = ChatModel.load(chat_checkpoint(tmp_path / "ckpt", family="glm", position_encoding=encoding))
+    settings, seen = ChatSettings(max_new_tokens=6), []
+    messages = [{"role": "user", "content": "caps this a b " * 30}]  # longer than the context: cut to fit
+    reply = chat.reply(messages, settings, seen.append)
+    assert seen and all(u.kind == "token" for u in seen) and seen[-1].text == reply.text
+    # The reply is the infilling of [gMASK] after the (cut) conversation, within the learned table's range.
+    prompt, _ = chat.prompt_of(messages, settings)
+    assert len(prompt) + 2 + 1 + settings.max_new_tokens == chat.model.config.max_seq_len
+    g = GLMTokens.from_tokenizer(chat.tokenizer)
+    expected = infill_ids(chat.model, [[*prompt, g.gmask]], g,
+                          options=AROptions(max_new_tokens=6, banned_token_ids=tuple(chat.banned)))
+    assert reply.token_ids == expected.fills[0][0]
 
 
 def test_bad_messages_and_settings(tmp_path):

@@ -28,6 +28,7 @@ from biglm.errors import BiglmError
 from biglm.generate.api import MASK_SYMBOL, banned_ids, special_ids
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
+from biglm.generate.glm import GLMTokens, infill_ids
 from biglm.generate.sampling import SamplingConfig
 
 
@@ -152,9 +153,14 @@ class ChatModel:
                                            system_prompt=getattr(o, "system_prompt", ""))
         return cls(loaded.model, loaded.tokenizer, settings)
 
+    def prompt_budget(self, settings: ChatSettings) -> int:
+        """Prompt tokens that fit beside BOS and the reply (a GLM reply also needs [gMASK] and [sop])."""
+        extra = 2 if self.family == "glm" else 0
+        return self.model.config.max_seq_len - 1 - extra - settings.max_new_tokens
+
     def prompt_ids(self, messages: Sequence[Message], settings: ChatSettings) -> tuple[list[int], int]:
         """Prompt ids (no BOS) of a reply after ``messages`` that fit the context, and turns dropped."""
-        budget = self.model.config.max_seq_len - 1 - settings.max_new_tokens
+        budget = self.prompt_budget(settings)
         if budget < 1:
             raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
                              f"max_seq_len={self.model.config.max_seq_len}")
@@ -189,7 +195,7 @@ class ChatModel:
         """``messages`` checked (known roles, non-empty content, a user turn last) and ``settings`` against the
         model's context, without the tokenizer (so request threads can call it while the worker decodes)."""
         settings.check()
-        if self.model.config.max_seq_len - 1 - settings.max_new_tokens < 1:
+        if self.prompt_budget(settings) < 1:
             raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
                              f"max_seq_len={self.model.config.max_seq_len}")
         messages = check_messages(messages, "messages", need_reply=False)
@@ -214,7 +220,7 @@ class ChatModel:
         """Plain continuations of ``texts`` (no chat template; ``/v1/completions``), left-truncated to fit."""
         s = settings or self.settings
         s.check()
-        budget = self.model.config.max_seq_len - 1 - s.max_new_tokens
+        budget = self.prompt_budget(s)
         prompts = []
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
@@ -231,6 +237,8 @@ class ChatModel:
         ids_list = [p for p, _ in prompts]
         if self.model.config.is_autoregressive:
             return self._reply_ar(prompts, s, sampling, on_update)
+        if self.family == "glm":
+            return self._reply_glm(prompts, s, sampling, on_update)
         length = s.length if getattr(self.model.config, "length_head", False) else "fixed"
         if length == "predict" and self.model.config.max_target_length - 1 < s.max_new_tokens:
             s = dataclasses.replace(s, max_new_tokens=self.model.config.max_target_length - 1)
@@ -248,26 +256,44 @@ class ChatModel:
                       out.forward_passes, dropped, length == "predict" or len(ids) < n)
                 for ids, n, (p, dropped) in zip(out.token_ids, out.lengths, prompts)]
 
-    def _reply_ar(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
-                  on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
+    def _token_stream(self, stops: set[int], on_update: Callable[[ReplyUpdate], None] | None
+                      ) -> Callable[[int, torch.Tensor], None]:
+        """An ``on_token`` hook that shows the first reply's text as its tokens are chosen."""
         produced: list[int] = []
 
         def on_token(t: int, ids: torch.Tensor) -> None:
-            if int(ids[0]) < 0 or int(ids[0]) == self.ids["eos"]:
+            if int(ids[0]) < 0 or int(ids[0]) in stops:
                 return
             produced.append(int(ids[0]))
             if on_update is not None:
                 on_update(ReplyUpdate("token", t, self.tokenizer.decode(produced, skip_special_tokens=True).strip()))
 
+        return on_token
+
+    def _ar_options(self, s: ChatSettings, sampling: SamplingConfig) -> AROptions:
         if s.strategy not in ("", "greedy", "sample"):
-            raise BiglmError(f"strategy {s.strategy!r}: chat decodes autoregressive models with greedy or sample")
-        options = AROptions(max_new_tokens=s.max_new_tokens, sampling=sampling, banned_token_ids=tuple(self.banned))
+            raise BiglmError(f"strategy {s.strategy!r}: chat decodes {self.family} models with greedy or sample")
+        return AROptions(max_new_tokens=s.max_new_tokens, sampling=sampling, banned_token_ids=tuple(self.banned))
+
+    def _reply_ar(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
+                  on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
         result = generate_ar_ids(self.model, [p for p, _ in prompts], bos_token_id=self.ids["bos"],
-                                 eos_token_id=self.ids["eos"], pad_token_id=self.ids["pad"], options=options,
-                                 seed=s.seed, on_token=on_token)
+                                 eos_token_id=self.ids["eos"], pad_token_id=self.ids["pad"],
+                                 options=self._ar_options(s, sampling), seed=s.seed,
+                                 on_token=self._token_stream({self.ids["eos"]}, on_update))
         return [Reply(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, len(p) + 1,
                       result.forward_passes, dropped, done)
                 for ids, (p, dropped), done in zip(result.token_ids, prompts, result.finished)]
+
+    def _reply_glm(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
+                   on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
+        """GLM: the conversation in part A before ``[gMASK]``, the reply written into it in part B."""
+        g = GLMTokens.from_tokenizer(self.tokenizer)
+        result = infill_ids(self.model, [[*p, g.gmask] for p, _ in prompts], g, options=self._ar_options(s, sampling),
+                            seed=s.seed, on_token=self._token_stream({g.eop, g.eos}, on_update))
+        return [Reply(self.tokenizer.decode(fills[0], skip_special_tokens=True).strip(), fills[0], len(p) + 1,
+                      result.forward_passes, dropped, done[0])
+                for fills, (p, dropped), done in zip(result.fills, prompts, result.finished)]
 
 
 __all__ = ["ChatModel", "ChatSettings", "Reply", "ReplyUpdate"]

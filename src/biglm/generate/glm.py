@@ -17,7 +17,7 @@ logits up to float rounding: the test of the cache).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -132,11 +132,13 @@ def _feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], position
 
 
 def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTokens, *,
-               options: AROptions | None = None, use_cache: bool = True, seed: int | None = None) -> InfillResult:
+               options: AROptions | None = None, use_cache: bool = True, seed: int | None = None,
+               on_token: Callable[[int, Tensor], None] | None = None) -> InfillResult:
     """Fill the blanks of each prompt (token ids without BOS/EOS; see the module docstring).
 
     ``options.max_new_tokens`` bounds each blank; ``[eop]`` and EOS are added to the stop tokens; the
-    blank, ``[sop]``, BOS and PAD tokens are never generated.
+    blank, ``[sop]``, BOS and PAD tokens are never generated. ``on_token`` (greedy / sampling) sees each
+    step's chosen ids as ``decode`` gives them, blank after blank.
     """
     if getattr(model.config, "family", None) != "glm":
         raise BiglmError(f"blank infilling needs a glm model, not family {model.config.family!r}")
@@ -183,7 +185,7 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
         # Beam search reorders a copy; sampling extends its state in place, so it decodes on a copy too
         # and the chosen tokens are fed to ``state`` with the next blank's [sop].
         work = state if opts.num_beams > 1 else state.index_select(torch.arange(n, device=device))
-        result = decode(model, work, opts, feed=_span_feed, generator=generator)
+        result = decode(model, work, opts, feed=_span_feed, generator=generator, on_token=on_token)
         state.forward_passes = work.forward_passes if opts.num_beams == 1 else state.forward_passes + \
             result.forward_passes
         for i in range(n):
