@@ -294,9 +294,9 @@ class BiGLMModel(BiGLMPreTrainedModel):
         return BaseModelOutput(last_hidden_state=x, hidden_states=hidden)
 
 
-class BiGLMForMaskedLM(BiGLMPreTrainedModel):
-    """BiGLM with the (tied) LM head and the optional length head; loss = mean cross-entropy over
-    ``labels != -100``."""
+class BiGLMWithLMHead(BiGLMPreTrainedModel):
+    """The backbone and the (tied) LM head that the masked, causal and blank-infilling models share; a
+    subclass adds its own heads and calls ``post_init()``."""
 
     _tied_weights_keys = ({"lm_head.weight": "model.embed_tokens.weight"}
                           if _TRANSFORMERS_V5 else ["lm_head.weight"])
@@ -305,9 +305,6 @@ class BiGLMForMaskedLM(BiGLMPreTrainedModel):
         super().__init__(config)
         self.model = BiGLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.length_head = (nn.Linear(config.hidden_size, config.max_target_length)
-                            if config.length_head else None)
-        self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -320,6 +317,17 @@ class BiGLMForMaskedLM(BiGLMPreTrainedModel):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+
+class BiGLMForMaskedLM(BiGLMWithLMHead):
+    """BiGLM with the (tied) LM head and the optional length head; loss = mean cross-entropy over
+    ``labels != -100``."""
+
+    def __init__(self, config: BiGLMConfig) -> None:
+        super().__init__(config)
+        self.length_head = (nn.Linear(config.hidden_size, config.max_target_length)
+                            if config.length_head else None)
+        self.post_init()
 
     def forward(
         self,
@@ -396,31 +404,14 @@ class BiGLMForQuestionAnswering(BiGLMPreTrainedModel):
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
 
 
-class BiGLMForCausalLM(BiGLMPreTrainedModel, GenerationMixin):
+class BiGLMForCausalLM(BiGLMWithLMHead, GenerationMixin):
     """A causal (or bidirectional-ar) biglm model as a transformers causal LM: logits (B, T, V), the
     shifted next-token loss, and a KV cache so ``generate()`` works. Right to left: feed ``EOS`` and the
     reversed ids, stop at BOS."""
 
-    _tied_weights_keys = ({"lm_head.weight": "model.embed_tokens.weight"}
-                          if _TRANSFORMERS_V5 else ["lm_head.weight"])
-
     def __init__(self, config: BiGLMConfig) -> None:
         super().__init__(config)
-        self.model = BiGLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     def forward(
         self,
