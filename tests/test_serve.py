@@ -208,11 +208,14 @@ def test_the_queue_is_bounded_and_waiting_requests_are_batched(chat, monkeypatch
         server.stop()
 
 
-def test_biglm_serve_command_serves_until_interrupted(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_biglm_serve_command_serves_until_interrupted(tmp_path, stop):
     ckpt = chat_checkpoint(tmp_path / "ckpt")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    # Started as a background job is: SIGINT ignored on entry. Ctrl-C (SIGINT) and SIGTERM must still stop it.
     proc = subprocess.Popen([sys.executable, "-m", "biglm.cli", "serve", "--ckpt", str(ckpt), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         line = proc.stderr.readline()
         while line.startswith("note:"):
@@ -222,8 +225,12 @@ def test_biglm_serve_command_serves_until_interrupted(tmp_path):
         assert r.status_code == 200 and r.json()["object"] == "chat.completion"
         assert "<title>biglm</title>" in requests.get(url + "/", timeout=30).text
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        proc.send_signal(stop)
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    assert code == 0
 
 
 def browser():

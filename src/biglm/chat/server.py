@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import signal
 import sys
 import threading
 import time
@@ -380,15 +381,20 @@ def chunk(ident: str, created: int, model: str, delta: dict[str, Any], finish_re
 
 def serve(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, queue_size: int = 16, batch: int = 8,
           model_name: str = "biglm") -> int:
-    """Serve until interrupted (``biglm serve``)."""
+    """Serve until interrupted (``biglm serve``): Ctrl-C (SIGINT) or SIGTERM stops it cleanly. The handlers
+    are installed here because a process started in the background inherits SIGINT ignored."""
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = ChatServer(chat, host, port, queue_size, batch, model_name).start()
     print(f"biglm serve: {chat.family} model at {server.url}/ (API: {server.url}/v1/chat/completions); "
           "Ctrl-C stops", file=sys.stderr)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(0.2):
+            pass
+    finally:
         server.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 
