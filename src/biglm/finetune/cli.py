@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
                     "field can be overridden with --section.field VALUE (e.g. --train.lr 1e-4 "
                     "--task.seq2seq.label_smoothing 0.1).", allow_abbrev=False, add_help=False)
     p.add_argument("--config", type=Path, help="fine-tuning config YAML (e.g. configs/finetune/xsum.yaml)")
-    p.add_argument("--task", choices=("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward"),
+    p.add_argument("--task", choices=("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward",
+                                          "dpo"),
                    help="task kind")
     p.add_argument("--init", help="pretrained checkpoint or run folder to start from")
     p.add_argument("--train", help="training examples (.jsonl/.json/.csv/.tsv/.parquet, or hf:NAME)")

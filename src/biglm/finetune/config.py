@@ -2,7 +2,7 @@
 
 Sections::
 
-    task:   kind (cloze-classification | extractive-qa | seq2seq | instruction | reward) and one section per kind
+    task:   kind (cloze-classification | extractive-qa | seq2seq | instruction | reward | dpo) and one section per kind
     data:   train / valid / test files (or hf:NAME with splits) and the field mapping
     train:  TrainConfig with fine-tuning defaults; ``epochs`` sets ``steps``
     model:  overrides of the pretrained model's config (e.g. ``dropout: 0.1``); the task adds the heads it
@@ -25,7 +25,7 @@ from biglm.configurable import apply_overrides, from_dict, to_dict
 from biglm.errors import ConfigError, check
 from biglm.train.config import TrainConfig, read_config_file
 
-TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward")
+TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward", "dpo")
 SECTIONS = ("init", "task", "data", "train", "model")
 
 
@@ -223,16 +223,33 @@ class RewardConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct Preference Optimisation of an autoregressive policy on judged pairs (reference: the ``init``)."""
+
+    beta: float = 0.1
+    """Strength of the implicit KL anchor to the reference policy (higher: stay closer)."""
+    max_length: int = 0
+    """Tokens per row ``BOS prompt response EOS`` (0: the model's max_seq_len); a longer prompt keeps its last
+    tokens."""
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, f"task.dpo.beta={self.beta}: must be > 0")
+        check(isinstance(self.max_length, int) and self.max_length >= 0,
+              f"task.dpo.max_length={self.max_length!r}: must be an integer >= 0")
+
+
+@dataclass
 class TaskConfig:
     """Which task kind to fine-tune for; only the section of ``kind`` is used."""
 
     kind: str = "seq2seq"
-    """The task kind: cloze-classification, extractive-qa, seq2seq, instruction or reward."""
+    """The task kind: cloze-classification, extractive-qa, seq2seq, instruction, reward or dpo."""
     cloze_classification: ClozeConfig = field(default_factory=ClozeConfig)
     extractive_qa: QAConfig = field(default_factory=QAConfig)
     seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     instruction: InstructionConfig = field(default_factory=InstructionConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval_batch_size: int = 32
     """Examples per batch when predicting (validation, --eval-only, biglm predict)."""
 

@@ -7,6 +7,7 @@ from typing import Any
 from biglm.finetune.config import TASK_KINDS, FinetuneConfig
 from biglm.finetune.tasks.base import FinetuneTask, TaskBase, TokenIds
 from biglm.finetune.tasks.cloze import ClozeTask
+from biglm.finetune.tasks.dpo import DPOTask
 from biglm.finetune.tasks.glm import GLMClozeTask, GLMInstructionTask, GLMSeq2SeqTask
 from biglm.finetune.tasks.instruction import InstructionTask
 from biglm.finetune.tasks.qa import QATask
@@ -19,6 +20,7 @@ TASKS: dict[str, type[TaskBase]] = {
     "seq2seq": Seq2SeqTask,
     "instruction": InstructionTask,
     "reward": RewardTask,
+    "dpo": DPOTask,
 }
 assert set(TASKS) == set(TASK_KINDS), "every task kind needs a config section and a registry entry"
 FAMILY_TASKS: dict[str, dict[str, type[TaskBase]]] = {
@@ -31,10 +33,10 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: st
     """The task of ``cfg.task.kind`` for a ``family`` model of ``max_seq_len`` tokens with ``tokenizer``."""
     kind = cfg.task.kind
     cls = FAMILY_TASKS.get(family, {}).get(kind, TASKS[kind])
-    if kind == "reward":  # pools and attends by family (one task for every family)
-        return RewardTask(cfg, tokenizer, max_seq_len, family=family)
+    if kind in ("reward", "dpo"):  # these read the family (pooling and attention; dpo needs an AR policy)
+        return cls(cfg, tokenizer, max_seq_len, family=family)  # type: ignore
     return cls(cfg, tokenizer, max_seq_len)  # type: ignore
 
 
-__all__ = ["FAMILY_TASKS", "TASKS", "ClozeTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask", "GLMSeq2SeqTask",
-           "InstructionTask", "QATask", "RewardTask", "Seq2SeqTask", "TokenIds", "build_task"]
+__all__ = ["FAMILY_TASKS", "TASKS", "ClozeTask", "DPOTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask",
+           "GLMSeq2SeqTask", "InstructionTask", "QATask", "RewardTask", "Seq2SeqTask", "TokenIds", "build_task"]

@@ -74,11 +74,7 @@ class RewardTask(TaskBase):
 
     # --- data ---------------------------------------------------------------------------------------------
     def _prompt_text(self, prompt: Any) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not getattr(self.tokenizer, "chat_template", None):
-            set_chat_template(self.tokenizer)
-        return render_prompt(self.tokenizer, prompt)
+        return prompt_text(self.tokenizer, prompt)
 
     def row_ids(self, prompt: list[int], response: list[int]) -> list[int]:
         """``BOS prompt EOS response EOS`` within ``row_len`` (the prompt keeps its last tokens)."""
@@ -155,6 +151,16 @@ class RewardTask(TaskBase):
             return f"{example.response_a!r} -> {prediction['reward']:.3f}"
         return (f"A {example.response_a!r}: {prediction['reward_a']:.3f} | B {example.response_b!r}: "
                 f"{prediction['reward_b']:.3f}   [d = {example.d}]")
+
+
+def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """A pair's prompt as text: as it is, or chat messages rendered with the tokenizer's chat template (biglm's
+    when it has none) up to the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        set_chat_template(tokenizer)
+    return render_prompt(tokenizer, prompt)
 
 
 def pairwise_scores(ds: Sequence[int | None], deltas: Sequence[float]) -> dict[str, float]:
