@@ -159,3 +159,17 @@ def test_causal_reward_model_trains_on_the_shared_trainer(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x and "val_accuracy" not in x]
     assert trainer.model.config.reward_head and losses[-1] < losses[0]
+
+
+def test_expand_grows_the_reward_head_and_keeps_the_rewards():
+    from biglm.grow import ExpandSpec, expand_model
+
+    model = tiny_model("masked")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    grown, plan = expand_model(model, ExpandSpec(hidden_size=64, num_layers=3, depth_init="zero"))
+    assert plan.exact and grown.config.reward_head and grown.reward_head.weight.shape == (1, 64)
+    batch = rows_batch([[1, 10, 11, 2, 12, 2], [1, 13, 2, 14, 15, 16, 2]], "bidirectional")
+    with torch.no_grad():
+        torch.testing.assert_close(rewards(grown, batch, "mean"), rewards(model, batch, "mean"), atol=1e-4, rtol=1e-4)
