@@ -42,7 +42,9 @@ def last_letter_pairs(n: int, seed: int) -> list[dict]:
 
 def tiny_model(family: str = "masked") -> BiGLM:
     torch.manual_seed(0)
-    return BiGLM(ModelConfig("t", 64, 32, 2, 4, 2, 64, max_seq_len=32, reward_head=True, family=family)).eval()
+    extra = {"position_encoding": "rope-2d"} if family == "glm" else {}
+    return BiGLM(ModelConfig("t", 64, 32, 2, 4, 2, 64, max_seq_len=32, reward_head=True, family=family,
+                             **extra)).eval()
 
 
 def test_hinge_and_bradley_terry_match_the_formulas():
@@ -82,12 +84,13 @@ def test_ties_are_dropped_or_pulled_together(ties):
     assert before > 0 and gap() < before
 
 
-@pytest.mark.parametrize("family, pooling", [("masked", "mean"), ("causal", "last"), ("bidirectional-ar", "last")])
+@pytest.mark.parametrize("family, pooling", [("masked", "mean"), ("causal", "last"), ("bidirectional-ar", "last"),
+                                             ("glm", "last")])
 def test_a_rows_reward_does_not_depend_on_its_batch(family, pooling):
     """Pooling ignores padding: a row scored alone = the same row right-padded beside a longer one; and a causal
     model's last-token reward ignores nothing before it (changing the first prompt token changes it)."""
     model = tiny_model(family)
-    kind = "bidirectional" if family == "masked" else "causal"
+    kind = "bidirectional" if family in ("masked", "glm") else "causal"
     short, long = [1, 10, 11, 2, 12, 2], [1, 13, 14, 15, 2, 16, 17, 18, 2]
     alone = rewards(model, rows_batch([short], kind), pooling)
     together = rewards(model, rows_batch([short, long], kind), pooling)
