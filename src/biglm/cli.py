@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("biglm.data.cli", "fetch the bundled demo corpus"),
     "finetune": ("biglm.finetune.cli", "fine-tune a checkpoint: cloze classification, extractive QA, seq2seq"),
     "predict": ("biglm.finetune.cli", "predict with a fine-tuned checkpoint"),
+    "reward": ("biglm.finetune.cli", "score responses with a reward model (finetune --task reward)"),
     "generate": ("biglm.generate.cli", "generate text (Mask-Predict, or autoregressive with the KV cache)"),
     "chat": ("biglm.chat.cli", "chat with a model in the terminal (the reply forms in place)"),
     "serve": ("biglm.chat.cli", "serve a model: OpenAI-compatible API and a live web page"),

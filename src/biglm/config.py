@@ -80,6 +80,8 @@ class ModelConfig:
     """Number of length classes of the length head (lengths 0 .. max_target_length-1)."""
     span_head: bool = False
     """Add a span head (start and end logits per token) for extractive question answering."""
+    reward_head: bool = False
+    """Add a reward head (one scalar per token; a reward model pools it: ``biglm.finetune.tasks.reward``)."""
     family: Literal["masked", "causal", "bidirectional-ar", "glm"] = "masked"
     """How the model is trained and used (see ``MODEL_FAMILIES``); checkpoints without it are ``masked``.
     A run config whose model section does not set it takes it from the objective."""
@@ -161,6 +163,8 @@ class ModelConfig:
             total += h * self.max_target_length + self.max_target_length
         if self.span_head:
             total += 2 * h + 2
+        if self.reward_head:
+            total += h + 1
         if self.position_encoding == "learned-2d":
             total += 2 * self.max_seq_len * h
         return total

@@ -53,6 +53,8 @@ class BiGLMOutput:
     cache: KVCache | None = None
     span_logits: Tensor | None = None
     """(B, T, 2) start and end logits of every token when the span head is on."""
+    reward_logits: Tensor | None = None
+    """(B, T) the reward head's scalar at every token when the reward head is on."""
 
 
 def build_norm(config: ModelConfig) -> nn.Module:
@@ -260,6 +262,7 @@ class BiGLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.length_head = nn.Linear(config.hidden_size, config.max_target_length) if config.length_head else None
         self.span_head = nn.Linear(config.hidden_size, 2) if config.span_head else None
+        self.reward_head = nn.Linear(config.hidden_size, 1) if config.reward_head else None
         self.tie_weights()
         if self.lm_head.weight.device.type != "meta":
             self.init_weights()
@@ -319,4 +322,5 @@ class BiGLM(nn.Module):
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
             length_logits = self.length_head(pooled)
         span_logits = self.span_head(hidden) if self.span_head is not None else None
-        return BiGLMOutput(logits, length_logits, hidden, cache, span_logits)
+        reward_logits = self.reward_head(hidden).squeeze(-1) if self.reward_head is not None else None
+        return BiGLMOutput(logits, length_logits, hidden, cache, span_logits, reward_logits)

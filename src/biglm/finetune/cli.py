@@ -9,6 +9,8 @@
     biglm finetune --config configs/finetune/xsum.yaml --init runs/136m --out runs/xsum
     biglm finetune --eval-only --ckpt runs/ft [--split test]          # score a fine-tuned checkpoint
     biglm predict --ckpt runs/ft --input new.jsonl --out predictions.jsonl
+    biglm finetune --task reward --init runs/demo --train prefs.jsonl --valid prefs-dev.jsonl --out runs/rm
+    biglm reward --ckpt runs/rm --input responses.jsonl [--out rewards.jsonl]   # prompt/response records
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def register(subparsers: Any) -> None:
                     "field can be overridden with --section.field VALUE (e.g. --train.lr 1e-4 "
                     "--task.seq2seq.label_smoothing 0.1).", allow_abbrev=False, add_help=False)
     p.add_argument("--config", type=Path, help="fine-tuning config YAML (e.g. configs/finetune/xsum.yaml)")
-    p.add_argument("--task", choices=("cloze-classification", "extractive-qa", "seq2seq", "instruction"),
+    p.add_argument("--task", choices=("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward",
+                                          "dpo"),
                    help="task kind")
     p.add_argument("--init", help="pretrained checkpoint or run folder to start from")
     p.add_argument("--train", help="training examples (.jsonl/.json/.csv/.tsv/.parquet, or hf:NAME)")
@@ -74,6 +77,17 @@ def register(subparsers: Any) -> None:
     q.add_argument("--batch-size", type=int, default=None, help="examples predicted together")
     q.add_argument("--device", default="cpu", help="torch device")
     q.set_defaults(func=predict_command)
+
+    r = subparsers.add_parser("reward", help="score responses with a reward model",
+                              description="Score every record of a file with a reward model fine-tuned with "
+                                          "--task reward: prompt/response records get one reward each, preference "
+                                          "records (response_a/response_b or chosen/rejected) both rewards.")
+    r.add_argument("--ckpt", required=True, help="reward model run folder (its best/ checkpoint) or checkpoint")
+    r.add_argument("--input", required=True, help="records (.jsonl/.json/.csv/.tsv/.parquet, or hf:NAME)")
+    r.add_argument("--out", type=Path, help="JSONL to write (default: standard output)")
+    r.add_argument("--batch-size", type=int, default=None, help="rows scored together")
+    r.add_argument("--device", default="cpu", help="torch device")
+    r.set_defaults(func=reward_command)
 
 
 def finetune_sections() -> dict[str, type]:
@@ -221,4 +235,29 @@ def predict_command(args: argparse.Namespace) -> int:
         predictor.task.batch_size = args.batch_size
     n = predict_file(predictor, args.input, args.out)
     print(f"biglm predict: {n} predictions from {predictor.loaded.path} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def reward_command(args: argparse.Namespace) -> int:
+    from biglm.finetune.predict import load_predictor, write_predictions
+
+    predictor = load_predictor(args.ckpt, device=args.device)
+    if predictor.task.kind != "reward":
+        raise BiglmError(f"{predictor.loaded.path}: a {predictor.task.kind} model, not a reward model "
+                         "(fine-tune one with --task reward)")
+    if args.batch_size is not None:
+        if args.batch_size <= 0:
+            raise BiglmError(f"--batch-size {args.batch_size}: must be > 0")
+        predictor.task.batch_size = args.batch_size
+    from biglm.data.records import read_records
+
+    examples = predictor.task.encode(read_records(args.input), labelled=False)
+    predictions = predictor.task.predict(predictor.loaded.model, examples)
+    if args.out is None:
+        for ex, p in zip(examples, predictions):
+            print(json.dumps(predictor.task.output(ex, p), ensure_ascii=False))
+    else:
+        write_predictions(predictor.task, examples, predictions, args.out)
+    print(f"biglm reward: {len(examples)} records scored with {predictor.loaded.path}"
+          + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
     return 0

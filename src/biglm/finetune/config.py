@@ -2,7 +2,7 @@
 
 Sections::
 
-    task:   kind (cloze-classification | extractive-qa | seq2seq | instruction) and one section per kind
+    task:   kind (cloze-classification | extractive-qa | seq2seq | instruction | reward | dpo) and one section per kind
     data:   train / valid / test files (or hf:NAME with splits) and the field mapping
     train:  TrainConfig with fine-tuning defaults; ``epochs`` sets ``steps``
     model:  overrides of the pretrained model's config (e.g. ``dropout: 0.1``); the task adds the heads it
@@ -25,7 +25,7 @@ from biglm.configurable import apply_overrides, from_dict, to_dict
 from biglm.errors import ConfigError, check
 from biglm.train.config import TrainConfig, read_config_file
 
-TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction")
+TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward", "dpo")
 SECTIONS = ("init", "task", "data", "train", "model")
 
 
@@ -192,15 +192,64 @@ class InstructionConfig(Seq2SeqConfig):
 
 
 @dataclass
+class RewardConfig:
+    """A reward model r(x, y) trained on judged pairs (BatGPT §3.3; data: ``biglm.data.preferences``)."""
+
+    loss: Literal["hinge", "bradley-terry"] = "hinge"
+    """``hinge``: the paper's max(0, 1 - d·(r(y') - r(y))); ``bradley-terry``: -log σ(d·(r(y') - r(y)))."""
+    ties: Literal["drop", "pull"] = "drop"
+    """Pairs judged equal (d = 0; both good or both bad): the paper's loss gives them a constant 1 and no
+    gradient, so ``drop`` leaves them out (of the loss and of its mean); ``pull`` adds
+    tie_weight·(r(y') - r(y))², pulling the two rewards together."""
+    tie_weight: float = 1.0
+    """Weight of a tie's pull loss beside a strict pair's loss (``ties: pull``)."""
+    acceptability_first: bool = False
+    """A pair where exactly one response is acceptable prefers that one, whatever the helpfulness choice."""
+    pooling: Literal["auto", "mean", "last"] = "auto"
+    """How the per-token reward becomes r(x, y): ``mean`` over the row's tokens, ``last`` at its final token
+    (EOS); ``auto``: mean for masked (bidirectional) models, last for causal, bidirectional-ar and glm."""
+    max_length: int = 0
+    """Tokens per row ``BOS prompt EOS response EOS`` (0: the model's max_seq_len). A longer prompt keeps its
+    last tokens; a response that alone does not fit keeps its first ones."""
+
+    def __post_init__(self) -> None:
+        w = "task.reward"
+        check(self.loss in ("hinge", "bradley-terry"), f"{w}.loss={self.loss!r}: expected hinge or bradley-terry")
+        check(self.ties in ("drop", "pull"), f"{w}.ties={self.ties!r}: expected drop or pull")
+        check(self.tie_weight >= 0, f"{w}.tie_weight={self.tie_weight}: must be >= 0")
+        check(self.pooling in ("auto", "mean", "last"), f"{w}.pooling={self.pooling!r}: expected auto, mean or last")
+        check(isinstance(self.max_length, int) and self.max_length >= 0,
+              f"{w}.max_length={self.max_length!r}: must be an integer >= 0")
+
+
+@dataclass
+class DPOConfig:
+    """Direct Preference Optimisation of an autoregressive policy on judged pairs (reference: the ``init``)."""
+
+    beta: float = 0.1
+    """Strength of the implicit KL anchor to the reference policy (higher: stay closer)."""
+    max_length: int = 0
+    """Tokens per row ``BOS prompt response EOS`` (0: the model's max_seq_len); a longer prompt keeps its last
+    tokens."""
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, f"task.dpo.beta={self.beta}: must be > 0")
+        check(isinstance(self.max_length, int) and self.max_length >= 0,
+              f"task.dpo.max_length={self.max_length!r}: must be an integer >= 0")
+
+
+@dataclass
 class TaskConfig:
     """Which task kind to fine-tune for; only the section of ``kind`` is used."""
 
     kind: str = "seq2seq"
-    """The task kind: cloze-classification, extractive-qa, seq2seq or instruction."""
+    """The task kind: cloze-classification, extractive-qa, seq2seq, instruction, reward or dpo."""
     cloze_classification: ClozeConfig = field(default_factory=ClozeConfig)
     extractive_qa: QAConfig = field(default_factory=QAConfig)
     seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     instruction: InstructionConfig = field(default_factory=InstructionConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval_batch_size: int = 32
     """Examples per batch when predicting (validation, --eval-only, biglm predict)."""
 

@@ -86,6 +86,17 @@ def make_validator(task: FinetuneTask, examples: list[Any]) -> Callable[[Any], d
     return lambda model: numeric(task.score(examples, task.predict(model, examples)))
 
 
+def set_reference(task: Any, cfg: FinetuneConfig, examples: list[Any]) -> None:
+    """Score ``examples`` with a frozen copy of ``cfg.init`` (the reference policy), then free it."""
+    from biglm.checkpoint import load_model
+
+    if not cfg.init:
+        raise ConfigError("init: DPO needs the reference policy (--init CKPT), also when resuming")
+    reference = load_model(cfg.init).model.requires_grad_(False)
+    task.set_reference(reference, examples)
+    del reference
+
+
 def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
     """A ``Trainer`` that fine-tunes ``cfg.init`` on ``cfg.task`` into ``run_dir`` (``resume``: continue it)."""
     run_dir = Path(run_dir)
@@ -97,6 +108,8 @@ def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = Fals
     cfg, task = prepared.cfg, prepared.task
     train = task.train_items(read_split(cfg, "train", task, required=True))
     valid = read_split(cfg, "valid", task)
+    if hasattr(task, "set_reference"):  # DPO: the reference policy's log-probs, once, from the starting checkpoint
+        set_reference(task, cfg, train + valid)
     t = cfg.train
     spe = steps_per_epoch(len(train), t.global_batch_size)
     t.grad_accum(env.world_size)  # validates the batch sizes

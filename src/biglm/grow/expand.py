@@ -75,6 +75,8 @@ GLOBAL_RULES: dict[str, tuple[tuple[str, str] | None, ...]] = {
     "length_head.bias": (None,),
     "span_head.weight": (None, ("hidden", "copy")),
     "span_head.bias": (None,),
+    "reward_head.weight": (None, ("hidden", "copy")),
+    "reward_head.bias": (None,),
     "model.position_embeddings.weight": (None, ("hidden", "copy")),  # GLM's learned 2D positions
     "model.block_position_embeddings.weight": (None, ("hidden", "copy")),
 }

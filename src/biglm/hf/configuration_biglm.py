@@ -66,6 +66,7 @@ class BiGLMConfig(PretrainedConfig):
         length_head: bool = False,
         max_target_length: int = 256,
         span_head: bool = False,
+        reward_head: bool = False,
         family: str = "masked",
         attn_backend: str = "sdpa",
         attn_block_size: int = 128,
@@ -106,6 +107,7 @@ class BiGLMConfig(PretrainedConfig):
         self.length_head = length_head
         self.max_target_length = max_target_length
         self.span_head = span_head
+        self.reward_head = reward_head
         self.family = family
         self.attn_backend = attn_backend
         self.attn_block_size = attn_block_size

@@ -7,9 +7,11 @@ from typing import Any
 from biglm.finetune.config import TASK_KINDS, FinetuneConfig
 from biglm.finetune.tasks.base import FinetuneTask, TaskBase, TokenIds
 from biglm.finetune.tasks.cloze import ClozeTask
+from biglm.finetune.tasks.dpo import DPOTask
 from biglm.finetune.tasks.glm import GLMClozeTask, GLMInstructionTask, GLMSeq2SeqTask
 from biglm.finetune.tasks.instruction import InstructionTask
 from biglm.finetune.tasks.qa import QATask
+from biglm.finetune.tasks.reward import RewardTask
 from biglm.finetune.tasks.seq2seq import Seq2SeqTask
 
 TASKS: dict[str, type[TaskBase]] = {
@@ -17,6 +19,8 @@ TASKS: dict[str, type[TaskBase]] = {
     "extractive-qa": QATask,
     "seq2seq": Seq2SeqTask,
     "instruction": InstructionTask,
+    "reward": RewardTask,
+    "dpo": DPOTask,
 }
 assert set(TASKS) == set(TASK_KINDS), "every task kind needs a config section and a registry entry"
 FAMILY_TASKS: dict[str, dict[str, type[TaskBase]]] = {
@@ -28,8 +32,11 @@ FAMILY_TASKS: dict[str, dict[str, type[TaskBase]]] = {
 def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: str = "masked") -> FinetuneTask:
     """The task of ``cfg.task.kind`` for a ``family`` model of ``max_seq_len`` tokens with ``tokenizer``."""
     kind = cfg.task.kind
-    return FAMILY_TASKS.get(family, {}).get(kind, TASKS[kind])(cfg, tokenizer, max_seq_len)  # type: ignore
+    cls = FAMILY_TASKS.get(family, {}).get(kind, TASKS[kind])
+    if kind in ("reward", "dpo"):  # these read the family (pooling and attention; dpo needs an AR policy)
+        return cls(cfg, tokenizer, max_seq_len, family=family)  # type: ignore
+    return cls(cfg, tokenizer, max_seq_len)  # type: ignore
 
 
-__all__ = ["FAMILY_TASKS", "TASKS", "ClozeTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask", "GLMSeq2SeqTask",
-           "InstructionTask", "QATask", "Seq2SeqTask", "TokenIds", "build_task"]
+__all__ = ["FAMILY_TASKS", "TASKS", "ClozeTask", "DPOTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask",
+           "GLMSeq2SeqTask", "InstructionTask", "QATask", "RewardTask", "Seq2SeqTask", "TokenIds", "build_task"]
