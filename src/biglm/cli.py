@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "consolidate": ("biglm.train.cli", "write model.safetensors of a sharded training checkpoint"),
     "tokenizer": ("biglm.data.cli", "train a byte-level BPE tokenizer"),
     "prepare-data": ("biglm.data.cli", "fetch the bundled demo corpus"),
-    "finetune": ("biglm.finetune.cli", "fine-tune a checkpoint: cloze classification, extractive QA, seq2seq"),
+    "finetune": ("biglm.finetune.cli", "fine-tune: cloze, extractive QA, seq2seq, instruction, reward, dpo"),
     "predict": ("biglm.finetune.cli", "predict with a fine-tuned checkpoint"),
     "reward": ("biglm.finetune.cli", "score responses with a reward model (finetune --task reward)"),
     "generate": ("biglm.generate.cli", "generate text (Mask-Predict, or autoregressive with the KV cache)"),

@@ -37,7 +37,7 @@ SHORTCUTS = {
 def register(subparsers: Any) -> None:
     """Add ``finetune`` and ``predict`` to the ``biglm`` command line."""
     p = subparsers.add_parser(
-        "finetune", help="fine-tune a checkpoint: cloze classification, extractive QA, seq2seq",
+        "finetune", help="fine-tune: cloze, extractive QA, seq2seq, instruction, reward, dpo",
         description="Fine-tune a pretrained checkpoint on a task (or score one with --eval-only). Any config "
                     "field can be overridden with --section.field VALUE (e.g. --train.lr 1e-4 "
                     "--task.seq2seq.label_smoothing 0.1).", allow_abbrev=False, add_help=False)
