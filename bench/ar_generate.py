@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 
 from biglm import BiGLM, ModelConfig
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
-from common import best_of
+from common import best_of, machine_info, tokens_per_second
 
 RESULTS = Path(__file__).parent / "results" / "ar_generate.json"
 PAD, BOS, EOS = 0, 1, 2
@@ -79,11 +78,7 @@ def bench(shape: str, batches: list[int], prompt: int, new: int, repeats: int) -
         timing = best_of(fns, repeats)
         row = {"shape": shape, "batch": batch, "prompt": prompt, "new": new,
                "same_tokens": timing["biglm"][1] == timing["transformers"][1]}
-        for key, (sec, _) in timing.items():
-            row[f"{key}_s"] = sec
-            row[f"{key}_tok_s"] = batch * new / sec
-        row["speedup"] = row["biglm_tok_s"] / row["transformers_tok_s"]
-        rows.append(row)
+        rows.append(tokens_per_second(row, timing, batch * new, "biglm"))
         print(f"  {shape:<11} batch {batch:2d}: biglm {row['biglm_tok_s']:8.1f} tok/s, transformers "
               f"{row['transformers_tok_s']:8.1f} tok/s ({row['speedup']:.2f}×), same tokens {row['same_tokens']}",
               flush=True)
@@ -107,8 +102,7 @@ def main() -> None:
         beam = f"{r['biglm_beam4_tok_s']:.1f}" if "biglm_beam4_tok_s" in r else ""
         print(f"{r['shape']:<11}{r['batch']:>6}{r['biglm_tok_s']:>13.1f}{r['transformers_tok_s']:>20.1f}"
               f"{r['speedup']:>9.2f}×{r['same_tokens']!s:>13}{beam:>14}")
-    report = {"device": platform.processor() or "cpu", "threads": args.threads, "torch": torch.__version__,
-              "load_avg_1min": os.getloadavg()[0], "rows": rows}
+    report = {**machine_info(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -81,6 +81,17 @@ class PassCounter:
         module.register_forward_hook(lambda *_: setattr(self, "count", self.count + 1))
 
 
+def tokens_per_second(row: dict[str, Any], timing: dict[str, tuple[float, Any]], tokens: int, ours: str,
+                      peer: str = "transformers") -> dict[str, Any]:
+    """``row`` with each timed entry's seconds and tokens/s (``tokens`` generated per call) and the
+    speed-up ``ours`` / ``peer``."""
+    for key, (sec, _) in timing.items():
+        row[f"{key}_s"] = sec
+        row[f"{key}_tok_s"] = tokens / sec
+    row["speedup"] = row[f"{ours}_tok_s"] / row[f"{peer}_tok_s"]
+    return row
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """What a reader needs to judge a timing: processor, cores, threads, versions, load, OpenMP policy."""
     import transformers

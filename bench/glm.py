@@ -39,7 +39,7 @@ from biglm.model import BiGLM
 from biglm.objectives import ObjectiveConfig, build_criterion, build_objective
 from biglm.train.batches import ObjectiveBatcher, RowSeeds
 from biglm.train.metrics import flops_per_token
-from common import best_of, llama_like, machine_info, make_step
+from common import best_of, llama_like, machine_info, make_step, tokens_per_second
 
 RESULTS = Path(__file__).parent / "results" / "glm.json"
 SPECIALS = {"pad": 0, "mask": 1, "bos": 2, "eos": 3, "smask": 4, "gmask": 5, "sop": 6, "eop": 7}
@@ -110,11 +110,7 @@ def bench_generate(shape: str, batches: list[int], prompt: int, new: int, repeat
         timing = best_of({"biglm_glm": glm_fill, "transformers": hf_greedy}, repeats)
         row = {"shape": shape, "batch": batch, "prompt": prompt, "new": new,
                "glm_tokens_per_row": [len(t) for t in timing["biglm_glm"][1]]}
-        for key, (sec, _) in timing.items():
-            row[f"{key}_s"] = sec
-            row[f"{key}_tok_s"] = batch * new / sec
-        row["speedup"] = row["biglm_glm_tok_s"] / row["transformers_tok_s"]
-        rows.append(row)
+        rows.append(tokens_per_second(row, timing, batch * new, "biglm_glm"))
         print(f"  {shape:<11} batch {batch:2d}: GLM infill {row['biglm_glm_tok_s']:8.1f} tok/s, transformers "
               f"{row['transformers_tok_s']:8.1f} tok/s ({row['speedup']:.2f}×)", flush=True)
     return rows

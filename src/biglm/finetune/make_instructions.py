@@ -20,13 +20,13 @@ test from those it held out (its ``data.val_fraction`` / ``val_seed``, read by `
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 from biglm.errors import BiglmError
 from biglm.evaluate.make_tasks import run_held_out, sentences, split_documents
+from biglm.finetune.make_titles import write_split
 
 NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five"}
 WORDS = {**NUMBERS, 6: "six"}
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("valid", valid), ("test", test)):
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_split(out / f"{name}.jsonl", rows)
     chats = sum("messages" in r for r in train)
     print(f"{out}: {len(train)} train ({chats} two-turn conversations), {len(valid)} valid, {len(test)} test records")
     return 0
