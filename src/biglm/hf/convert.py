@@ -202,23 +202,31 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     return out
 
 
-def _write_masked_lm(loaded: Any, tmp: Path) -> None:
+def _write_remote_code(loaded: Any, tmp: Path, readme: str, edit_config: Any = None) -> None:
+    """Weights in transformers' names, the config (``edit_config(cfg)`` adjusts it), the remote code files,
+    the tokenizer and a model card: the folder of every model exported with remote code."""
     state = to_hf_state_dict(model_state_dict(loaded.model), loaded.config)
     dtype = loaded.model.model.embed_tokens.weight.dtype
     cfg = hf_config(loaded.config, loaded.tokenizer, dtype, int(loaded.meta.get("step", 0)))
+    if edit_config is not None:
+        edit_config(cfg)
     cfg.save_pretrained(str(tmp))
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     for name in REMOTE_CODE:
         shutil.copyfile(Path(__file__).with_name(name), tmp / name)
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(tmp))
-    (tmp / "README.md").write_text(
+    (tmp / "README.md").write_text(readme)
+
+
+def _write_masked_lm(loaded: Any, tmp: Path) -> None:
+    _write_remote_code(loaded, tmp, (
         f"---\nlibrary_name: transformers\ntags: [biglm, fill-mask]\n---\n# {loaded.config.name}\n\n"
         "A BiGLM (bidirectional general language model) exported by `biglm export-hf`.\n\n"
         "```python\nfrom transformers import AutoModelForMaskedLM, AutoTokenizer\n"
         "model = AutoModelForMaskedLM.from_pretrained(PATH, trust_remote_code=True)\n"
         "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)\n```\n\n"
-        "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n")
+        "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n"))
 
 
 def _write_glm(loaded: Any, tmp: Path) -> None:
@@ -226,19 +234,13 @@ def _write_glm(loaded: Any, tmp: Path) -> None:
     releases map it) with GLM's special ids in the config."""
     from biglm.data.tokenizer import glm_token_ids
 
-    state = to_hf_state_dict(model_state_dict(loaded.model), loaded.config)
-    dtype = loaded.model.model.embed_tokens.weight.dtype
-    cfg = hf_config(loaded.config, loaded.tokenizer, dtype, int(loaded.meta.get("step", 0)))
-    cfg.glm_token_ids = glm_token_ids(loaded.tokenizer)
-    cfg.auto_map = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
-                    "AutoModelForSeq2SeqLM": "modeling_biglm.BiGLMForBlankInfilling"}
-    cfg.architectures = ["BiGLMForBlankInfilling"]
-    cfg.save_pretrained(str(tmp))
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    for name in REMOTE_CODE:
-        shutil.copyfile(Path(__file__).with_name(name), tmp / name)
-    loaded.tokenizer.save_pretrained(str(tmp))
-    (tmp / "README.md").write_text(
+    def glm_config(cfg: Any) -> None:
+        cfg.glm_token_ids = glm_token_ids(loaded.tokenizer)
+        cfg.auto_map = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
+                        "AutoModelForSeq2SeqLM": "modeling_biglm.BiGLMForBlankInfilling"}
+        cfg.architectures = ["BiGLMForBlankInfilling"]
+
+    _write_remote_code(loaded, tmp, (
         f"---\nlibrary_name: transformers\ntags: [biglm, glm, blank-infilling]\n---\n# {loaded.config.name}\n\n"
         "A GLM (autoregressive blank infilling) exported by `biglm export-hf`.\n\n"
         "```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
@@ -247,7 +249,7 @@ def _write_glm(loaded: Any, tmp: Path) -> None:
         "print(model.infill(tokenizer, 'The [MASK] sat on the mat.'))\n```\n\n"
         "Rows are part A (text with [MASK]/[sMASK]/[gMASK] blanks) then part B ([sop] span per blank); pass "
         "`regions` (0 = A, 1 = B) and `position_ids` (B, T, 2): (position in A or the blank's, position in "
-        "the span).\n")
+        "the span).\n"), glm_config)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
