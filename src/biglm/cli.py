@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("biglm.generate.cli", "generate text (Mask-Predict, or autoregressive with the KV cache)"),
     "chat": ("biglm.chat.cli", "chat with a model in the terminal (the reply forms in place)"),
     "serve": ("biglm.chat.cli", "serve a model: OpenAI-compatible API and a live web page"),
+    "annotate": ("biglm.annotate.cli", "judge pairs of responses on a local web page (preference data)"),
+    "judge": ("biglm.annotate.cli", "AI feedback: a judge model labels pairs of responses (preference data)"),
     "evaluate": ("biglm.evaluate.cli", "zero-shot evaluation through lm-evaluation-harness"),
     "export-hf": ("biglm.hf.cli", "export a checkpoint as a transformers model folder (masked or causal LM)"),
     "import-hf": ("biglm.hf.cli", "import a transformers (BiGLM or Llama) folder as a checkpoint"),

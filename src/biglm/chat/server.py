@@ -13,6 +13,9 @@ One worker thread owns the model; requests wait in a bounded queue (``queue_size
 503 at once). Non-streamed requests with the same settings that wait together are decoded as one batch (up
 to ``batch``). Bad requests get a 4xx with OpenAI's error body and the server stays up; a client that goes
 away mid-stream cancels its generation at the next pass or token.
+
+Other pages mount on the same server through a route table (``routes``: ``(method, path) -> Route``; checked
+before the built-in routes), as ``biglm annotate`` does; a server built without a model serves only those.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -34,6 +39,10 @@ from biglm.chat.session import ChatModel, ChatSettings, Reply, ReplyUpdate
 from biglm.errors import BiglmError
 
 MAX_BODY = 1 << 20
+
+Route = Callable[[dict[str, Any] | None, dict[str, str]], tuple[int, Any, str]]
+"""A mounted route: (JSON body of a POST or None, query parameters) -> (status, payload, content type); a
+``bytes`` payload is sent as is, anything else as JSON. Raising ``HTTPError`` answers with OpenAI's error body."""
 
 
 class HTTPError(Exception):
@@ -109,9 +118,10 @@ def settings_from(body: dict[str, Any], base: ChatSettings) -> ChatSettings:
 class ChatServer:
     """The model worker, its queue and the HTTP server (``start`` / ``stop`` for tests and benchmarks)."""
 
-    def __init__(self, chat: ChatModel, host: str = "127.0.0.1", port: int = 0, queue_size: int = 16,
-                 batch: int = 8, model_name: str = "biglm") -> None:
+    def __init__(self, chat: ChatModel | None, host: str = "127.0.0.1", port: int = 0, queue_size: int = 16,
+                 batch: int = 8, model_name: str = "biglm", routes: dict[tuple[str, str], Route] | None = None) -> None:
         self.chat, self.batch, self.model_name = chat, max(1, batch), model_name
+        self.routes = dict(routes or {})
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max(1, queue_size))
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
@@ -124,7 +134,8 @@ class ChatServer:
         return f"http://{host}:{port}"
 
     def start(self) -> ChatServer:
-        self.worker.start()
+        if self.chat is not None:
+            self.worker.start()
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="biglm-http",
                          daemon=True).start()
         return self
@@ -215,9 +226,30 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
         def _error(self, e: HTTPError) -> None:
             self._json(e.status, {"error": {"message": e.message, "type": e.kind, "code": e.status}})
 
+        def _mounted(self, method: str) -> bool:
+            """Answer from the route table if it has this route (True), else leave it to the built-in ones."""
+            path, _, query = self.path.partition("?")
+            route = server.routes.get((method, path))
+            if route is None:
+                return False
+            try:
+                status, payload, content_type = route(self._body() if method == "POST" else None,
+                                                      dict(urllib.parse.parse_qsl(query)))
+                self._send(status, payload if isinstance(payload, bytes) else json.dumps(payload).encode(),
+                           content_type)
+            except HTTPError as e:
+                self._error(e)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return True
+
         def do_GET(self) -> None:
+            if self._mounted("GET"):
+                return
             path = self.path.split("?")[0]
-            if path in ("/", "/index.html"):
+            if server.chat is None and path != "/health":
+                self._error(HTTPError(404, f"no route {path}", "not_found"))
+            elif path in ("/", "/index.html"):
                 page = resources.files("biglm.chat").joinpath("page.html").read_bytes()
                 self._send(200, page, "text/html; charset=utf-8")
             elif path == "/v1/models":
@@ -229,9 +261,11 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 self._error(HTTPError(404, f"no route {path}", "not_found"))
 
         def do_POST(self) -> None:
+            if self._mounted("POST"):
+                return
             path = self.path.split("?")[0]
             try:
-                if path not in ("/v1/chat/completions", "/v1/completions"):
+                if server.chat is None or path not in ("/v1/chat/completions", "/v1/completions"):
                     raise HTTPError(404, f"no route {path}", "not_found")
                 body = self._body()
                 job = self._job(path, body)
@@ -383,11 +417,17 @@ def serve(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, queue_size
           model_name: str = "biglm") -> int:
     """Serve until interrupted (``biglm serve``): Ctrl-C (SIGINT) or SIGTERM stops it cleanly. The handlers
     are installed here because a process started in the background inherits SIGINT ignored."""
+    server = ChatServer(chat, host, port, queue_size, batch, model_name)
+    return serve_until_stopped(server, lambda url: f"biglm serve: {chat.family} model at {url}/ (API: "
+                               f"{url}/v1/chat/completions); Ctrl-C stops")
+
+
+def serve_until_stopped(server: ChatServer, banner: Callable[[str], str]) -> int:
+    """Start ``server``, print ``banner(url)`` to stderr, and serve until SIGINT or SIGTERM."""
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = ChatServer(chat, host, port, queue_size, batch, model_name).start()
-    print(f"biglm serve: {chat.family} model at {server.url}/ (API: {server.url}/v1/chat/completions); "
-          "Ctrl-C stops", file=sys.stderr)
+    server.start()
+    print(banner(server.url), file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.2):
             pass
@@ -398,4 +438,4 @@ def serve(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, queue_size
     return 0
 
 
-__all__ = ["ChatServer", "Job", "serve", "settings_from"]
+__all__ = ["ChatServer", "HTTPError", "Job", "Route", "serve", "serve_until_stopped", "settings_from"]

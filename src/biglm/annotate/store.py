@@ -1,0 +1,219 @@
+"""Crash-safe JSONL files for annotation: every answer is on disk, whole, the moment it is acknowledged.
+
+``JsonlLog`` is an append-only JSONL file held by one process (an exclusive ``flock`` on ``FILE.lock``; the
+kernel drops it when the process dies, so a killed server never blocks its restart). A record is appended as
+one ``write`` of its whole line with ``O_APPEND``, then ``fsync``: a kill can only stop before or after the
+line. A line torn by a power cut or by an editor is repaired on open: a last line that still parses gets its
+newline, one that does not is cut off and kept in ``FILE.torn`` (a note says so). Removing a record (undo)
+rewrites the file beside it and renames it over (``biglm.files.atomic_write_text``), so a reader such as
+``biglm finetune --task reward`` sees the old or the new file, never a half-written one, and never sees a
+removed answer.
+
+``AnswerStore`` keeps preference judgements in biglm's format (``biglm.data.preferences``) on a ``JsonlLog``:
+one answer per (annotator, pair) - a second is refused, so none is saved twice - and undo of an annotator's
+last answer. A pair is named by the digest of its prompt and two responses (``pair_key``), so the file needs
+no extra field and answers written by other tools count too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biglm.data.preferences import ACCEPTABILITY, CHOICES, preference_pair
+from biglm.data.records import Record
+from biglm.errors import BiglmError
+from biglm.files import atomic_write_text, bytes_digest
+
+
+class Conflict(BiglmError):
+    """The request contradicts what is saved (an answer given twice, an undo with nothing to undo)."""
+
+
+def pair_key(prompt: Any, response_a: str, response_b: str) -> str:
+    """A pair's name: the digest of its prompt and two responses in their A/B order."""
+    text = json.dumps([prompt, response_a, response_b], ensure_ascii=False, sort_keys=True)
+    return bytes_digest(text.encode())[:16]
+
+
+class JsonlLog:
+    """An append-only JSONL file owned by this process; see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike, what: str = "records") -> None:
+        self.path, self.what = Path(path), what
+        if self.path.is_dir():
+            raise BiglmError(f"{self.path}: is a folder; expected a JSONL file for the {what}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise BiglmError(f"{self.path}: another process is writing it (its lock {self.path.name}.lock is "
+                             "held); stop that one first") from None
+        self.records: list[dict[str, Any]] = self._read()
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        new = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if new:  # the file's name must survive a crash too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return fd
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self._repair(data)
+            data = self.path.read_bytes()
+        out = []
+        for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BiglmError(f"{self.path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(obj, dict):
+                raise BiglmError(f"{self.path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            out.append(obj)
+        return out
+
+    def _repair(self, data: bytes) -> None:
+        """Give a whole last line its newline; cut a torn one off into ``FILE.torn`` (with a note)."""
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            whole = False
+        if whole:
+            atomic_write_text(self.path, (data + b"\n").decode("utf-8"))
+            return
+        torn = self.path.with_name(self.path.name + ".torn")
+        with open(torn, "ab") as f:
+            f.write(tail + b"\n")
+        atomic_write_text(self.path, data[:cut].decode("utf-8"))
+        print(f"note: {self.path}: its last line was cut off mid-write ({len(tail)} bytes); removed it and kept it "
+              f"in {torn.name}", file=sys.stderr)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write ``record`` as one line (one ``write``, then ``fsync``)."""
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        view = memoryview(line)
+        while view:  # a regular file takes the whole line at once; the loop only guards short writes
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
+        self.records.append(record)
+
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the file's records atomically (temporary file, then rename)."""
+        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        os.close(self._fd)  # the rename gave the name a new file: append to that one from now on
+        self._fd = self._open()
+        self.records = list(records)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        os.close(self._lock_fd)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records)
+
+
+@dataclass
+class Answer:
+    """One judgement of a pair (the labels of ``biglm.data.preferences``)."""
+
+    choice: str
+    acceptable_a: str | None = None
+    acceptable_b: str | None = None
+
+    def check(self) -> Answer:
+        if self.choice not in CHOICES:
+            raise BiglmError(f"choice={self.choice!r}: expected one of {', '.join(CHOICES)}")
+        for name, value in (("acceptable_a", self.acceptable_a), ("acceptable_b", self.acceptable_b)):
+            if value is not None and value not in ACCEPTABILITY:
+                raise BiglmError(f"{name}={value!r}: expected one of {', '.join(ACCEPTABILITY)}")
+        return self
+
+
+class AnswerStore:
+    """Preference judgements on a ``JsonlLog``: one per (annotator, pair), undo of an annotator's last one.
+    Thread-safe (the page's requests arrive on several threads)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.log = JsonlLog(path, "answers")
+        self.lock = threading.Lock()
+        self.done: set[tuple[str, str]] = set()
+        for i, r in enumerate(self.log.records, 1):
+            try:
+                self.done.add((str(r.get("annotator", "")), pair_key(r["prompt"], r["response_a"], r["response_b"])))
+            except KeyError as e:
+                raise BiglmError(f"{self.log.path}:{i}: not an answer in biglm's preference format (missing "
+                                 f"field {e}); write the answers to a new file") from None
+
+    @property
+    def path(self) -> Path:
+        return self.log.path
+
+    def answered(self, annotator: str, key: str) -> bool:
+        return (annotator, key) in self.done
+
+    def count(self, annotator: str) -> int:
+        return sum(1 for a, _ in self.done if a == annotator)
+
+    def add(self, annotator: str, pair: Any, answer: Answer) -> dict[str, Any]:
+        """Save ``answer`` to ``pair`` (a ``biglm.annotate.pairs.Pair``) by ``annotator``; a ``Conflict`` if
+        that annotator already answered it. The record is checked by the preference reader before it is
+        written, so the file always reads back."""
+        answer.check()
+        record: dict[str, Any] = {"prompt": pair.prompt, "response_a": pair.response_a,
+                                  "response_b": pair.response_b}
+        for name, value in (("model_a", pair.model_a), ("model_b", pair.model_b), ("choice", answer.choice),
+                            ("acceptable_a", answer.acceptable_a), ("acceptable_b", answer.acceptable_b)):
+            if value:
+                record[name] = value
+        record["annotator"] = annotator
+        record["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        preference_pair(Record(record, f"{self.path} (new answer)"))
+        with self.lock:
+            key = (annotator, pair.key)
+            if key in self.done:
+                raise Conflict(f"pair {pair.key} is already answered by {annotator} in {self.path}")
+            self.log.append(record)
+            self.done.add(key)
+        return record
+
+    def undo(self, annotator: str) -> dict[str, Any]:
+        """Remove ``annotator``'s last answer (atomic rewrite); a ``Conflict`` when there is none."""
+        with self.lock:
+            records = self.log.records
+            last = next((i for i in range(len(records) - 1, -1, -1) if records[i].get("annotator") == annotator),
+                        None)
+            if last is None:
+                raise Conflict(f"nothing to undo: {annotator} has no answer in {self.path}")
+            removed = records[last]
+            self.log.rewrite(records[:last] + records[last + 1:])
+            self.done.discard((annotator, pair_key(removed["prompt"], removed["response_a"], removed["response_b"])))
+            return removed
+
+    def close(self) -> None:
+        self.log.close()
+
+
+__all__ = ["Answer", "AnswerStore", "Conflict", "JsonlLog", "pair_key"]
