@@ -59,11 +59,10 @@ def _prompt_text(prompt: Any) -> str:
 
 
 def render(template: str, pair: Pair) -> str:
-    """The question for one pair (plain replacement: braces in the pair's text are left alone)."""
-    out = template
-    for name, value in zip(FIELDS, (_prompt_text(pair.prompt), pair.response_a, pair.response_b)):
-        out = out.replace(name, value)
-    return out
+    """The question for one pair: the three fields replaced in one pass, so braces in the pair's own text
+    (even a ``{response_b}`` inside response A) are left alone."""
+    values = dict(zip(FIELDS, (_prompt_text(pair.prompt), pair.response_a, pair.response_b)))
+    return re.sub("|".join(re.escape(f) for f in FIELDS), lambda m: values[m.group(0)], template)
 
 
 def _words(value: str) -> str:

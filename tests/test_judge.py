@@ -1,0 +1,174 @@
+"""``biglm judge``: AI feedback written in the preference format as annotator ``ai:<model>``. Reading
+verdicts; an OpenAI-compatible endpoint (a stub that answers by a script, some answers garbage: counted,
+skipped, one message; ``biglm serve`` running a micro model); a biglm checkpoint as the judge; resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from biglm.annotate.judge import CheckpointJudge, judge_pairs, load_template, parse_verdict, render
+from biglm.annotate.pairs import Pair
+from biglm.annotate.store import Answer, AnswerStore
+from biglm.chat import ChatModel
+from biglm.chat.server import ChatServer
+from biglm.cli import main
+from biglm.data.preferences import preference_pairs
+from biglm.data.records import read_records
+from biglm.errors import BiglmError
+from test_chat import chat_checkpoint
+
+PAIRS = [Pair(f"pair{i}: say {w}", w, w.upper(), "m1", "m2") for i, w in enumerate(["ab", "cd", "ef", "gh", "ij"])]
+
+
+def write_pairs(path):
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PAIRS))
+    return path
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("A: acceptable\nB: unacceptable\nHelpfulness: A", Answer("A", "acceptable", "unacceptable")),
+    ("Helpfulness: B is better.\nA: unacceptable", Answer("B", "unacceptable", None)),
+    ("**Helpfulness:** both not good", Answer("both_bad")),
+    ("helpfulness = Both good\nResponse A is acceptable\nResponse B: acceptable", Answer("both_good", "acceptable",
+                                                                                         "acceptable")),
+    ("A: acceptable\nA: unacceptable\nHelpfulness: A", Answer("A", None, None)),  # said both ways: left out
+    ("Helpfulness: A\nHelpfulness: B", None),  # two answers: unreadable
+    ("Helpfulness: A, B, both good or both not good", None),  # the template's line echoed back
+    ("I think the first one", None),
+    ("", None),
+])
+def test_parse_verdict(text, expected):
+    assert parse_verdict(text) == expected
+
+
+def test_the_default_template_is_unreadable_as_an_answer_and_rendering_keeps_braces():
+    template = load_template()
+    assert parse_verdict(template) is None
+    pair = Pair("fill {x} in", "a {response_b}", "b")
+    assert "fill {x} in" in render(template, pair) and "a {response_b}" in render(template, pair)
+
+
+def test_a_template_without_its_fields_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("Compare {response_a} and {response_b}.")
+    with pytest.raises(BiglmError, match=r"t.txt: the template lacks \{prompt\}"):
+        load_template(tmp_path / "t.txt")
+
+
+class Stub:
+    """An OpenAI-compatible chat endpoint answering by a script keyed on the pair the question is about."""
+
+    def __init__(self, script: dict[str, str]) -> None:
+        self.script, self.asked = script, []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                question = body["messages"][-1]["content"]
+                key = next(k for k in stub.script if k in question)
+                stub.asked.append(key)
+                out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                      "role": "assistant", "content": stub.script[key]}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+def test_an_endpoint_judge_with_garbage_answers_counted_skipped_and_resumed(tmp_path, capsys):
+    script = {"pair0": "A: acceptable\nB: acceptable\nHelpfulness: A", "pair1": "B: unacceptable\nHelpfulness: B",
+              "pair2": "%%% garbage %%%", "pair3": "Helpfulness: both not good", "pair4": "no idea"}
+    stub = Stub(script)
+    pairs, out = write_pairs(tmp_path / "pairs.jsonl"), tmp_path / "ai.jsonl"
+    args = ["judge", "--pairs", str(pairs), "--out", str(out), "--judge-url", stub.url, "--judge-model", "gpt-x"]
+    try:
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert "judge gpt-x: 3 answers saved" in err
+        assert "judge: 2 of 5 answers unreadable, skipped; first: '%%% garbage %%%'" in err
+        saved = preference_pairs(read_records(str(out)))
+        assert [(p.prompt, p.choice, p.acceptable_y, p.acceptable_y_prime, p.annotator) for p in saved] == [
+            (PAIRS[0].prompt, "A", "acceptable", "acceptable", "ai:gpt-x"),
+            (PAIRS[1].prompt, "B", None, "unacceptable", "ai:gpt-x"),
+            (PAIRS[3].prompt, "both_bad", None, None, "ai:gpt-x")]
+        assert sorted(stub.asked) == sorted(script)
+        stub.asked.clear()
+        stub.script["pair2"] = "Helpfulness: A"  # a second run asks again only what is not saved yet
+        assert main(args) == 0
+        assert "1 answers saved" in capsys.readouterr().err and sorted(stub.asked) == ["pair2", "pair4"]
+        assert len(preference_pairs(read_records(str(out)))) == 4
+    finally:
+        stub.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def judge_ckpt(tmp_path_factory):
+    return chat_checkpoint(tmp_path_factory.mktemp("judge") / "ckpt", max_seq_len=96)
+
+
+def test_biglm_serve_as_the_openai_compatible_judge(judge_ckpt, tmp_path):
+    chat = ChatModel.load(judge_ckpt)
+    server = ChatServer(chat, port=0, model_name="micro").start()
+    try:
+        from biglm.annotate.judge import EndpointJudge
+
+        judge = EndpointJudge(f"{server.url}/v1", "micro", max_tokens=6)
+        store = AnswerStore(tmp_path / "ai.jsonl")
+        report = judge_pairs(PAIRS, judge, store, load_template())
+        store.close()
+    finally:
+        server.stop()
+    # What the judge read is what the served model says to each question (greedy, same settings).
+    settings = chat.settings.updated(temperature=0.0, max_new_tokens=6)
+    direct = [chat.reply([{"role": "user", "content": render(load_template(), p)}], settings).text for p in PAIRS]
+    readable = [parse_verdict(t) for t in direct]
+    assert report.asked == 5 and report.failed == 0
+    assert report.saved == sum(v is not None for v in readable) and report.unreadable == 5 - report.saved
+    if report.unreadable:
+        assert report.first_unreadable == next(t for t, v in zip(direct, readable) if v is None)
+        assert f"judge: {report.unreadable} of 5 answers unreadable, skipped" in report.summary()
+    assert [r["annotator"] for r in report.records] == ["ai:micro"] * report.saved
+
+
+def test_a_biglm_checkpoint_as_the_judge(judge_ckpt, tmp_path, capsys):
+    pairs, out = write_pairs(tmp_path / "pairs.jsonl"), tmp_path / "ai.jsonl"
+    assert main(["judge", "--pairs", str(pairs), "--out", str(out), "--judge-ckpt", str(judge_ckpt),
+                 "--judge-max-tokens", "6"]) == 0
+    err = capsys.readouterr().err
+    chat = ChatModel.load(judge_ckpt)
+    judge = CheckpointJudge(chat, str(judge_ckpt), max_tokens=6)
+    direct = [r.text for r in chat.replies([[{"role": "user", "content": render(load_template(), p)}]
+                                            for p in PAIRS], judge.settings)]
+    verdicts = [parse_verdict(t) for t in direct]
+    saved = preference_pairs(read_records(str(out))) if out.read_text() else []
+    assert [p.prompt for p in saved] == [p.prompt for p, v in zip(PAIRS, verdicts) if v is not None]
+    assert all(p.annotator == f"ai:{judge_ckpt}" for p in saved)
+    unreadable = sum(v is None for v in verdicts)
+    if unreadable:  # a random micro model mostly writes garbage: counted, skipped, named once
+        first = next(t for t, v in zip(direct, verdicts) if v is None)
+        assert f"judge: {unreadable} of 5 answers unreadable, skipped; first: {first[:120]!r}" in err
+
+
+def test_judge_cli_refuses_bad_arguments(tmp_path, capsys):
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    out = str(tmp_path / "ai.jsonl")
+    assert main(["judge", "--pairs", str(pairs), "--out", out]) == 2
+    assert "give one judge" in capsys.readouterr().err
+    assert main(["judge", "--pairs", str(pairs), "--out", out, "--judge-url", "http://x/v1"]) == 2
+    assert "--judge-url needs --judge-model" in capsys.readouterr().err
+    assert main(["judge", "--pairs", str(pairs), "--out", out, "--judge-url", "http://x/v1", "--judge-model", "m",
+                 "--template", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt: no such template file" in capsys.readouterr().err
