@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,35 @@ def test_the_page_in_a_real_browser_survives_a_killed_server(tmp_path):
         ("A", "unacceptable", "acceptable")]
     assert {p.annotator for p in saved} == {"human:ann"} and {p.model_y for p in saved} == {"m1"}
     assert not list(tmp_path.glob("*.torn"))
+
+
+def test_the_page_shows_sampling_progress_and_waits_for_pairs(tmp_path):
+    from test_serve import browser
+
+    page = browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    release = threading.Event()
+
+    def slow(batch):
+        release.wait(30)
+        return [(f"{p} one", f"{p} two") for p in batch]
+
+    pool = sampled_pool(["p0", "p1"], slow, ("m1", "m2"), tmp_path / "c.jsonl", {}, batch=1, shuffle=False)
+    store = AnswerStore(tmp_path / "prefs.jsonl")
+    server = ChatServer(None, port=0, routes=Annotation(store, pool).routes()).start()
+    try:
+        wait = WebDriverWait(page, 30)
+        page.get(server.url + "/?annotator=ann")
+        wait.until(lambda p: "sampling pairs: 0 of 2 ready" in p.find_element(By.ID, "sampling").text)
+        assert "waiting for the next pair" in page.find_element(By.ID, "status").text
+        release.set()  # the page picks the pairs up as they come
+        wait.until(lambda p: p.find_element(By.ID, "prompt").text == "p0")
+        wait.until(lambda p: p.find_element(By.ID, "sampling").text == "")
+        assert page.find_element(By.ID, "response_a").text == "p0 one"
+    finally:
+        release.set()
+        page.quit()
+        server.stop()
+        store.close()

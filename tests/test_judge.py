@@ -172,3 +172,26 @@ def test_judge_cli_refuses_bad_arguments(tmp_path, capsys):
     assert main(["judge", "--pairs", str(pairs), "--out", out, "--judge-url", "http://x/v1", "--judge-model", "m",
                  "--template", str(tmp_path / "none.txt")]) == 2
     assert "none.txt: no such template file" in capsys.readouterr().err
+
+
+def test_judging_pairs_sampled_from_one_checkpoint(judge_ckpt, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("reverse this a b c\ncaps this a b\n")
+    stub = Stub({"reverse this": "Helpfulness: A", "caps this": "Helpfulness: both good"})
+    out = tmp_path / "ai.jsonl"
+    args = ["judge", "--prompts", str(prompts), "--ckpt", str(judge_ckpt), "--max-new-tokens", "5", "--out", str(out),
+            "--judge-url", stub.url, "--judge-model", "gpt-x"]
+    try:
+        assert main(args) == 0
+        cache = tmp_path / "ai.pairs.jsonl"
+        kept = cache.read_text()
+        saved = preference_pairs(read_records(str(out)))
+        assert [(p.prompt, p.choice) for p in saved] == [("reverse this a b c", "A"), ("caps this a b", "both_good")]
+        names = {f"{judge_ckpt}[seed=1,temperature=0.7]", f"{judge_ckpt}[seed=2,temperature=0.7]"}
+        assert all({p.model_y, p.model_y_prime} == names for p in saved)
+        assert main(args) == 0  # nothing new: the cached pairs are the same pairs, all judged
+        assert "0 answers saved" in capsys.readouterr().err and cache.read_text() == kept
+        assert main([*args, "--seed-b", "3"]) == 2  # other settings do not mix into the cache
+        assert "sampled with other checkpoints or settings" in capsys.readouterr().err
+    finally:
+        stub.httpd.shutdown()
