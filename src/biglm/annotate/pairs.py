@@ -207,10 +207,13 @@ def sampled_pool(prompts: Sequence[str | list[dict[str, str]]], sample: Sampler,
             print(f"annotate: sampling failed: {pool.error}", file=sys.stderr, flush=True)
         finally:
             log.close()
+            if pool.error is None:  # a word-for-word repeated pair is shown once
+                pool.total = len(pool.pairs)
             pool.finished.set()
 
     if not todo:
         log.close()
+        pool.total = len(pool.pairs)
         pool.finished.set()
     elif background:
         threading.Thread(target=run, name="biglm-sampler", daemon=True).start()
