@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_a_template_without_its_fields_is_refused(tmp_path):
 class Stub:
     """An OpenAI-compatible chat endpoint answering by a script keyed on the pair the question is about."""
 
-    def __init__(self, script: dict[str, str]) -> None:
+    def __init__(self, script: dict[str, Any]) -> None:
         self.script, self.asked = script, []
         stub = self
 
@@ -74,9 +75,11 @@ class Stub:
                 question = body["messages"][-1]["content"]
                 key = next(k for k in stub.script if k in question)
                 stub.asked.append(key)
+                answer = stub.script[key]
                 out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                   "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                      "role": "assistant", "content": stub.script[key]}}]}).encode()
+                                      "role": "assistant", "content": answer if isinstance(answer, str)
+                                      else answer(question)}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
@@ -195,3 +198,28 @@ def test_judging_pairs_sampled_from_one_checkpoint(judge_ckpt, tmp_path, capsys)
         assert "sampled with other checkpoints or settings" in capsys.readouterr().err
     finally:
         stub.httpd.shutdown()
+
+
+def test_both_orders_keeps_only_verdicts_that_survive_swapping_a_and_b(tmp_path, capsys):
+    def prefers_capitals(question: str) -> str:  # a judge that reads the responses
+        if "Response A:\nCD" in question:
+            return "A: acceptable\nB: acceptable\nHelpfulness: A"
+        return "A: acceptable\nB: unacceptable\nHelpfulness: B"
+
+    stub = Stub({"pair0": "Helpfulness: A", "pair1": prefers_capitals, "pair2": "??"})  # pair0: position bias
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PAIRS[:3]))
+    out = tmp_path / "ai.jsonl"
+    try:
+        assert main(["judge", "--pairs", str(pairs), "--out", str(out), "--judge-url", stub.url, "--judge-model",
+                     "gpt-x", "--both-orders"]) == 0
+    finally:
+        stub.httpd.shutdown()
+    err = capsys.readouterr().err
+    assert sorted(stub.asked) == ["pair0", "pair0", "pair1", "pair1", "pair2", "pair2"]
+    assert "judge: 2 of 6 answers unreadable, skipped; first: '??'" in err
+    assert "judge: 1 of 3 pairs judged differently with A and B swapped, skipped" in err
+    assert "judge: 3 of 3 pairs asked, 1 saved" in err  # progress
+    saved = preference_pairs(read_records(str(out)))
+    assert [(p.prompt, p.y, p.choice, p.acceptable_y, p.acceptable_y_prime) for p in saved] == [
+        (PAIRS[1].prompt, "cd", "B", "acceptable", None)]  # the acceptability the orders disagree on is left out

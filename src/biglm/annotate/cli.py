@@ -63,6 +63,8 @@ def register(subparsers: Any) -> None:
                    "{response_b} (default: biglm's, biglm/annotate/judge_template.txt)")
     g.add_argument("--judge-max-tokens", type=int, default=64, help="longest judge answer (64)")
     g.add_argument("--concurrency", type=int, default=4, help="endpoint requests in flight (4)")
+    g.add_argument("--both-orders", action="store_true",
+                   help="ask each pair with A and B swapped too; keep only verdicts both orders agree on")
     p.set_defaults(func=run_judge)
 
 
@@ -148,7 +150,9 @@ def run_judge(args: argparse.Namespace) -> int:
     store = AnswerStore(args.out)
     try:
         pool = pool_from_args(args, background=False)
-        report = judge_pairs(pool.pairs, judge, store, template)
+        report = judge_pairs(pool.pairs, judge, store, template, both_orders=args.both_orders,
+                             on_progress=lambda r, n: print(f"judge: {r.pairs} of {n} pairs asked, {r.saved} saved",
+                                                            file=sys.stderr, flush=True))
     finally:
         store.close()
     print(report.summary(), file=sys.stderr)

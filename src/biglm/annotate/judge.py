@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -129,8 +129,12 @@ class JudgeReport:
     """What a judging run did."""
 
     judge: str
+    pairs: int = 0
+    """Pairs asked about."""
     asked: int = 0
+    """Answers asked for (two per pair with ``both_orders``)."""
     saved: int = 0
+    inconsistent: int = 0
     already: int = 0
     unreadable: int = 0
     failed: int = 0
@@ -147,37 +151,79 @@ class JudgeReport:
                          f"{self.first_unreadable[:120]!r}")
         if self.failed:
             lines.append(f"judge: {self.failed} of {self.asked} requests failed, skipped; first: {self.first_failure}")
+        if self.inconsistent:
+            lines.append(f"judge: {self.inconsistent} of {self.pairs} pairs judged differently with A and B swapped, "
+                         "skipped")
         return "\n".join(lines)
 
 
-def judge_pairs(pairs: Sequence[Pair], judge: Any, store: AnswerStore, template: str,
-                chunk: int = 32) -> JudgeReport:
+SWAP = {"A": "B", "B": "A", "both_good": "both_good", "both_bad": "both_bad"}
+
+
+def swapped(pair: Pair) -> Pair:
+    """The pair with A and B exchanged."""
+    return Pair(pair.prompt, pair.response_b, pair.response_a, pair.model_b, pair.model_a)
+
+
+def agreed(first: Answer, second: Answer) -> Answer | None:
+    """The verdict of both orders (``second`` was given about the swapped pair), or None when the helpfulness
+    differs; an acceptability the two orders disagree on is left out."""
+    if SWAP[second.choice] != first.choice:
+        return None
+    return Answer(first.choice, first.acceptable_a if first.acceptable_a == second.acceptable_b else None,
+                  first.acceptable_b if first.acceptable_b == second.acceptable_a else None)
+
+
+def judge_pairs(pairs: Sequence[Pair], judge: Any, store: AnswerStore, template: str, chunk: int = 32,
+                both_orders: bool = False, on_progress: Callable[[JudgeReport, int], None] | None = None
+                ) -> JudgeReport:
     """Ask ``judge`` about every pair it has not answered in ``store`` yet and save the readable answers
-    (annotator ``ai:<judge.name>``), ``chunk`` pairs at a time so a stop loses at most one chunk's questions."""
+    (annotator ``ai:<judge.name>``), ``chunk`` pairs at a time so a stop loses at most one chunk's questions.
+
+    ``both_orders`` asks each pair a second time with A and B swapped and keeps only a helpfulness verdict the
+    two orders agree on (LLM judges favour one position; a disagreement is counted and skipped).
+    ``on_progress(report, pairs_to_do)`` is called after each chunk."""
     annotator = f"ai:{judge.name}"
     report = JudgeReport(judge.name, out=str(store.path))
     todo = [p for p in pairs if not store.answered(annotator, p.key)]
     report.already = len(pairs) - len(todo)
+    ways = 2 if both_orders else 1
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        for pair, reply in zip(part, judge.ask([render(template, p) for p in part])):
-            report.asked += 1
-            if isinstance(reply, Exception):
-                report.failed += 1
-                report.first_failure = report.first_failure or f"{type(reply).__name__}: {reply}"
+        questions = [render(template, q) for p in part for q in ((p, swapped(p)) if both_orders else (p,))]
+        replies = judge.ask(questions)
+        for n, pair in enumerate(part):
+            verdicts = [_read(report, r) for r in replies[n * ways:(n + 1) * ways]]
+            if any(v is None for v in verdicts):
                 continue
-            verdict = parse_verdict(reply)
+            verdict = verdicts[0] if not both_orders else agreed(verdicts[0], verdicts[1])
             if verdict is None:
-                report.unreadable += 1
-                report.first_unreadable = report.first_unreadable or reply
+                report.inconsistent += 1
                 continue
             try:
                 report.records.append(store.add(annotator, pair, verdict))
                 report.saved += 1
             except Conflict:
                 report.already += 1
+        report.pairs += len(part)
+        if on_progress is not None:
+            on_progress(report, len(todo))
     return report
 
 
-__all__ = ["CheckpointJudge", "EndpointJudge", "JudgeReport", "judge_pairs", "load_template", "parse_verdict",
-           "render"]
+def _read(report: JudgeReport, reply: str | Exception) -> Answer | None:
+    """One reply's verdict, counting the failed and the unreadable ones."""
+    report.asked += 1
+    if isinstance(reply, Exception):
+        report.failed += 1
+        report.first_failure = report.first_failure or f"{type(reply).__name__}: {reply}"
+        return None
+    verdict = parse_verdict(reply)
+    if verdict is None:
+        report.unreadable += 1
+        report.first_unreadable = report.first_unreadable or reply
+    return verdict
+
+
+__all__ = ["CheckpointJudge", "EndpointJudge", "JudgeReport", "agreed", "judge_pairs", "load_template",
+           "parse_verdict", "render", "swapped"]
