@@ -196,6 +196,10 @@ def test_judging_pairs_sampled_from_one_checkpoint(judge_ckpt, tmp_path, capsys)
         assert "0 answers saved" in capsys.readouterr().err and cache.read_text() == kept
         assert main([*args, "--seed-b", "3"]) == 2  # other settings do not mix into the cache
         assert "sampled with other checkpoints or settings" in capsys.readouterr().err
+        pairs_args = ["judge", "--pairs", str(cache), "--out", str(out), "--judge-url", stub.url, "--judge-model",
+                      "gpt-x"]
+        assert main(pairs_args) == 0  # the cache read as a pairs file: the very pairs judged above
+        assert "0 answers saved" in capsys.readouterr().err
     finally:
         stub.httpd.shutdown()
 

@@ -125,7 +125,10 @@ def run_annotate(args: argparse.Namespace) -> int:
     store = AnswerStore(args.out)
     try:
         pool = pool_from_args(args, background=True)
-        server = ChatServer(None, args.host, args.port, routes=Annotation(store, pool, args.instructions).routes())
+        try:
+            server = ChatServer(None, args.host, args.port, routes=Annotation(store, pool, args.instructions).routes())
+        except OSError as e:
+            raise BiglmError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
         query = f"?annotator={args.annotator}" if args.annotator else ""
         return serve_until_stopped(server, lambda url: f"biglm annotate: {pool.total} pairs at {url}/{query} ; "
                                    f"answers appended to {store.path}; Ctrl-C stops")

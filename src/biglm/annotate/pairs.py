@@ -109,9 +109,11 @@ def _response(record: Record, name: str) -> str:
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
-    """The pairs of a pairs file; a pair repeated word for word is shown once."""
+    """The pairs of a pairs file (or of a sampled-pairs cache); a pair repeated word for word is shown once."""
     pairs, seen = [], set()
     for r in _jsonl_records(Path(path)):
+        if set(r.fields) == {"signature"}:  # the header of a sampled-pairs cache: its pairs follow
+            continue
         if "prompt" not in r.fields:
             raise BiglmError(f"{r.where}: missing field 'prompt'")
         pair = Pair(_prompt_of(r), _response(r, "response_a"), _response(r, "response_b"),
