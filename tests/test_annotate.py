@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from biglm.annotate.app import Annotation
-from biglm.annotate.pairs import Pair, chat_sampler, read_pairs, read_prompts, sampled_pool
+from biglm.annotate.pairs import Pair, PairPool, chat_sampler, read_pairs, read_prompts, sampled_pool
 from biglm.annotate.store import Answer, AnswerStore, Conflict
 from biglm.chat.server import ChatServer
 from biglm.cli import main
@@ -347,3 +347,28 @@ def test_the_page_shows_sampling_progress_and_waits_for_pairs(tmp_path):
         page.quit()
         server.stop()
         store.close()
+
+
+def test_a_failed_write_takes_back_its_part_and_the_page_gets_a_500(tmp_path, monkeypatch):
+    store = AnswerStore(tmp_path / "prefs.jsonl")
+    store.add("human:ann", PAIRS[0], Answer("A"))
+    real = os.write
+
+    def half_then_full(fd, data):  # half the line goes in, then the disk is full
+        real(fd, bytes(data[:len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    server = ChatServer(None, port=0, routes=Annotation(store, PairPool(PAIRS)).routes()).start()
+    try:
+        monkeypatch.setattr(os, "write", half_then_full)
+        r = requests.post(f"{server.url}/api/answer", timeout=30, json={"annotator": "ann", "pair": PAIRS[1].key,
+                                                                        "choice": "B"})
+        assert r.status_code == 500 and "No space left" in r.json()["error"]["message"]
+        monkeypatch.setattr(os, "write", real)
+        r = requests.post(f"{server.url}/api/answer", timeout=30, json={"annotator": "ann", "pair": PAIRS[1].key,
+                                                                        "choice": "B"})
+        assert r.status_code == 200 and r.json()["done"] == 2  # the retry is saved, once
+    finally:
+        server.stop()
+        store.close()
+    assert [p.choice for p in read_back(tmp_path / "prefs.jsonl")] == ["A", "B"]

@@ -114,10 +114,15 @@ class JsonlLog:
     def append(self, record: dict[str, Any]) -> None:
         """Write ``record`` as one line (one ``write``, then ``fsync``)."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        size = os.fstat(self._fd).st_size
         view = memoryview(line)
-        while view:  # a regular file takes the whole line at once; the loop only guards short writes
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        try:
+            while view:  # a regular file takes the whole line at once; the loop only guards short writes
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError:  # a full disk: take back the part written, so the next line does not join a torn one
+            os.ftruncate(self._fd, size)
+            raise
         self.records.append(record)
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:

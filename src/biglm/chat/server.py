@@ -241,6 +241,9 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 self._error(e)
             except (BrokenPipeError, ConnectionResetError):
                 pass
+            except Exception as e:  # a failing route (a full disk, say) answers 500; the server stays up
+                print(f"biglm: error in {method} {path}: {type(e).__name__}: {e}", file=sys.stderr)
+                self._error(HTTPError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
             return True
 
         def do_GET(self) -> None:
