@@ -204,11 +204,16 @@ def test_prompts_files_and_their_bad_lines(tmp_path):
             read_prompts(tmp_path / "p.jsonl")
 
 
-def test_unknown_choice_label_in_an_answers_file_is_refused_on_reading(tmp_path):
+def test_an_unknown_choice_label_in_an_answers_file_is_refused(tmp_path):
     out = tmp_path / "prefs.jsonl"
     out.write_text(json.dumps({**PAIRS[0].to_dict(), "choice": "C"}) + "\n")
     with pytest.raises(BiglmError, match=r"prefs.jsonl:1: field 'choice'='C': expected one of A, B, both_good"):
         read_back(out)
+    with pytest.raises(BiglmError, match=r"prefs.jsonl:1: field 'choice'='C': expected one of A, B, both_good"):
+        AnswerStore(out)  # the page refuses to append to it
+    out.write_text(json.dumps({"prompt": "p", "response_a": "x", "choice": "A"}) + "\n")
+    with pytest.raises(BiglmError, match=r"prefs.jsonl:1: not an answer in biglm's preference format"):
+        AnswerStore(out)
 
 
 def test_the_cli_refuses_bad_arguments(tmp_path, capsys):

@@ -227,3 +227,19 @@ def test_both_orders_keeps_only_verdicts_that_survive_swapping_a_and_b(tmp_path,
     saved = preference_pairs(read_records(str(out)))
     assert [(p.prompt, p.y, p.choice, p.acceptable_y, p.acceptable_y_prime) for p in saved] == [
         (PAIRS[1].prompt, "cd", "B", "acceptable", None)]  # the acceptability the orders disagree on is left out
+
+
+def test_judging_pairs_from_two_checkpoints(judge_ckpt, tmp_path):
+    other = chat_checkpoint(tmp_path / "causal", family="causal", max_seq_len=96)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"caps this {w}"}) + "\n" for w in "abcdef"))
+    stub = Stub({"caps this": "Helpfulness: B"})
+    out = tmp_path / "ai.jsonl"
+    try:
+        assert main(["judge", "--prompts", str(prompts), "--ckpt", str(judge_ckpt), "--ckpt-b", str(other),
+                     "--max-new-tokens", "4", "--out", str(out), "--judge-url", stub.url, "--judge-model", "j"]) == 0
+    finally:
+        stub.httpd.shutdown()
+    saved = preference_pairs(read_records(str(out)))
+    assert len(saved) == 6 and all({p.model_y, p.model_y_prime} == {str(judge_ckpt), str(other)} for p in saved)
+    assert {p.model_y for p in saved} == {str(judge_ckpt), str(other)}  # each model on both sides

@@ -165,12 +165,20 @@ class AnswerStore:
         self.log = JsonlLog(path, "answers")
         self.lock = threading.Lock()
         self.done: set[tuple[str, str]] = set()
+        try:
+            self._index()
+        except BiglmError:
+            self.log.close()  # refused: let go of the file
+            raise
+
+    def _index(self) -> None:
         for i, r in enumerate(self.log.records, 1):
-            try:
-                self.done.add((str(r.get("annotator", "")), pair_key(r["prompt"], r["response_a"], r["response_b"])))
-            except KeyError as e:
-                raise BiglmError(f"{self.log.path}:{i}: not an answer in biglm's preference format (missing "
-                                 f"field {e}); write the answers to a new file") from None
+            if "response_a" not in r or "response_b" not in r:
+                raise BiglmError(f"{self.log.path}:{i}: not an answer in biglm's preference format (no response_a/"
+                                 "response_b); write the answers to a new file")
+            # What is already there must read back as the reward task reads it (a known choice, both responses).
+            preference_pair(Record(r, f"{self.log.path}:{i}"))
+            self.done.add((str(r.get("annotator", "")), pair_key(r["prompt"], r["response_a"], r["response_b"])))
 
     @property
     def path(self) -> Path:
