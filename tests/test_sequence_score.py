@@ -121,6 +121,11 @@ def test_batched_equals_unbatched_and_a_seed_fixes_the_masks(method):
     again = masked_sequence_logps(model, PROMPTS, RESPONSES, IDS, method=method, samples=5,
                                   generator=torch.Generator().manual_seed(7))
     assert torch.equal(together, again)
+    per_response = [torch.Generator().manual_seed(100 + i) for i in range(3)]
+    listed = masked_sequence_logps(model, PROMPTS, RESPONSES, IDS, method=method, samples=5, generator=per_response)
+    reversed_order = masked_sequence_logps(model, PROMPTS[::-1], RESPONSES[::-1], IDS, method=method, samples=5,
+                                           generator=[torch.Generator().manual_seed(100 + i) for i in (2, 1, 0)])
+    torch.testing.assert_close(listed, reversed_order.flip(0), rtol=0, atol=1e-5)  # a fixed seed per example
     if method != "chain":
         other = masked_sequence_logps(model, PROMPTS, RESPONSES, IDS, method=method, samples=5,
                                       generator=torch.Generator().manual_seed(8))

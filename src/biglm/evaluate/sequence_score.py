@@ -29,10 +29,11 @@ classes, mean-pooled over X as the engine reads it). ``length=False`` leaves it 
 the padding is part of Y and no length term is added.
 
 Randomness (``elbo``, ``one-step``) is drawn from ``generator`` (the global generator when None) response
-by response in input order, and the masks depend only on the draws and the responses' lengths: the same
-seed gives the same masks to any model (a policy and its reference score the same masks), and scoring
-rows together equals scoring them one after another with one generator. The model runs in its current
-mode (``model.eval()`` for dropout-free scores); grad flows when enabled.
+by response in input order, or from ``generator[i]`` for response i when a list is given (a fixed seed per
+example). The masks depend only on the draws and the responses' (and, for ``one-step``, prompts')
+lengths: the same seeds give the same masks to any model (a policy and its reference score the same
+masks), and scoring rows together equals scoring them one after another with one generator. The model
+runs in its current mode (``model.eval()`` for dropout-free scores); grad flows when enabled.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ if TYPE_CHECKING:  # evaluation does not import the fine-tuning layer at run tim
     from biglm.finetune.tasks.base import TokenIds
 
 MASKED_SCORES: tuple[str, ...] = ("chain", "elbo", "one-step")
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the whole batch, one per response, or None (the global one)."""
 
 
 @dataclass
@@ -72,7 +75,7 @@ class SequenceScores:
 
 def masked_sequence_logps(model: nn.Module, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                           ids: TokenIds, *, method: str = "elbo", samples: int = 4,
-                          generator: torch.Generator | None = None, length: bool = True, pad_to: int = 0,
+                          generator: Generators = None, length: bool = True, pad_to: int = 0,
                           prompt_mask: float = 0.3, max_rows: int = 1024) -> Tensor:
     """log π(response | prompt) under ``method`` for each pair: a (B,) float32 tensor, differentiable when
     grad is enabled. See the module docstring; ``masked_sequence_scores`` also returns the costs."""
@@ -83,7 +86,7 @@ def masked_sequence_logps(model: nn.Module, prompts: Sequence[Sequence[int]], re
 
 def masked_sequence_scores(model: nn.Module, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                            ids: TokenIds, *, method: str = "elbo", samples: int = 4,
-                           generator: torch.Generator | None = None, length: bool = True, pad_to: int = 0,
+                           generator: Generators = None, length: bool = True, pad_to: int = 0,
                            prompt_mask: float = 0.3, max_rows: int = 1024) -> SequenceScores:
     """``masked_sequence_logps`` with the per-sample estimates and the cost in rows and tokens."""
     config = getattr(model, "module", model).config  # a DDP/FSDP-wrapped policy is called through its wrapper
@@ -95,6 +98,8 @@ def masked_sequence_scores(model: nn.Module, prompts: Sequence[Sequence[int]], r
         raise BiglmError(f"samples={samples!r}: must be a positive integer")
     if len(prompts) != len(responses) or not responses:
         raise BiglmError(f"{len(prompts)} prompts and {len(responses)} responses: need as many, at least one")
+    if isinstance(generator, Sequence) and len(generator) != len(responses):
+        raise BiglmError(f"{len(generator)} generators for {len(responses)} responses: need one per response")
     if not 0.0 <= prompt_mask < 1.0:
         raise BiglmError(f"prompt_mask={prompt_mask}: must be in [0, 1)")
     pairs = []
@@ -142,7 +147,7 @@ def masked_sequence_scores(model: nn.Module, prompts: Sequence[Sequence[int]], r
                           len(distinct) * group.ids.shape[1] + rows * width)
 
 
-def elbo_masks(lengths: Tensor, samples: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def elbo_masks(lengths: Tensor, samples: int, generator: Generators = None) -> tuple[Tensor, Tensor]:
     """The ``elbo`` draws: for each response (in order) ``samples`` masks of its ``lengths[r]`` tokens.
 
     Sample s of a response of n tokens masks l_s = 1 + ⌊n·(s + u)/S⌋ tokens (u ~ U[0, 1) once per response:
@@ -153,13 +158,18 @@ def elbo_masks(lengths: Tensor, samples: int, generator: torch.Generator | None 
     weight = torch.zeros(B * samples)
     strata = torch.arange(samples, dtype=torch.float64)
     for r, nr in enumerate(lengths.tolist()):
-        u = torch.rand((), generator=generator, dtype=torch.float64)
+        gen = _generator(generator, r)
+        u = torch.rand((), generator=gen, dtype=torch.float64)
         count = 1 + torch.floor(nr * (strata + u) / samples).long().clamp_max(nr - 1)
-        rank = torch.rand(samples, nr, generator=generator).argsort(1).argsort(1)
+        rank = torch.rand(samples, nr, generator=gen).argsort(1).argsort(1)
         rows = slice(r * samples, (r + 1) * samples)
         hide[rows, :nr] = rank < count[:, None]
         weight[rows] = nr / count.float()
     return hide, weight
+
+
+def _generator(generator: Generators, r: int) -> torch.Generator | None:
+    return generator[r] if isinstance(generator, Sequence) else generator
 
 
 def _run_rows(group: _PrefixGroup, prefix_rows: Tensor, tokens: Tensor, want: Tensor, gold: Tensor, valid: Tensor,
@@ -178,15 +188,15 @@ def _run_rows(group: _PrefixGroup, prefix_rows: Tensor, tokens: Tensor, want: Te
 
 
 def _one_step(model: nn.Module, pairs: list[tuple[list[int], list[int]]], ids: TokenIds, samples: int,
-              generator: torch.Generator | None, prompt_mask: float, max_rows: int,
+              generator: Generators, prompt_mask: float, max_rows: int,
               with_length: bool) -> SequenceScores:
     """dllm's one-step score: per sample, the prompt (BOS kept) masked with probability ``prompt_mask`` and
     the response fully masked; the length term is read from the clean prompt."""
     contexts, length_rows = [], []
-    for x, _ in pairs:
+    for r, (x, _) in enumerate(pairs):
         length_rows.append(x)
         for _ in range(samples):
-            hide = torch.rand(len(x), generator=generator) < prompt_mask
+            hide = torch.rand(len(x), generator=_generator(generator, r)) < prompt_mask
             hide[0] = False
             contexts.append(torch.where(hide, ids.mask, torch.tensor(x)).tolist())
     distinct: dict[tuple[int, ...], int] = {}
