@@ -151,6 +151,23 @@ def test_the_prompt_does_not_see_the_response():
     assert first[0] == pytest.approx(first[1], abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["chain", "elbo", "one-step"])
+@torch.no_grad()
+def test_rows_merged_only_when_identical(method):
+    """Two one-token responses to one prompt have the same masked input row but different targets: two scores,
+    each the one it gets alone."""
+    model = policy()
+    g = torch.Generator().manual_seed(0)
+    gens = [torch.Generator().manual_seed(1) for _ in range(3)]  # one-step: the same prompt masks for all three
+    both = masked_sequence_scores(model, [PROMPTS[0]] * 3, [[20], [21], [20]], IDS, method=method, samples=2,
+                                  generator=gens if method == "one-step" else g)
+    assert both.logps[0] != both.logps[1] and both.logps[0] == both.logps[2]
+    assert both.rows <= 4 if method == "one-step" else both.rows == 2  # the third response's rows are the first's
+    alone = masked_sequence_logps(model, [PROMPTS[0]], [[21]], IDS, method=method, samples=2,
+                                  generator=torch.Generator().manual_seed(1))
+    assert float(alone[0]) == pytest.approx(float(both.logps[1]), abs=1e-6)
+
+
 @torch.no_grad()
 def test_eos_padding_is_scored_like_the_eos_kind_trains_it():
     model = policy()

@@ -176,7 +176,7 @@ def _run_rows(group: _PrefixGroup, prefix_rows: Tensor, tokens: Tensor, want: Te
               max_rows: int) -> tuple[Tensor, int]:
     """Σ of gold log-probs at ``want`` for each suffix row; identical rows (same prompt, input and targets)
     run once. Returns the (R,) sums on the model's device and the number of rows run."""
-    key = torch.cat([prefix_rows[:, None], tokens, want.long(), valid.long()], 1)
+    key = torch.cat([prefix_rows[:, None], tokens, gold, want.long(), valid.long()], 1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
     first = torch.full((unique.shape[0],), key.shape[0], dtype=torch.long).scatter_reduce(
         0, inverse, torch.arange(key.shape[0]), "amin")
