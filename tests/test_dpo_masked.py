@@ -19,13 +19,13 @@ from test_reward import LETTERS, write_jsonl
 
 
 def two_letter_pairs(n: int, seed: int) -> list[dict]:
-    """Prompt: 3-6 distinct letters and '?'; preferred: its last two letters, last first; rejected: two other
-    letters of the prompt (A and B in random order)."""
+    """Prompt: 3-6 distinct letters and '?'; preferred: its last two letters, last first; rejected: its first two
+    letters, first first (A and B in random order)."""
     r = random.Random(seed)
     rows = []
     for i in range(n):
         p = r.sample(LETTERS, r.randint(3, 6))
-        good, bad = f"{p[-1]} {p[-2]}", " ".join(r.sample(p[:-1], 2))
+        good, bad = f"{p[-1]} {p[-2]}", f"{p[0]} {p[1]}"
         a_good = r.random() < 0.5
         rows.append({"id": i, "prompt": " ".join(p) + " ?", "response_a": good if a_good else bad,
                      "response_b": bad if a_good else good, "choice": "A" if a_good else "B"})
@@ -76,16 +76,17 @@ def test_the_length_term_and_responses_cut_to_the_length_head(tmp_path):
     assert all(a["logp_chosen"] < b["logp_chosen"] for a, b in zip(with_len, no_len))
 
 
-@pytest.mark.parametrize("score", ["elbo"])
-def test_masked_dpo_raises_the_held_out_margin(tmp_path, score):
-    """300 pairs of two-letter answers, 6 epochs, β = 0.5, from a random masked policy: the held-out margin (0 at
-    the reference) becomes positive and most held-out pairs are ranked right."""
+def test_masked_dpo_raises_the_held_out_margin(tmp_path):
+    """300 pairs of two-letter answers, 10 epochs, β = 0.5, lr 1e-2, the ELBO score with 4 masks, from a random
+    masked policy: the held-out margin (0 at the reference) becomes positive and most held-out pairs are ranked
+    right (measured: margin 1.38, accuracy 0.78)."""
     init = policy(tmp_path, "masked")
-    trainer = setup_finetune(load_finetune_config(None, masked_args(tmp_path, init, 300, 6, "--task.dpo.beta", "0.5",
-                                                                    "--task.dpo.score", score)), tmp_path / "run")
+    args = masked_args(tmp_path, init, 300, 10, "--task.dpo.beta", "0.5", "--task.dpo.score", "elbo", "--train.lr",
+                       "1e-2")
+    trainer = setup_finetune(load_finetune_config(None, args), tmp_path / "run")
     trainer.fit()
     trainer.close()
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in evals if "val_margin" in e]
-    print([(round(e["val_margin"], 3), e["val_accuracy"]) for e in evals])
-    assert evals[-1]["val_margin"] > 0.5 and evals[-1]["val_accuracy"] > 0.6
+    assert len(evals) == 10 and abs(evals[0]["val_margin"]) < 0.2
+    assert evals[-1]["val_margin"] > 0.5 and evals[-1]["val_accuracy"] > 0.65
