@@ -138,7 +138,7 @@ def score_study(ckpt: Path, held: list[dict[str, Any]]) -> dict[str, Any]:
     big = load_model(ckpt).model.eval()  # longer random responses: cost only
     g = torch.Generator().manual_seed(0)
     for L in (16, 64):
-        if L + 8 > big.config.max_seq_len:
+        if big.config.max_seq_len < L + 8:
             continue
         rr = [torch.randint(8, 40, (L,), generator=g).tolist() for _ in range(32)]
         pp = [prompts[i] for i in range(32)]
