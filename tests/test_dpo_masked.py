@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from biglm.checkpoint import load_model
 from biglm.finetune import load_finetune_config, setup_finetune
@@ -16,6 +18,7 @@ from biglm.finetune.setup import prepare, read_split
 from biglm.train.batches import RowSeeds
 from test_dpo import dpo_args, policy
 from test_reward import LETTERS, write_jsonl
+from test_train_distributed import free_port
 
 
 def two_letter_pairs(n: int, seed: int) -> list[dict]:
@@ -90,3 +93,35 @@ def test_masked_dpo_raises_the_held_out_margin(tmp_path):
     evals = [e for e in evals if "val_margin" in e]
     assert len(evals) == 10 and abs(evals[0]["val_margin"]) < 0.2
     assert evals[-1]["val_margin"] > 0.5 and evals[-1]["val_accuracy"] > 0.65
+
+
+def dpo_worker(rank: int, world: int, port: int, args: list[str], run: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        trainer = setup_finetune(load_finetune_config(None, args), run)
+        trainer.fit()
+        trainer.close()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    """Masked DPO with the ELBO under DDP (gloo, CPU): the policy's two passes (prompts, then responses) and the
+    reference's masks give the loss, gradient norm and held-out margin of one process with the same batch."""
+    init = policy(tmp_path, "masked", length_head=True, max_target_length=8)
+    args = masked_args(tmp_path, init, 64, 2, "--task.dpo.score", "elbo", "--train.micro_batch_size", "8")
+    mp.spawn(dpo_worker, args=(2, free_port(), args, str(tmp_path / "two")), nprocs=2, join=True)
+    trainer = setup_finetune(load_finetune_config(None, args), tmp_path / "one")
+    trainer.fit()
+    trainer.close()
+    rows = {r: [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+            for r in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 2
+    for key in ("loss", "loss_margin", "grad_norm", "val_margin", "val_accuracy"):
+        assert [r[key] for r in rows["two"]] == pytest.approx([r[key] for r in rows["one"]], rel=1e-5, abs=1e-6), key
