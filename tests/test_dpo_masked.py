@@ -125,3 +125,19 @@ def test_two_processes_equal_one(tmp_path):
     assert len(rows["one"]) == len(rows["two"]) == 2
     for key in ("loss", "loss_margin", "grad_norm", "val_margin", "val_accuracy"):
         assert [r[key] for r in rows["two"]] == pytest.approx([r[key] for r in rows["one"]], rel=1e-5, abs=1e-6), key
+
+
+def test_rows_are_the_instruction_kinds_rows(tmp_path):
+    """A chat preference pair is scored on the prompt X and reply Y the instruction kind trains the policy on."""
+    init = policy(tmp_path, "masked")
+    conv = [{"role": "user", "content": "a b c ?"}]
+    pair = {"prompt": conv, "response_a": "c b", "response_b": "a b", "choice": "A"}
+    sft = {"messages": [*conv, {"role": "assistant", "content": "c b"}]}
+    dpo_cfg = load_finetune_config(None, ["--init", str(init), "--task.kind", "dpo",
+                                          "--data.train", write_jsonl(tmp_path / "p.jsonl", [pair])])
+    inst_cfg = load_finetune_config(None, ["--init", str(init), "--task.kind", "instruction",
+                                           "--data.train", write_jsonl(tmp_path / "i.jsonl", [sft]),
+                                           "--task.instruction.max_target_length", "8"])
+    [dpo_ex] = read_split(dpo_cfg, "train", prepare(dpo_cfg).task)
+    [inst_ex] = read_split(inst_cfg, "train", prepare(inst_cfg).task)
+    assert len(inst_ex.source) > 4 and dpo_ex.chosen == (inst_ex.source, inst_ex.target)
