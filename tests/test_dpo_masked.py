@@ -66,6 +66,16 @@ def test_margin_is_exactly_zero_at_the_reference(tmp_path, score):
         assert (a - b).abs().max() > 1e-3
 
 
+def test_validation_masks_do_not_depend_on_where_the_file_lies(tmp_path):
+    init = policy(tmp_path, "masked")
+    seeds = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cfg = load_finetune_config(None, masked_args(tmp_path / folder, init, 8, 1, "--task.dpo.score", "elbo"))
+        seeds.append([ex.seed for ex in read_split(cfg, "valid", prepare(cfg).task)])
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == len(seeds[0])
+
+
 def test_the_length_term_and_responses_cut_to_the_length_head(tmp_path):
     init = policy(tmp_path, "masked", length_head=True, max_target_length=2)  # lengths 0..1: one-token replies
     cfg = load_finetune_config(None, masked_args(tmp_path, init, 4, 1))
