@@ -1,5 +1,5 @@
 """DPO of an autoregressive policy on judged pairs, on the shared trainer: the reference log-probs, the
-loss, the held-out margin rising, and refusal of non-autoregressive policies."""
+loss, the held-out margin rising, and refusal of GLM policies (masked ones: test_dpo_masked.py)."""
 
 from __future__ import annotations
 
