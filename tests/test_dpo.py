@@ -19,9 +19,11 @@ from conftest import word_tokenizer
 from test_reward import last_letter_pairs, write_jsonl
 
 
-def policy(tmp_path: Path, family: str = "causal") -> Path:
+def policy(tmp_path: Path, family: str = "causal", **extra) -> Path:
     torch.manual_seed(0)
-    cfg = ModelConfig("test", 64, 64, 2, 4, 2, 128, max_seq_len=64, family=family)
+    if family == "glm":
+        extra["position_encoding"] = "rope-2d"
+    cfg = ModelConfig("test", 64, 64, 2, 4, 2, 128, max_seq_len=64, family=family, **extra)
     return write_checkpoint(tmp_path / "init", model_state_dict(BiGLM(cfg)), cfg, word_tokenizer())
 
 
@@ -68,11 +70,12 @@ def test_dpo_raises_the_held_out_margin(tmp_path):
     assert evals[-1]["val_accuracy"] > 0.6
 
 
-def test_dpo_takes_bidirectional_ar_and_refuses_masked_policies(tmp_path):
+def test_dpo_takes_bidirectional_ar_and_refuses_glm_policies(tmp_path):
     trainer = setup_finetune(load_finetune_config(None, dpo_args(tmp_path, policy(tmp_path, "bidirectional-ar"),
                                                                   32, 1)), tmp_path / "run")
     trainer.fit()
     trainer.close()
     assert trainer.step == 1
-    with pytest.raises(ConfigError, match=r"task\.kind=dpo: needs an autoregressive policy"):
-        prepare(load_finetune_config(None, dpo_args(tmp_path / "m", policy(tmp_path / "m", "masked"), 8, 1)))
+    with pytest.raises(ConfigError, match=r"task\.kind=dpo: needs a causal, bidirectional-ar or masked policy, the "
+                                          r"checkpoint is glm"):
+        prepare(load_finetune_config(None, dpo_args(tmp_path / "g", policy(tmp_path / "g", "glm"), 8, 1)))

@@ -3,6 +3,8 @@
 * ``score_requests(model, [(prefix_ids, suffix_ids), ...], mask_token_id=..., config=ScoringConfig(...))``
   — batched, prefix-cached log-likelihoods (``greedy-order``, ``left-to-right``, ``single-pass``,
   ``mc-elbo``, ``pll``); see ``biglm.evaluate.scoring``.
+* ``masked_sequence_logps(model, prompts, responses, ids, method="chain"|"elbo"|"one-step")`` — differentiable
+  sequence scores of Mask-Predict policies (for DPO / policy gradients); see ``biglm.evaluate.sequence_score``.
 * ``BiGLMEvalModel`` — the lm-eval ``LM`` registered as ``biglm`` (imported lazily: needs lm-eval).
 * ``validation_loss(model, batches, mask_token_id)`` — held-out masked loss on a fixed β_Y grid.
 * ``biglm.evaluate.make_tasks`` — offline lm-eval tasks from held-out text; ``TASKS_DIR`` the shipped ones.

@@ -137,7 +137,7 @@ class _PrefixGroup:
     """
 
     def __init__(self, model: BiGLM, contexts: list[tuple[list[int], list[int], int]], pad_token_id: int,
-                 use_cache: bool) -> None:
+                 use_cache: bool, length_logits: bool = False) -> None:
         device = model.lm_head.weight.device
         G, P = len(contexts), max(len(p) + len(q) for p, q, _ in contexts)
         self.ids = torch.full((G, P), pad_token_id, dtype=torch.long)
@@ -151,22 +151,28 @@ class _PrefixGroup:
         self.ids, self.docs, self.pos = self.ids.to(device), self.docs.to(device), self.pos.to(device)
         self.lengths = torch.tensor([len(p) for p, _, _ in contexts], device=device)  # Y's first position
         self.model, self.device, self.cache = model, device, None
+        self.length_logits: Tensor | None = None
+        """(G, classes): the length head over each context's tokens (``length_logits=True``, with the cache)."""
         if use_cache:
             layout = AttentionLayout("prefix_blind", self.docs, torch.zeros(G, P, dtype=torch.int8, device=device))
             none = torch.zeros(G, P, dtype=torch.bool, device=device)
-            self.cache = model(self.ids, layout, self.pos, logits_mask=none, use_cache=True).cache
+            out = model(self.ids, layout, self.pos, logits_mask=none, use_cache=True,
+                        length_mask=self.docs >= 0 if length_logits else None)
+            self.cache, self.length_logits = out.cache, out.length_logits
 
     def run(self, rows: Tensor, tokens: Tensor, valid: Tensor, want: Tensor, gold: Tensor,
-            max_rows: int) -> tuple[Tensor, Tensor]:
+            max_rows: int, on_device: bool = False) -> tuple[Tensor, Tensor]:
         """Gold log-probs and arg-max flags at the ``want`` positions (row-major) of suffix rows
-        ``tokens`` (R, M) whose prefixes are ``rows`` (R,)."""
+        ``tokens`` (R, M) whose prefixes are ``rows`` (R,); on the CPU unless ``on_device``
+        (differentiable either way when grad is enabled)."""
         logps, greedy = [], []
         for lo in range(0, rows.numel(), max_rows):
             sl = slice(lo, lo + max_rows)
             lp, am = self._run(rows[sl], tokens[sl], valid[sl], want[sl], gold[sl])
             logps.append(lp)
             greedy.append(am)
-        return torch.cat(logps), torch.cat(greedy)
+        lp, am = torch.cat(logps), torch.cat(greedy)
+        return (lp, am) if on_device else (lp.cpu(), am.cpu())
 
     def _run(self, rows: Tensor, tokens: Tensor, valid: Tensor, want: Tensor,
              gold: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,7 +195,7 @@ class _PrefixGroup:
         logits = out.logits.float()
         target = gold[want]
         gold_logit = logits.gather(1, target[:, None])[:, 0]
-        return (gold_logit - logits.logsumexp(-1)).cpu(), (gold_logit >= logits.max(-1).values).cpu()
+        return gold_logit - logits.logsumexp(-1), gold_logit >= logits.max(-1).values
 
 
 def _pad(suffixes: list[list[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
@@ -210,17 +216,25 @@ def _segment_sum(values: Tensor, segment: Tensor, n: int) -> Tensor:
     return torch.zeros(n, dtype=values.dtype).index_add_(0, segment, values)
 
 
-def _one_row_per_position(group: _PrefixGroup, prefix_idx: Tensor, gold: Tensor, valid: Tensor, cfg: ScoringConfig,
-                          mask_id: int, pad_id: int, hide_fn: Callable[[Tensor, Tensor], Tensor]) -> list[Score]:
-    """left-to-right / pll: row k of request r targets position k; ``hide_fn(j, k)`` says what is masked."""
+def position_rows(gold: Tensor, valid: Tensor, hide_fn: Callable[[Tensor, Tensor], Tensor], mask_id: int,
+                  pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One suffix row per (request, position k): ``hide_fn(j, k)`` says which positions j are masked, the
+    target is k. Returns each row's request, its input tokens, target mask, gold tokens and validity."""
     R = gold.shape[0]
     n = valid.sum(1)
     req = torch.repeat_interleave(torch.arange(R), n)
     k = torch.arange(req.numel()) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
     j = torch.arange(gold.shape[1])[None]
     g, v = gold[req], valid[req]
-    tokens = _masked(g, v, hide_fn(j, k[:, None]), mask_id, pad_id)
-    lp, am = group.run(prefix_idx[req], tokens, v, j == k[:, None], g, cfg.max_rows)
+    return req, _masked(g, v, hide_fn(j, k[:, None]), mask_id, pad_id), j == k[:, None], g, v
+
+
+def _one_row_per_position(group: _PrefixGroup, prefix_idx: Tensor, gold: Tensor, valid: Tensor, cfg: ScoringConfig,
+                          mask_id: int, pad_id: int, hide_fn: Callable[[Tensor, Tensor], Tensor]) -> list[Score]:
+    """left-to-right / pll: row k of request r targets position k; ``hide_fn(j, k)`` says what is masked."""
+    R, n = gold.shape[0], valid.sum(1)
+    req, tokens, want, g, v = position_rows(gold, valid, hide_fn, mask_id, pad_id)
+    lp, am = group.run(prefix_idx[req], tokens, v, want, g, cfg.max_rows)
     total = _segment_sum(lp.double(), req, R)
     greedy = _segment_sum(am.long(), req, R) == n
     return [Score(float(total[r]), bool(greedy[r])) for r in range(R)]

@@ -224,16 +224,32 @@ class RewardConfig:
 
 @dataclass
 class DPOConfig:
-    """Direct Preference Optimisation of an autoregressive policy on judged pairs (reference: the ``init``)."""
+    """Direct Preference Optimisation on judged pairs (reference: the ``init``): exact log π for autoregressive
+    policies, a sequence score (``score``) for masked (Mask-Predict) ones."""
 
     beta: float = 0.1
     """Strength of the implicit KL anchor to the reference policy (higher: stay closer)."""
     max_length: int = 0
     """Tokens per row ``BOS prompt response EOS`` (0: the model's max_seq_len); a longer prompt keeps its last
     tokens."""
+    score: Literal["chain", "elbo", "one-step"] = "chain"
+    """Masked policies: the stand-in for log π(y|x) (``biglm.evaluate.sequence_score``): ``chain`` (left-to-right
+    chain rule, exact for that order, |y| rows), ``elbo`` (masked-diffusion bound, ``samples`` masks; the
+    reference scores the policy's masks in each step), ``one-step`` (dllm's GRPO score)."""
+    samples: int = 4
+    """Masked policies, ``elbo`` / ``one-step``: masks drawn per response and step."""
+    length_term: bool = True
+    """Masked policies with a length head: add log p(|y| | x) (the policy picks its length with the head)."""
+    pad_to: int = 0
+    """Masked policies fine-tuned with ``length: eos``: their max_target_length (responses padded with EOS to it,
+    as in training); 0: no padding."""
 
     def __post_init__(self) -> None:
         check(self.beta > 0, f"task.dpo.beta={self.beta}: must be > 0")
+        check(self.score in ("chain", "elbo", "one-step"),
+              f"task.dpo.score={self.score!r}: expected chain, elbo or one-step")
+        check(isinstance(self.samples, int) and self.samples > 0, f"task.dpo.samples={self.samples!r}: must be > 0")
+        check(isinstance(self.pad_to, int) and self.pad_to >= 0, f"task.dpo.pad_to={self.pad_to!r}: must be >= 0")
         check(isinstance(self.max_length, int) and self.max_length >= 0,
               f"task.dpo.max_length={self.max_length!r}: must be an integer >= 0")
 

@@ -1,9 +1,21 @@
-"""``dpo``: Direct Preference Optimisation of an autoregressive policy (``causal`` / ``bidirectional-ar``)
-on judged pairs, on the shared trainer.
+"""``dpo``: Direct Preference Optimisation of a policy on judged pairs, on the shared trainer.
 
-A row is ``BOS prompt response EOS`` read left to right (the response tokenised as it reads after the
-prompt, with a leading space, as the seq2seq and instruction kinds do); log π(y|x) is the sum of the
-response's and EOS's token log-probabilities. The loss per pair (chosen y_w, rejected y_l) is
+Autoregressive policies (``causal`` / ``bidirectional-ar``): a row is ``BOS prompt response EOS`` read left
+to right (the response tokenised as it reads after the prompt, with a leading space, as the seq2seq and
+instruction kinds do); log π(y|x) is the sum of the response's and EOS's token log-probabilities.
+
+Masked (BiGLM, Mask-Predict) policies have no closed-form log π(y|x): a sequence score stands in for it
+(``task.dpo.score``, ``biglm.evaluate.sequence_score``) on the rows the seq2seq / instruction kinds train
+them on (X = ``BOS prompt``, Y = the response, prefix-blind), with the length head's log p(|y| | x) when
+the policy has one. ``chain`` is deterministic, so the reference's scores are computed once as for
+autoregressive policies. ``elbo`` and ``one-step`` are Monte-Carlo: a margin between a policy and a
+reference scored on different masks would be mostly noise, so the reference scores the *same* masks —
+in training a frozen copy of ``init`` is kept and scores each step's masks (fresh each step, seeded by
+the trainer's row seeds: one extra no-grad pass per pair and a second model in memory); in validation
+each response has a fixed seed (from its file and line) and the reference's scores are computed once.
+At the start (policy = reference) every margin is exactly 0 with every score. GLM policies are refused.
+
+The loss per pair (chosen y_w, rejected y_l) is
 
     -log σ(β·[(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])
 
@@ -18,6 +30,7 @@ their gap).
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +43,8 @@ from biglm.config import ModelConfig
 from biglm.data.preferences import preference_pair
 from biglm.data.records import Record
 from biglm.errors import ConfigError
-from biglm.finetune.tasks.base import TaskBase, chunks, one_row
+from biglm.evaluate.sequence_score import masked_sequence_logps
+from biglm.finetune.tasks.base import TaskBase, TokenIds, chunks, one_row
 from biglm.finetune.tasks.reward import prompt_text
 from biglm.objectives import IGNORE_INDEX, Batch, LossParts
 from biglm.train.batches import RowSeeds, concat_batches
@@ -40,9 +54,11 @@ from biglm.train.batches import RowSeeds, concat_batches
 class DPOExample:
     id: str
     chosen: tuple[list[int], list[int]]
-    """(row tokens, labels) of the chosen response."""
+    """(row tokens, labels) of the chosen response; for masked policies (prompt ids, response ids)."""
     rejected: tuple[list[int], list[int]]
     where: str
+    seed: int = 0
+    """Masked policies, Monte-Carlo scores: the example's fixed mask seed (validation)."""
     ref_chosen: float = 0.0
     """log π_ref(y_w|x) (filled when the run starts)."""
     ref_rejected: float = 0.0
@@ -55,15 +71,24 @@ class DPOTask(TaskBase):
 
     def __init__(self, *args: Any, family: str = "masked") -> None:
         super().__init__(*args)
-        if family not in ("causal", "bidirectional-ar"):
-            raise ConfigError(f"task.kind=dpo: needs an autoregressive policy (model family causal or "
-                              f"bidirectional-ar), the checkpoint is {family}")
+        if family not in ("causal", "bidirectional-ar", "masked"):
+            raise ConfigError(f"task.kind=dpo: needs a causal, bidirectional-ar or masked policy, the checkpoint is "
+                              f"{family}")
         o = self.options
         if o.max_length > self.max_seq_len:
             raise ConfigError(f"task.dpo.max_length={o.max_length}: exceeds the model's max_seq_len={self.max_seq_len}")
         self.row_len = o.max_length or self.max_seq_len
+        self.masked = family == "masked"
+        self.max_response = self.row_len - 2  # masked rows: BOS, at least one prompt token
+        self.reference: nn.Module | None = None
+        """Masked policies with a Monte-Carlo score: the frozen reference, scoring each training step's masks."""
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
+        o = self.options
+        if self.masked and o.pad_to:
+            self.max_response = min(self.max_response, o.pad_to)
+        elif self.masked and o.length_term and base.length_head:
+            self.max_response = min(self.max_response, base.max_target_length - 1)  # the length head's classes
         return base
 
     def row(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
@@ -81,31 +106,48 @@ class DPOTask(TaskBase):
         prompts = self.tokenize([prompt_text(self.tokenizer, p.prompt) for _, p in kept])
         chosen = self.tokenize([" " + (p.y if p.d < 0 else p.y_prime).strip() for _, p in kept])
         rejected = self.tokenize([" " + (p.y_prime if p.d < 0 else p.y).strip() for _, p in kept])
+        if self.masked:  # responses keep their first tokens; the prompt is fitted when scored (its last tokens)
+            n = self.max_response
+            return [DPOExample(id_, (prompts[i][-(self.row_len - 1 - len(chosen[i][:n])):], chosen[i][:n]),
+                               (prompts[i][-(self.row_len - 1 - len(rejected[i][:n])):], rejected[i][:n]), p.where,
+                               zlib.crc32(p.where.encode()))
+                    for i, (id_, p) in enumerate(kept)]
         return [DPOExample(id_, self.row(prompts[i], chosen[i]), self.row(prompts[i], rejected[i]), p.where)
                 for i, (id_, p) in enumerate(kept)]
 
     @torch.no_grad()
     def set_reference(self, reference: nn.Module, examples: Sequence[DPOExample]) -> None:
         """log π_ref of every example's two rows, with ``reference`` (the frozen starting policy)."""
+        reference.eval()
         logps = self._logps(reference, examples)
         for ex, (c, r) in zip(examples, logps):
             ex.ref_chosen, ex.ref_rejected = c, r
+        if self.masked and self.options.score != "chain":
+            self.reference = reference  # kept: it scores each training step's masks
 
     def _logps(self, model: nn.Module, examples: Sequence[DPOExample]) -> list[tuple[float, float]]:
         device = next(model.parameters()).device
         out: list[tuple[float, float]] = []
         for part in chunks(list(examples), self.batch_size):
-            batch = DPOBatcher()(list(part), RowSeeds(0, 0)).to(device)
-            lp = sequence_logps(model, batch).float().cpu()
+            if self.masked:
+                rows = [ex.chosen for ex in part] + [ex.rejected for ex in part]
+                seeds = [2 * ex.seed for ex in part] + [2 * ex.seed + 1 for ex in part]
+                lp = self.criterion().scores(model, rows, seeds).float().cpu()
+            else:
+                batch = DPOBatcher()(list(part), RowSeeds(0, 0)).to(device)
+                lp = sequence_logps(model, batch).float().cpu()
             n = len(part)
             out += list(zip(lp[:n].tolist(), lp[n:].tolist()))
         return out
 
-    def batcher(self) -> DPOBatcher:
-        return DPOBatcher()
+    def batcher(self) -> DPOBatcher | MaskedDPOBatcher:
+        return MaskedDPOBatcher(self.ids.bos) if self.masked else DPOBatcher()
 
     def criterion(self) -> DPOCriterion:
-        return DPOCriterion(self.options.beta)
+        o = self.options
+        if self.masked:
+            return MaskedDPOCriterion(o.beta, self.ids, o.score, o.samples, o.length_term, o.pad_to, self.reference)
+        return DPOCriterion(o.beta)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, examples: Sequence[DPOExample]) -> list[dict[str, Any]]:
@@ -162,9 +204,67 @@ class DPOCriterion:
         if ref is None:  # an evaluation padding batch without pairs: same keys, zeros
             zero = model(batch.input_ids, batch.layout, batch.position_ids).logits.sum() * 0
             return LossParts({"dpo": zero}, {"margin": (zero.detach(), zero.detach())})
-        logps = sequence_logps(model, batch)
+        return self.loss(sequence_logps(model, batch), ref)
+
+    def loss(self, logps: Tensor, ref: Tensor) -> LossParts:
+        """The DPO loss of the (2n,) scores ``logps`` (chosen rows, then rejected) against the reference's."""
         n = len(ref) // 2
         shift = logps - ref.to(logps.dtype)
         margin = self.beta * (shift[:n] - shift[n:])
         loss = F.softplus(-margin).sum()
         return LossParts({"dpo": loss}, {"margin": (margin.sum().detach(), torch.tensor(float(n), device=loss.device))})
+
+
+class MaskedDPOBatcher:
+    """Masked policies: every pair's chosen row ``BOS prompt response`` (labels on the response), then every
+    pair's rejected row; extras: the prompts' lengths, the reference's scores and each row's mask seed."""
+
+    def __init__(self, bos: int) -> None:
+        self.bos = bos
+
+    def __call__(self, pairs: list[DPOExample], seeds: RowSeeds) -> Batch:
+        rows = [ex.chosen for ex in pairs] + [ex.rejected for ex in pairs]
+        batch = concat_batches([one_row([self.bos, *x, *y], [IGNORE_INDEX] * (1 + len(x)) + list(y),
+                                        [0] * (1 + len(x)) + [1] * len(y)) for x, y in rows])
+        # Training masks are fresh each step (the trainer's row seeds); validation rows keep their own seed.
+        base = [seeds[j] % 2**62 for j in range(len(pairs))] if seeds is not None else [ex.seed for ex in pairs]
+        extras = {"prompt_lengths": torch.tensor([len(x) for x, _ in rows]),
+                  "ref_logps": torch.tensor([ex.ref_chosen for ex in pairs] + [ex.ref_rejected for ex in pairs],
+                                            dtype=torch.float64),
+                  "mask_seeds": torch.tensor([2 * s for s in base] + [2 * s + 1 for s in base])}
+        return dataclasses.replace(batch, extras=extras)
+
+
+class MaskedDPOCriterion(DPOCriterion):
+    """DPO with a masked policy's sequence score; with a ``reference`` model (Monte-Carlo scores) the reference
+    scores the step's own masks, else the batch's precomputed reference scores are used."""
+
+    def __init__(self, beta: float, ids: TokenIds, score: str, samples: int, length_term: bool, pad_to: int,
+                 reference: nn.Module | None = None) -> None:
+        super().__init__(beta)
+        self.ids, self.score, self.samples, self.length_term, self.pad_to = ids, score, samples, length_term, pad_to
+        self.reference = reference
+
+    def scores(self, model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], seeds: Sequence[int]) -> Tensor:
+        """The sequence scores of (prompt, response) ``rows``, masks drawn from one generator per row's seed."""
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        return masked_sequence_logps(model, [x for x, _ in rows], [y for _, y in rows], self.ids, method=self.score,
+                                     samples=self.samples, generator=gens, length=self.length_term,
+                                     pad_to=self.pad_to)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> LossParts:
+        ref = batch.extras.get("ref_logps")
+        if ref is None:
+            return super().__call__(model, batch)
+        ids, labels = batch.input_ids.tolist(), batch.labels.tolist()
+        rows = [(r[1:1 + p], [t for t in lab if t != IGNORE_INDEX])
+                for r, lab, p in zip(ids, labels, batch.extras["prompt_lengths"].tolist())]
+        seeds = batch.extras["mask_seeds"].tolist()
+        logps = self.scores(model, rows, seeds)
+        if self.reference is not None:
+            device = logps.device
+            if next(self.reference.parameters()).device != device:
+                self.reference.to(device)
+            with torch.no_grad():
+                ref = self.scores(self.reference, rows, seeds)
+        return self.loss(logps, ref)
