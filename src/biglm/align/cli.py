@@ -2,7 +2,7 @@
 
     biglm align --method ppo --init runs/chat --reward runs/rm --prompts prompts.jsonl \\
         --valid-prompts held-out.jsonl --pretrain corpus.jsonl --ptx.coef 0.5 --out runs/ppo
-    biglm align --method grpo --init runs/chat --reward py:my_rewards:exact_answer --prompts prompts.jsonl --out runs/grpo
+    biglm align --method grpo --init runs/chat --reward py:my_rewards:exact --prompts prompts.jsonl --out runs/grpo
     biglm align --method dpo --init runs/chat --preferences prefs.jsonl --valid-preferences dev.jsonl --out runs/dpo
     biglm align --config configs/align/ppo.yaml --init runs/chat --reward runs/rm --out runs/ppo [--train.lr 1e-5 ...]
 """
@@ -52,18 +52,11 @@ def register(subparsers: Any) -> None:
 
 def align_sections() -> dict[str, type]:
     """The sections of an alignment config, for ``--help``."""
-    from biglm.align.config import (
-        AlignDataConfig,
-        AlignDPOConfig,
-        AlignTrainConfig,
-        GRPOConfig,
-        PPOConfig,
-        PTXConfig,
-        RolloutConfig,
-    )
+    from biglm.align.config import AlignDataConfig, AlignTrainConfig, GRPOConfig, PPOConfig, PTXConfig, RolloutConfig
+    from biglm.finetune.config import DPOConfig
 
     return {"data": AlignDataConfig, "rollout": RolloutConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
-            "dpo": AlignDPOConfig, "ptx": PTXConfig, "train": AlignTrainConfig}
+            "dpo": DPOConfig, "ptx": PTXConfig, "train": AlignTrainConfig}
 
 
 def align_extra() -> dict[str, tuple[str, str, str]]:
@@ -116,11 +109,12 @@ def align_command(args: argparse.Namespace) -> int:
         data["model"] = cfg.model_overrides
         print_config(data)
         return 0
-    from biglm.align.setup import setup_align
+    from biglm.align.setup import log_start, setup_align
     from biglm.train.plot import plot_run
 
     try:
         trainer = setup_align(cfg, args.out, resume=args.resume)
+        log_start(trainer)
         metrics = trainer.fit()
         trainer.close()
         main = trainer.env.is_main

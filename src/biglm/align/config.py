@@ -8,7 +8,7 @@ Sections::
     rollout: how responses are sampled (tokens, temperature, prompts per rollout buffer)
     ppo:     PPO (autoregressive policies): KL penalty, clipping, value head, GAE, epochs per buffer
     grpo:    GRPO: group size, KL β, clipping, the sequence score of masked policies
-    dpo:     DPO (delegated to the fine-tuning task kind ``dpo``)
+    dpo:     DPO (the fine-tuning task kind ``dpo``'s section: it runs that task on the same trainer)
     ptx:     the pretraining-likelihood term λ_PT·E[log π(x)] of BatGPT's J_RL
     train:   TrainConfig with alignment defaults (no prefetch: rollouts are on-policy)
     model:   overrides of the policy's model config
@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 from biglm.config import ModelConfig
 from biglm.configurable import apply_overrides, from_dict, to_dict
 from biglm.errors import ConfigError, check
+from biglm.finetune.config import DPOConfig
 from biglm.train.config import TrainConfig, read_config_file
 
 METHODS: tuple[str, ...] = ("ppo", "grpo", "dpo")
@@ -148,15 +149,6 @@ class GRPOConfig:
 
 
 @dataclass
-class AlignDPOConfig:
-    """DPO on judged pairs (runs the fine-tuning task kind ``dpo`` on the same trainer)."""
-
-    beta: float = 0.1
-    max_length: int = 0
-    """Tokens per row (0: the model's max_seq_len)."""
-
-
-@dataclass
 class PTXConfig:
     """BatGPT's pretraining term λ_PT·E_pretrain[log π(x)]: the policy's pretraining loss on pretraining rows,
     one micro-batch beside each rollout micro-batch."""
@@ -181,9 +173,6 @@ class AlignTrainConfig(TrainConfig):
     """``TrainConfig`` with alignment defaults: ``steps`` optimizer steps of ``global_batch_size`` sampled
     responses; prefetch off (every buffer is sampled by the current policy)."""
 
-    positive_fields: ClassVar[tuple[str, ...]] = ("steps", "global_batch_size", "log_every", "keep_last",
-                                                  "nonfinite_patience")
-
     steps: int = 100
     global_batch_size: int = 16
     lr: float = 1e-5
@@ -194,7 +183,8 @@ class AlignTrainConfig(TrainConfig):
     eval_every: int = 10
     save_every: int = 100
     keep_last: int = 1
-    eval_batches: int = 0
+    eval_batches: int = 4
+    """Validation batches of the loss (method dpo; PPO and GRPO measure the held-out prompts instead)."""
     best_metric: str = ""
     best_mode: Literal["min", "max"] = "max"
     prefetch: int = 0
@@ -219,7 +209,8 @@ class AlignConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    dpo: AlignDPOConfig = field(default_factory=AlignDPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """method dpo: the fine-tuning task kind ``dpo``'s settings (β, the sequence score of masked policies...)."""
     ptx: PTXConfig = field(default_factory=PTXConfig)
     train: AlignTrainConfig = field(default_factory=AlignTrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,7 +251,7 @@ class AlignConfig:
 
 
 _SECTION_TYPES: dict[str, type] = {"data": AlignDataConfig, "rollout": RolloutConfig, "ppo": PPOConfig,
-                                   "grpo": GRPOConfig, "dpo": AlignDPOConfig, "ptx": PTXConfig,
+                                   "grpo": GRPOConfig, "dpo": DPOConfig, "ptx": PTXConfig,
                                    "train": AlignTrainConfig}
 
 

@@ -51,7 +51,7 @@ class ARPolicy:
                          banned_token_ids=self.banned)
         result = generate_ar_ids(model, prompts, bos_token_id=self.ids.bos, eos_token_id=self.ids.eos,
                                  pad_token_id=self.ids.pad, options=opts, seed=seed)
-        return [t + [self.ids.eos] if done else t for t, done in zip(result.token_ids, result.finished)]
+        return [[*t, self.ids.eos] if done else t for t, done in zip(result.token_ids, result.finished)]
 
     def batch_logps(self, model: nn.Module, batch: Batch, values: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per response token of ``batch`` (flat, row by row): (log π, entropy of π at that position, V or None)."""
@@ -113,16 +113,18 @@ class MaskedPolicy:
                            sampling=sampling(temperature, self.cfg), seed=seed,
                            length="predict" if model.config.length_head else "fixed",
                            banned_token_ids=self.banned)
-        return [list(t) for t in out.token_ids]
+        return [list(t) for t in out.full_token_ids]  # every token the policy chose (EOS padding included)
 
     def sequence_logps(self, model: nn.Module, prompts: Sequence[list[int]], responses: Sequence[list[int]],
-                       seed: int) -> Tensor:
-        """The sequence score of each (prompt, response), its Monte-Carlo masks drawn from ``seed``."""
+                       seeds: Sequence[int]) -> Tensor:
+        """The sequence score of each (prompt, response), the Monte-Carlo masks of response i drawn from
+        ``seeds[i]`` (the same masks for π_old at sampling time, π in every epoch, and π_ref)."""
         from biglm.evaluate.sequence_score import masked_sequence_logps
 
-        generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+        device = model_device(model)
+        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         return masked_sequence_logps(model, prompts, responses, self.ids, method=self.method, samples=self.samples,
-                                     generator=generator)
+                                     generator=generators)
 
     def batch_logps(self, model: nn.Module, batch: Batch) -> Tensor:
         """The sequence score of every row of a rollout batch (prompt and response read back from the row)."""
@@ -130,13 +132,14 @@ class MaskedPolicy:
         plen, rlen = batch.extras["prompt_len"].cpu().tolist(), batch.extras["response_len"].cpu().tolist()
         prompts = [rows[i, 1:1 + p].tolist() for i, p in enumerate(plen)]
         responses = [rows[i, 1 + p:1 + p + r].tolist() for i, (p, r) in enumerate(zip(plen, rlen))]  # full rows
-        return self.sequence_logps(model, prompts, responses, int(batch.extras["seed"][0]))
+        return self.sequence_logps(model, prompts, responses, batch.extras["seed"].tolist())
 
     @torch.no_grad()
     def score(self, model: nn.Module, samples: Sequence[Sample], micro: int,
               values: bool = False) -> tuple[list[list[float]], list[list[float]]]:
         out: list[list[float]] = []
         for part in chunked(list(samples), micro):
-            lp = self.sequence_logps(model, [s.prompt_ids for s in part], [s.response for s in part], part[0].seed)
+            lp = self.sequence_logps(model, [s.prompt_ids for s in part], [s.response for s in part],
+                                     [s.seed for s in part])
             out += [[x] for x in lp.float().cpu().tolist()]
         return out, []

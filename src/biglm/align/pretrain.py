@@ -44,7 +44,8 @@ def pack(docs: Sequence[Sequence[int]], seq_len: int, bos: int, eos: int, pad: i
     return rows
 
 
-def read_rows(spec: str, field: str, tokenizer: Any, seq_len: int, ids: Any, limit: int = 0) -> list[tuple[Tensor, Tensor]]:
+def read_rows(spec: str, field: str, tokenizer: Any, seq_len: int, ids: Any,
+              limit: int = 0) -> list[tuple[Tensor, Tensor]]:
     """Packed rows of the records' ``field`` in ``spec`` (one-line errors naming the file and field)."""
     records = read_records(spec, limit=limit)
     texts = []
@@ -75,7 +76,8 @@ class PretrainObjective:
 
     @torch.no_grad()
     def loss(self, model: nn.Module, rows: Sequence[tuple[Tensor, Tensor]], batch_size: int = 8) -> float:
-        """Mean per-target loss of ``rows`` (masked with fixed seeds: the same targets at every evaluation)."""
+        """Mean per-target loss of ``rows`` (masked with fixed seeds: the same targets at every evaluation); NaN
+        when the objective takes no loss on them (e.g. documents shorter than its ``min_loss_tokens``)."""
         device = next(model.parameters()).device
         total, count = 0.0, 0.0
         for i in range(0, len(rows), batch_size):
@@ -85,4 +87,4 @@ class PretrainObjective:
             parts = self.criterion(model, batch)
             total += float(sum(parts.terms.values()))
             count += sum(self.criterion.counts(batch).values())
-        return total / max(count, 1.0)
+        return total / count if count else float("nan")

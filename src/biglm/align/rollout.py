@@ -6,9 +6,10 @@ When its buffer is used up it samples responses to the next ``rollout.prompts_pe
 shared engine (``biglm.align.policy``: KV-cached sampling for autoregressive policies, Mask-Predict for
 masked ones), scores them with the reward, records the policy's and the reference's log-probabilities (and
 the values, for PPO) and computes the advantages (``gae`` or ``group_advantages``). It then yields the
-buffer's micro-batches ``epochs`` times (a seeded order of the same micro-batch chunks per epoch, so a masked
-policy's Monte-Carlo score sees the same masks as at sampling time), each with a micro-batch of pretraining
-rows when λ_PT > 0. ``RolloutBatcher`` turns them into ``Batch``es whose extras carry all of it.
+buffer ``epochs`` times in micro-batches (a seeded shuffle per epoch; a masked policy's Monte-Carlo score
+draws each response's masks from that response's own seed, so π_old, π and π_ref see the same masks), each
+with a micro-batch of pretraining rows when λ_PT > 0. ``RolloutBatcher`` turns them into ``Batch``es whose
+extras carry all of it.
 
 The stream's state is the number of rows consumed; a resumed run re-samples the buffer it stopped in with the
 policy as saved.
@@ -48,7 +49,7 @@ class Sample:
     advantages: list[float] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     seed: int = 0
-    """Seed of a masked policy's score masks (the micro-batch's)."""
+    """Seed of a masked policy's score masks for this response."""
 
     @property
     def kl(self) -> float:
@@ -132,9 +133,9 @@ class RolloutStream:
             index, offset = divmod(self.rows, self.buffer_rows)
             samples = self._buffer(index, micro)
             epoch, within = divmod(offset, size)
-            chunks = size // micro
-            order = torch.randperm(chunks, generator=torch.Generator().manual_seed(row_seed(self.seed, index * 1000 + epoch)))
-            chunk = int(order[within // micro])
+            shuffle = torch.Generator().manual_seed(row_seed(self.seed, index * 1000 + epoch))
+            order = torch.randperm(size, generator=shuffle)
+            chosen = [samples[int(i)] for i in order[within:within + micro]]
             self.rows += micro
             pretrain = None
             if self.pretrain is not None:
@@ -142,7 +143,7 @@ class RolloutStream:
                 rows = [self.pretrain.example(first + j) for j in range(self.pretrain_rows)]
                 pretrain = {"input_ids": torch.stack([r[0] for r in rows]),
                             "document_ids": torch.stack([r[1] for r in rows])}
-            yield RLMicro(samples[chunk * micro:(chunk + 1) * micro], pretrain)
+            yield RLMicro(chosen, pretrain)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

@@ -31,6 +31,7 @@ from biglm.configurable import load_yaml, to_dict
 from biglm.data.records import read_records
 from biglm.errors import BiglmError, ConfigError
 from biglm.finetune.tasks.base import TokenIds
+from biglm.generate.engine import cut_at_eos
 from biglm.train.batches import VAL_SALT, row_seed
 from biglm.train.checkpointing import find_resume_checkpoint
 from biglm.train.loop import Trainer
@@ -55,7 +56,8 @@ def read_prompts(spec: str, cfg: AlignConfig, tokenizer: Any, policy: Any) -> li
     for r in read_records(spec, limit=cfg.data.max_examples):
         value = r.fields.get(field)
         if not isinstance(value, str | list) or not value:
-            raise BiglmError(f"{r.where}: no prompt field {field!r} (data.prompt_field); expected text or chat messages")
+            raise BiglmError(f"{r.where}: no prompt field {field!r} (data.prompt_field); expected text or chat "
+                             "messages")
         values.append(value)
     if not values:
         raise BiglmError(f"{spec}: no prompts")
@@ -122,8 +124,8 @@ def sample_and_score(model: nn.Module, reference: nn.Module, policy: Any, reward
     samples = []
     for i, r in enumerate(responses):
         p = prompts[i // group]
-        text = tokenizer.decode([t for t in r if t != eos], skip_special_tokens=True).strip()
-        samples.append(Sample(p.value, p.ids, r, text, seed=row_seed(seed, i // micro)))
+        text = tokenizer.decode(cut_at_eos(r, eos), skip_special_tokens=True).strip()
+        samples.append(Sample(p.value, p.ids, r, text, seed=row_seed(seed, i)))
     scores = reward([s.prompt for s in samples], [s.text for s in samples])
     old, vals = policy.score(model, samples, micro, values=values)
     ref, _ = policy.score(reference, samples, micro)
@@ -134,7 +136,8 @@ def sample_and_score(model: nn.Module, reference: nn.Module, policy: Any, reward
 
 
 def make_validator(cfg: AlignConfig, reference: nn.Module, policy: Any, reward: RewardSource, tokenizer: Any,
-                   prompts: list[Prompt], pretrain: tuple[PretrainObjective, list] | None) -> Callable[[nn.Module], dict]:
+                   prompts: list[Prompt],
+                   pretrain: tuple[PretrainObjective, list] | None) -> Callable[[nn.Module], dict]:
     """Held-out metrics: ``reward`` (mean reward of responses sampled with a fixed seed), ``kl`` (their mean
     log π(y|x) - log π_ref(y|x), a Monte-Carlo estimate of KL(π || π_ref)), ``response_len`` and
     ``pretrain_loss`` (the pretraining objective's loss on held-out text)."""
@@ -208,7 +211,8 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
     if cfg.ptx.coef > 0:
         if not cfg.data.pretrain:
             raise ConfigError(f"ptx.coef={cfg.ptx.coef}: needs pretraining text (--pretrain FILE, data.pretrain)")
-        pretrain_rows = read_rows(cfg.data.pretrain, cfg.data.text_field, tokenizer, seq_len, ids, cfg.data.max_examples)
+        pretrain_rows = read_rows(cfg.data.pretrain, cfg.data.text_field, tokenizer, seq_len, ids,
+                                  cfg.data.max_examples)
     held_out = read_rows(cfg.data.pretrain_valid, cfg.data.text_field, tokenizer, seq_len, ids) \
         if cfg.data.pretrain_valid else None
     reward = build_reward(cfg.reward, env.device)
@@ -243,3 +247,17 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
     trainer = assemble(cfg, env, run_dir, resume, bundle, batcher, criterion, validator, verb="align")
     stream.collect = make_collect(cfg, trainer.model, reference, policy, reward, tokenizer)
     return trainer
+
+
+def log_start(trainer: Trainer) -> dict[str, float]:
+    """The held-out metrics of the starting policy, logged at step 0 of a fresh run (the curves' first point)."""
+    if trainer.step != 0 or trainer.validator is None:
+        return {}
+    trainer.model.eval()
+    try:
+        with torch.no_grad():
+            row = {f"val_{k}": v for k, v in trainer.validator(trainer.model).items()}
+    finally:
+        trainer.model.train()
+    trainer.logger.log(0, row)
+    return row
