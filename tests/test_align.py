@@ -3,105 +3,28 @@ micro policies that learn a synthetic preference, the pretraining anchor, and ba
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from biglm.align import gae, group_advantages, load_align_config, setup_align
+from biglm.align import gae, group_advantages, load_align_config, setup_align, synthetic
 from biglm.align.setup import log_start
+from biglm.align.synthetic import REWARD, pretrain_policy, write_task
 from biglm.checkpoint import load_model
 from biglm.cli import main
 from biglm.errors import BiglmError
-from biglm.finetune.data import ExampleStream
-from biglm.train.config import RunConfig
-from biglm.train.setup import setup
-from biglm.train.streams import DataBundle
-from conftest import word_tokenizer
-from test_reward import LETTERS, last_letter_pairs, write_jsonl
+from test_reward import last_letter_pairs, write_jsonl
 
-RULE = "py:align_rewards:contains_a"
-
-
-def letter_prompt(r: random.Random) -> list[str]:
-    """3-6 distinct letters of a..p, half of the prompts with the letter a."""
-    letters = r.sample(LETTERS[1:], r.randint(3, 6))
-    if r.random() < 0.5:
-        letters[r.randrange(len(letters))] = "a"
-    return letters
-
-
-def prompts_file(path: Path, n: int, seed: int) -> str:
-    r = random.Random(seed)
-    return write_jsonl(path, [{"prompt": " ".join(letter_prompt(r)) + " ?"} for _ in range(n)])
-
-
-def corpus(n: int, seed: int) -> list[str]:
-    """Pretraining documents: a prompt, '?', and "yes" or "no" at random (an 'instruction-tuned' start that answers
-    in the right form, right half of the time)."""
-    r = random.Random(seed)
-    return [" ".join(letter_prompt(r)) + " ? " + r.choice(["yes", "no"]) for _ in range(n)]
-
-
-class RowsStream:
-    """Packed rows as a pre-training row stream (for the fixture's pre-training run)."""
-
-    def __init__(self, rows: list) -> None:
-        self.examples = ExampleStream(rows, None, 0)
-
-    def batches(self, batch_size: int | None = None):
-        for part in self.examples.batches(batch_size):
-            yield {"input_ids": torch.stack([r[0] for r in part]), "document_ids": torch.stack([r[1] for r in part])}
-
-    def state_dict(self):
-        return self.examples.state_dict()
-
-    def load_state_dict(self, state):
-        self.examples.load_state_dict(state)
-
-    def set_phase(self, phase):
-        pass
-
-
-def pretrained_policy(tmp: Path, family: str = "causal", steps: int = 100, lr: float = 1e-2) -> Path:
-    """A micro policy pre-trained on ``corpus`` with its family's objective (a few seconds)."""
-    from biglm.align.pretrain import pack
-    from biglm.finetune.tasks.base import TokenIds
-
-    tok = word_tokenizer()
-    ids = TokenIds.of(tok)
-    rows = pack(tok(corpus(2000, 0), add_special_tokens=False)["input_ids"], 32, ids.bos, ids.eos, ids.pad)
-    objective = {"causal": "causal", "bidirectional-ar": "bidirectional-ar", "masked": "biglm"}[family]
-    model = {"name": "test", "vocab_size": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-             "intermediate_size": 128, "max_seq_len": 32, "family": family}
-    train = {"steps": steps, "global_batch_size": 16, "lr": lr, "min_lr": 1e-3, "warmup_steps": 10,
-             "log_every": 50, "save_every": 0, "eval_batches": 1, "progress": False, "tensorboard": False,
-             "prefetch": 0, "schedule": "cosine", "device": "cpu"}
-    # the documents are short: let BiGLM's objective take a loss on pieces of 4 tokens and more
-    sections = {"biglm": {"min_loss_tokens": 4}} if objective == "biglm" else {}
-    cfg = RunConfig.from_dict({"model": model, "objective": {"name": objective, **sections}, "data": {"seq_len": 32},
-                               "train": train})
-    data = lambda c, env, micro: DataBundle(RowsStream(rows), None, mask_token_id=ids.mask, vocab_size=64,
-                                            n_tokens=len(tok), tokenizer=tok, special_ids=dataclasses.asdict(ids))
-    trainer = setup(cfg, tmp / "pretrain", data=data)
-    trainer.fit()
-    trainer.close()
-    return tmp / "pretrain"
-
-
-def text_file(path: Path, docs: list[str]) -> str:
-    return write_jsonl(path, [{"text": d} for d in docs])
+RULE = REWARD
 
 
 def align_args(tmp: Path, init: Path, *extra: str) -> list[str]:
-    return ["--init", str(init), "--reward", RULE,
-            "--data.prompts", prompts_file(tmp / "prompts.jsonl", 256, 1),
-            "--data.valid_prompts", prompts_file(tmp / "valid.jsonl", 64, 2),
-            "--data.pretrain_valid", text_file(tmp / "pretrain-valid.jsonl", corpus(200, 4)),
+    files = write_task(tmp)
+    return ["--init", str(init), "--reward", RULE, "--data.prompts", files["prompts"],
+            "--data.valid_prompts", files["valid"], "--data.pretrain_valid", files["pretrain_valid"],
             "--rollout.max_new_tokens", "2", "--train.progress", "false", "--train.tensorboard", "false",
             "--train.device", "cpu", "--train.global_batch_size", "32", *extra]
 
@@ -118,7 +41,8 @@ def run(tmp: Path, init: Path, *extra: str) -> tuple[dict, list[dict]]:
 
 @pytest.fixture(scope="module")
 def causal(tmp_path_factory) -> Path:
-    return pretrained_policy(tmp_path_factory.mktemp("causal"), "causal")
+    """A micro causal policy pre-trained to answer yes or no at random (a few seconds)."""
+    return pretrain_policy(tmp_path_factory.mktemp("causal"), "causal")
 
 
 # --- exact pieces -----------------------------------------------------------------------------------------------
@@ -193,7 +117,7 @@ def test_ppo_raises_the_held_out_reward_and_ptx_keeps_the_pretraining_loss(tmp_p
     for coef in ("0", "0.1"):
         before, rows = run(tmp_path / coef, causal, "--train.steps", "96", "--train.lr", "2e-3",
                            "--rollout.prompts_per_rollout", "32", "--train.eval_every", "48", "--ptx.coef", coef,
-                           "--data.pretrain", text_file(tmp_path / "pretrain.jsonl", corpus(2000, 3)))
+                           "--data.pretrain", str(tmp_path / coef / "pretrain.jsonl"))
         last = rows[-1]
         out[coef] = (before, last)
         assert last["val_reward"] > before["val_reward"] + 0.2, (coef, before, last)
@@ -218,7 +142,7 @@ def test_grpo_raises_the_held_out_reward_of_a_mask_predict_policy(tmp_path_facto
     π and π_ref), β = 0.1: the held-out reward rises (measured: 0.34 -> 0.53-0.56 in 40-80 steps: the policy learns
     to answer in the right form, not yet which answer) with the KL to the reference bounded."""
     tmp = tmp_path_factory.mktemp("masked")
-    init = pretrained_policy(tmp, "masked")
+    init = pretrain_policy(tmp, "masked")
     before, rows = run(tmp, init, "--method", "grpo", "--grpo.group_size", "8", "--grpo.beta", "0.1",
                        "--train.steps", "48", "--train.lr", "3e-3", "--rollout.prompts_per_rollout", "8",
                        "--train.eval_every", "48")
@@ -240,7 +164,7 @@ def test_bad_input_gets_one_line_errors(tmp_path, causal):
     assert "without a reward head" in fails("--reward", str(causal))
     assert "no such checkpoint" in fails("--reward", str(tmp_path / "missing"))
     assert "cannot import" in fails("--reward", "py:no_such_module:f")
-    masked = pretrained_policy(tmp_path / "m", "masked", steps=1)
+    masked = pretrain_policy(tmp_path / "m", "masked", steps=1)
     message = fails("--init", str(masked))
     assert message.startswith("method=ppo: needs an autoregressive policy") and "masked" in message
     assert "split into steps of train.global_batch_size=32" in fails("--rollout.prompts_per_rollout", "20")
@@ -268,11 +192,12 @@ def test_cli_lists_every_field_and_runs_dpo_on_the_same_verb(tmp_path, causal, c
     rows = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and "val_accuracy" in rows[-1] and "loss" in rows[-1]
     # ppo through the command line: the curves (reward, KL) are in metrics.jsonl and drawn
-    prompts = prompts_file(tmp_path / "p.jsonl", 64, 1)
-    assert main(["align", "--init", str(causal), "--reward", RULE, "--prompts", prompts,
-                 "--valid-prompts", prompts_file(tmp_path / "v.jsonl", 16, 2), "--steps", "2", "--out",
-                 str(tmp_path / "ppo"), "--rollout.prompts_per_rollout", "16", "--train.global_batch_size", "16",
-                 "--train.progress", "false", "--train.tensorboard", "false", "--train.eval_every", "2"]) == 0
+    prompts, valid = (write_jsonl(tmp_path / f"{name}.jsonl", synthetic.prompts(n, seed))
+                      for name, n, seed in (("p", 64, 1), ("v", 16, 2)))
+    assert main(["align", "--init", str(causal), "--reward", RULE, "--prompts", prompts, "--valid-prompts", valid,
+                 "--steps", "2", "--out", str(tmp_path / "ppo"), "--rollout.prompts_per_rollout", "16",
+                 "--train.global_batch_size", "16", "--train.progress", "false", "--train.tensorboard", "false",
+                 "--train.eval_every", "2"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and "val_reward" in rows[0] and "train_reward" in rows[-1] and "val_kl" in rows[-1]
     assert (tmp_path / "ppo" / "metrics.png").is_file() and "done: step 2" in capsys.readouterr().out

@@ -24,12 +24,15 @@ _EXPORTS = {
     "RolloutStream": "rollout", "RolloutBatcher": "rollout", "gae": "rollout", "group_advantages": "rollout",
     "build_reward": "rewards", "RuleReward": "rewards", "ModelReward": "rewards",
     "ARPolicy": "policy", "MaskedPolicy": "policy",
+    "held_out_metrics": "setup", "build_parts": "setup",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "synthetic":
+        return importlib.import_module("biglm.align.synthetic")
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"biglm.align.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'biglm.align' has no attribute {name!r}")

@@ -181,19 +181,34 @@ def resolve_policy(cfg: AlignConfig, source: Path | None) -> tuple[Path, Any, Mo
     return init, load_tokenizer(own / "tokenizer"), model
 
 
-def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
-    """A ``Trainer`` that aligns ``cfg.init`` with ``cfg.method`` into ``run_dir`` (``resume``: continue it)."""
+@dataclass
+class Parts:
+    """What a policy-gradient run and its held-out evaluation share."""
+
+    cfg: AlignConfig
+    """The config with the model section resolved."""
+    init: Path
+    tokenizer: Any
+    ids: TokenIds
+    policy: Any
+    reward: RewardSource
+    reference: nn.Module
+    objective: PretrainObjective
+    valid: list[Prompt]
+    held_out: list | None
+    """Held-out pretraining rows (``data.pretrain_valid``)."""
+
+    def validator(self) -> Callable[[nn.Module], dict[str, float]]:
+        return make_validator(self.cfg, self.reference, self.policy, self.reward, self.tokenizer, self.valid,
+                              (self.objective, self.held_out) if self.held_out else None)
+
+
+def build_parts(cfg: AlignConfig, device: torch.device | str = "cpu", source: Path | None = None) -> Parts:
+    """Policy family, reward, reference (a frozen copy of ``init``), held-out prompts and pretraining rows."""
     from biglm.checkpoint import load_model
-    from biglm.finetune.setup import setup_finetune
     from biglm.generate.api import banned_ids
 
-    if cfg.method == "dpo":
-        return setup_finetune(dpo_config(cfg), run_dir, resume)
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume)
-    env = init_distributed(cfg.train.device)
-    own = find_resume_checkpoint(run_dir, note=lambda _: None) if resume else None
-    init, tokenizer, model_cfg = resolve_policy(cfg, own)
+    init, tokenizer, model_cfg = resolve_policy(cfg, source)
     cfg = dataclasses.replace(cfg, model=model_cfg)
     ids = TokenIds.of(tokenizer)
     banned = banned_ids(tokenizer, model_cfg.vocab_size)
@@ -201,21 +216,51 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
         policy: Any = ARPolicy(ids, cfg.rollout, model_cfg.max_seq_len, banned)
     else:
         policy = MaskedPolicy(ids, cfg.rollout, model_cfg.max_seq_len, banned, cfg.grpo.score, cfg.grpo.score_samples)
-    if not cfg.data.prompts:
-        raise ConfigError("data.prompts: give the training prompts (--prompts FILE)")
-    prompts = read_prompts(cfg.data.prompts, cfg, tokenizer, policy)
     valid = read_prompts(cfg.data.valid_prompts, cfg, tokenizer, policy) if cfg.data.valid_prompts else []
     objective = PretrainObjective(cfg.ptx.objective, model_cfg.family, ids, model_cfg.vocab_size)
     seq_len = cfg.ptx.seq_len or model_cfg.max_seq_len
+    held_out = read_rows(cfg.data.pretrain_valid, cfg.data.text_field, tokenizer, seq_len, ids) \
+        if cfg.data.pretrain_valid else None
+    reward = build_reward(cfg.reward, device)
+    reference = load_model(init, device=device).model.requires_grad_(False).eval()
+    return Parts(cfg, init, tokenizer, ids, policy, reward, reference, objective, valid, held_out)
+
+
+def held_out_metrics(cfg: AlignConfig, model: nn.Module) -> dict[str, float]:
+    """The held-out metrics of any policy ``model`` (e.g. one trained with DPO) against ``cfg.init`` as the
+    reference, with ``cfg.reward`` on ``cfg.data.valid_prompts``: what ``biglm align`` logs as ``val_*``."""
+    parts = build_parts(cfg, next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return parts.validator()(model)
+    finally:
+        model.train(was_training)
+
+
+def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
+    """A ``Trainer`` that aligns ``cfg.init`` with ``cfg.method`` into ``run_dir`` (``resume``: continue it)."""
+    from biglm.finetune.setup import setup_finetune
+
+    if cfg.method == "dpo":
+        return setup_finetune(dpo_config(cfg), run_dir, resume)
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    env = init_distributed(cfg.train.device)
+    own = find_resume_checkpoint(run_dir, note=lambda _: None) if resume else None
+    if not cfg.data.prompts:
+        raise ConfigError("data.prompts: give the training prompts (--prompts FILE)")
+    parts = build_parts(cfg, env.device, own)
+    cfg, policy, tokenizer, ids, objective = parts.cfg, parts.policy, parts.tokenizer, parts.ids, parts.objective
+    model_cfg = cfg.model
+    prompts = read_prompts(cfg.data.prompts, cfg, tokenizer, policy)
     pretrain_rows = None
     if cfg.ptx.coef > 0:
         if not cfg.data.pretrain:
             raise ConfigError(f"ptx.coef={cfg.ptx.coef}: needs pretraining text (--pretrain FILE, data.pretrain)")
-        pretrain_rows = read_rows(cfg.data.pretrain, cfg.data.text_field, tokenizer, seq_len, ids,
-                                  cfg.data.max_examples)
-    held_out = read_rows(cfg.data.pretrain_valid, cfg.data.text_field, tokenizer, seq_len, ids) \
-        if cfg.data.pretrain_valid else None
-    reward = build_reward(cfg.reward, env.device)
+        pretrain_rows = read_rows(cfg.data.pretrain, cfg.data.text_field, tokenizer,
+                                  cfg.ptx.seq_len or model_cfg.max_seq_len, ids, cfg.data.max_examples)
     group = cfg.grpo.group_size if cfg.method == "grpo" else 1
     epochs = cfg.ppo.epochs if cfg.method == "ppo" else cfg.grpo.epochs
     t = cfg.train
@@ -232,20 +277,17 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
                                pretrain=(objective.criterion, objective.kind))
     batcher = RolloutBatcher(ids.bos, policy.sequence_level, objective.batcher if pretrain_rows else None)
     if not t.init_from:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, init_from=str(init)))
-    if valid and not t.best_metric:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, init_from=str(parts.init)))
+    if parts.valid and not t.best_metric:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, best_metric="val_reward", best_mode="max"))
     bundle = DataBundle(stream, None, mask_token_id=ids.mask, vocab_size=model_cfg.vocab_size, n_tokens=len(tokenizer),
                         tokenizer=tokenizer)
-    reference = load_model(init, device=env.device).model.requires_grad_(False).eval()
-    validator = make_validator(cfg, reference, policy, reward, tokenizer, valid,
-                               (objective, held_out) if held_out else None)
     if env.is_main:
         print(f"biglm align: {cfg.method}, {model_cfg.family} policy, {len(prompts)} prompts ({buffer} responses per "
-              f"rollout, {epochs} epoch(s) each), {len(valid)} held-out prompts, reward {cfg.reward}, "
+              f"rollout, {epochs} epoch(s) each), {len(parts.valid)} held-out prompts, reward {cfg.reward}, "
               f"λ_PT {cfg.ptx.coef}", file=sys.stderr)
-    trainer = assemble(cfg, env, run_dir, resume, bundle, batcher, criterion, validator, verb="align")
-    stream.collect = make_collect(cfg, trainer.model, reference, policy, reward, tokenizer)
+    trainer = assemble(cfg, env, run_dir, resume, bundle, batcher, criterion, parts.validator(), verb="align")
+    stream.collect = make_collect(cfg, trainer.model, parts.reference, policy, parts.reward, tokenizer)
     return trainer
 
 
