@@ -151,6 +151,26 @@ def test_grpo_raises_the_held_out_reward_of_a_mask_predict_policy(tmp_path_facto
     assert "loss_kl" in last and last["train_response_len"] == 2.0
 
 
+def test_a_reward_model_scores_as_biglm_reward_does_and_drives_a_run(tmp_path, causal):
+    """A reward checkpoint (``--task reward``) as the reward source: its scores are ``biglm reward``'s, and a PPO
+    step runs on them."""
+    from biglm.align.rewards import ModelReward
+    from biglm.data.records import read_records
+    from biglm.finetune import load_predictor
+    from test_reward import train_reward_model
+
+    train_reward_model(tmp_path, causal, 64, 1)
+    records = [{"prompt": p["prompt"], "response": r} for p in synthetic.prompts(6, 9) for r in ("yes", "no maybe")]
+    predictor = load_predictor(tmp_path / "rm")
+    examples = predictor.task.encode(read_records(write_jsonl(tmp_path / "singles.jsonl", records)), labelled=False)
+    expected = [p["reward"] for p in predictor.task.predict(predictor.loaded.model, examples)]
+    got = ModelReward(str(tmp_path / "rm"))([r["prompt"] for r in records], [r["response"] for r in records])
+    assert got == pytest.approx(expected, abs=1e-6) and len(set(got)) > 1
+    _, rows = run(tmp_path / "ppo", causal, "--reward", str(tmp_path / "rm"), "--train.steps", "1",
+                  "--rollout.prompts_per_rollout", "32")
+    assert math.isfinite(rows[-1]["train_reward"]) and math.isfinite(rows[-1]["val_reward"])
+
+
 # --- bad input and the command line -----------------------------------------------------------------------------
 def test_bad_input_gets_one_line_errors(tmp_path, causal):
     def fails(*extra: str) -> str:

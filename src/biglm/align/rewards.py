@@ -65,11 +65,14 @@ class ModelReward:
             raise ConfigError(f"reward={path}: no such checkpoint or run folder")
         folder = resolve_finetuned(path)
         saved = finetune_config_of(folder)
-        if saved is None or saved.task.kind != "reward" or not saved.model.reward_head:
-            what = f"a {saved.task.kind} checkpoint" if saved is not None else "a pre-training checkpoint"
-            raise ConfigError(f"reward={path}: {what} without a reward head; give a reward model (biglm finetune "
+        what = f"a {saved.task.kind} checkpoint" if saved is not None else "a pre-training checkpoint"
+        problem = ConfigError(f"reward={path}: {what} without a reward head; give a reward model (biglm finetune "
                               "--task reward) or py:module:function")
+        if saved is None or saved.task.kind != "reward":
+            raise problem
         predictor = load_predictor(folder, device=str(device))
+        if not predictor.loaded.config.reward_head:
+            raise problem
         self.task, self.model = predictor.task, predictor.loaded.model.requires_grad_(False).eval()
         self.task.batch_size = batch_size
 
