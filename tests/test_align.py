@@ -81,6 +81,24 @@ def test_first_epoch_is_on_policy_and_the_kl_starts_at_zero(tmp_path, causal):
     assert math.isfinite(first["loss_value"]) and "val_reward" in first and abs(first["val_kl"]) < 1e-5
 
 
+def test_a_run_resumes_from_its_checkpoint(tmp_path, causal):
+    """Stopped after step 2 and resumed: the run continues at step 3 from its own checkpoint (value head included)
+    and its stream position, re-sampling the buffer it stopped in with the policy as saved."""
+    args = ["--train.steps", "4", "--rollout.prompts_per_rollout", "32", "--train.save_every", "2",
+            "--train.eval_every", "4"]
+    trainer = setup_align(load_align_config(None, align_args(tmp_path, causal, *args)), tmp_path / "run")
+    trainer.fit(until=2)
+    trainer.close()
+    assert trainer.step == 2 and trainer.data.train.state_dict() == {"rows": 64}
+    resumed = setup_align(load_align_config(None, align_args(tmp_path, causal, *args)), tmp_path / "run", resume=True)
+    assert resumed.step == 2 and resumed.model.config.reward_head
+    resumed.fit()
+    resumed.close()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "val_reward" in rows[-1]
+    assert rows[2]["train_approx_kl"] < 1e-10  # step 3 is the first epoch of a fresh buffer: on-policy again
+
+
 def test_one_sample_gradient_is_the_reinforce_gradient(causal):
     """GRPO (β = 0) on one response at ρ = 1: the gradient of the clipped surrogate is -A·∇ log π(y|x)."""
     from biglm.align.config import RolloutConfig

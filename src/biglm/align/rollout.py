@@ -94,18 +94,20 @@ class RolloutStream:
 
     ``collect(prompts, seed, micro) -> samples`` samples, scores and prepares one buffer (set by
     ``biglm.align.setup`` once the policy exists); ``pretrain`` is a finite list of packed rows to cycle
-    through (or None)."""
+    through (or None). With several ranks, each samples ``prompts_per_rollout`` prompts of its own per buffer."""
 
     def __init__(self, prompts: Sequence[Any], prompts_per_rollout: int, samples_per_prompt: int, epochs: int,
-                 seed: int, pretrain: Sequence[tuple[Tensor, Tensor]] | None = None, pretrain_rows: int = 4) -> None:
+                 seed: int, pretrain: Sequence[tuple[Tensor, Tensor]] | None = None, pretrain_rows: int = 4,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.prompts = ExampleStream(list(prompts), None, seed)
+        self.rank, self.world = rank, world_size
         self.per_rollout, self.per_prompt, self.epochs = prompts_per_rollout, samples_per_prompt, epochs
         self.seed = seed
         self.pretrain = ExampleStream(list(pretrain), None, seed + 1) if pretrain else None
         self.pretrain_rows = pretrain_rows
         self.collect: Callable[[list[Any], int, int], list[Sample]] | None = None
         self.rows = 0
-        """Global sample rows consumed so far."""
+        """Sample rows this rank consumed so far (the same count on every rank)."""
         self.buffer: tuple[int, list[Sample]] | None = None
         self.rollouts = 0
         """Buffers sampled by this process (a resumed run counts from its restart)."""
@@ -119,8 +121,10 @@ class RolloutStream:
         if self.buffer is None or self.buffer[0] != index:
             if self.collect is None:
                 raise RuntimeError("RolloutStream.collect is not set (biglm.align.setup sets it)")
-            prompts = [self.prompts.example(index * self.per_rollout + i) for i in range(self.per_rollout)]
-            self.buffer = (index, self.collect(prompts, row_seed(self.seed, index), micro))
+            # rank r samples its own prompts of the global order (prompts_per_rollout per rank) with its own seed
+            first = index * self.per_rollout * self.world
+            prompts = [self.prompts.example(first + i * self.world + self.rank) for i in range(self.per_rollout)]
+            self.buffer = (index, self.collect(prompts, row_seed(self.seed, index * self.world + self.rank), micro))
             self.rollouts += 1
         return self.buffer[1]
 
@@ -139,7 +143,7 @@ class RolloutStream:
             self.rows += micro
             pretrain = None
             if self.pretrain is not None:
-                first = (self.rows // micro - 1) * self.pretrain_rows
+                first = ((self.rows // micro - 1) * self.world + self.rank) * self.pretrain_rows
                 rows = [self.pretrain.example(first + j) for j in range(self.pretrain_rows)]
                 pretrain = {"input_ids": torch.stack([r[0] for r in rows]),
                             "document_ids": torch.stack([r[1] for r in rows])}

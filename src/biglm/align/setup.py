@@ -266,11 +266,12 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
     t = cfg.train
     buffer = cfg.rollout.prompts_per_rollout * group
     micro = t.micro_batch(env.world_size)
-    if buffer % (micro * t.grad_accum(env.world_size)) or buffer % t.global_batch_size:
+    if buffer % (micro * t.grad_accum(env.world_size)):
+        per_rank = f" / {env.world_size} ranks" if env.world_size > 1 else ""
         raise ConfigError(f"rollout.prompts_per_rollout={cfg.rollout.prompts_per_rollout}: a buffer of {buffer} "
-                          f"responses must split into steps of train.global_batch_size={t.global_batch_size}")
+                          f"responses must split into steps of train.global_batch_size={t.global_batch_size}{per_rank}")
     stream = RolloutStream(prompts, cfg.rollout.prompts_per_rollout, group, epochs, t.seed, pretrain_rows,
-                           cfg.ptx.rows)
+                           cfg.ptx.rows, env.rank, env.world_size)
     criterion = AlignCriterion(cfg.method, policy, clip=cfg.ppo.clip if cfg.method == "ppo" else cfg.grpo.clip,
                                value_clip=cfg.ppo.value_clip, vf_coef=cfg.ppo.vf_coef,
                                beta=cfg.grpo.beta if cfg.method == "grpo" else 0.0, ptx_coef=cfg.ptx.coef,
