@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biglm.align import gae, group_advantages, load_align_config, setup_align, synthetic
+from biglm.align import AlignConfig, gae, group_advantages, load_align_config, setup_align, synthetic
 from biglm.align.setup import log_start
 from biglm.align.synthetic import REWARD, pretrain_policy, write_task
 from biglm.checkpoint import load_model
@@ -213,6 +213,13 @@ def test_bad_input_gets_one_line_errors(tmp_path, causal):
                                                                  "1", "--rollout.prompts_per_rollout", "32")),
                               tmp_path / "wrong")
         trainer.fit()
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo", "dpo"])
+def test_shipped_presets_parse(name):
+    cfg = load_align_config(Path(__file__).resolve().parents[1] / "configs" / "align" / f"{name}.yaml")
+    assert cfg.method == name and cfg.train.prefetch == 0
+    assert AlignConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "model"}).to_dict() == cfg.to_dict()
 
 
 def test_cli_lists_every_field_and_runs_dpo_on_the_same_verb(tmp_path, causal, capsys):
