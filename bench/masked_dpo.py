@@ -1,21 +1,22 @@
 """Sequence scores of a Mask-Predict policy measured against each other, and DPO with each.
 
 A micro masked policy (2 layers, hidden 64, the tests' word-level tokenizer) is first fine-tuned with the
-``seq2seq`` kind (length head) on prompts of 3-6 distinct letters and '?', answered half of the time with the
-preferred answer (the prompt's last two letters, last first) and half of the time with the dispreferred one
-(its first two letters, first first): an ambivalent policy. Then, on that policy:
+``seq2seq`` kind (length head) on prompts of k+1 to k+4 distinct letters and '?', answered half of the time with
+the preferred answer (the prompt's last k letters, last first) and half of the time with the dispreferred one
+(its first k letters, in order): an ambivalent policy. k = 2 and 4 (``--answer-tokens``). Then, on that policy:
 
 (1) **Agreement**: ``chain`` against ``elbo`` (16 samples) on the responses of 200 held-out pairs: Pearson
     correlation of the scores and of the pairs' margins (chosen - rejected), and the share of pairs both rank
     the same way.
 (2) **Noise**: the ELBO estimate's standard deviation over 10 seeds, by number of samples (mean over responses).
-(3) **Cost**: suffix rows and tokens per pair (chosen + rejected) of each score, on these two-token answers and
-    on random 16- and 64-token responses (a random model: cost only), and the time of one scoring call.
-(4) **DPO with each score** (``task.dpo.score``; β, epochs and lr below): the held-out implicit-reward margin and
-    pairwise accuracy, and what matters: the share of held-out prompts the Mask-Predict policy answers with the
-    preferred answer (length head's top 3 candidates, T = 4), before and after.
+(3) **Cost**: suffix rows and tokens per pair (chosen + rejected) of each score, on these answers and on random
+    16- and 64-token responses (a random model: cost only), and the time of one scoring call.
+(4) **DPO with each score** (``task.dpo.score``: chain, elbo, one-step; β = 0.5, lr 1e-3): the held-out
+    implicit-reward margin and pairwise accuracy, and what matters: the share of held-out prompts the
+    Mask-Predict policy answers with the preferred answer (length head's top 3 candidates, T = k + 2), before
+    and after.
 
-    python bench/masked_dpo.py            # about 6 minutes on 2 shared CPU cores
+    python bench/masked_dpo.py            # about 12 minutes on 2 shared CPU cores
     python bench/masked_dpo.py --quick    # fewer steps
 
 Prints Markdown tables and writes ``bench/results/masked_dpo.json`` (``masked_dpo_quick.json`` with --quick).
@@ -46,14 +47,13 @@ LETTERS = [chr(c) for c in range(ord("a"), ord("p") + 1)]
 COMMON = ["--train.progress", "false", "--train.tensorboard", "false", "--train.global_batch_size", "32"]
 
 
-def items(n: int, seed: int) -> list[dict[str, Any]]:
-    """Prompt, preferred answer (last two letters, last first), dispreferred one (first two letters)."""
+def items(n: int, seed: int, k: int) -> list[dict[str, Any]]:
+    """Prompt, preferred answer (last k letters, last first), dispreferred one (first k letters)."""
     r = random.Random(seed)
     out = []
     for i in range(n):
-        p = r.sample(LETTERS, r.randint(3, 6))
-        out.append({"id": i, "prompt": " ".join(p) + " ?", "good": f"{p[-1]} {p[-2]}",
-                    "bad": f"{p[0]} {p[1]}"})
+        p = r.sample(LETTERS, r.randint(k + 1, k + 4))
+        out.append({"id": i, "prompt": " ".join(p) + " ?", "good": " ".join(p[::-1][:k]), "bad": " ".join(p[:k])})
     return out
 
 
@@ -80,15 +80,15 @@ def fit(args: list[str], run: Path) -> float:
     return time.perf_counter() - start
 
 
-def answers(ckpt: Path, held: list[dict[str, Any]]) -> dict[str, float]:
+def answers(ckpt: Path, held: list[dict[str, Any]], k: int) -> dict[str, float]:
     """Share of held-out prompts answered exactly with the preferred / the dispreferred answer (Mask-Predict)."""
     loaded = load_model(ckpt)
     model, tok = loaded.model.eval(), loaded.tokenizer
     prompts = [tok(x["prompt"], add_special_tokens=False)["input_ids"] for x in held]
     with torch.no_grad():
         out = generate_ids(model, prompts, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                           mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=4, steps=4,
-                           length="predict", length_candidates_k=3)
+                           mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=k + 2,
+                           steps=k + 2, length="predict", length_candidates_k=3)
     texts = [t.strip() for t in tok.batch_decode(out.token_ids, skip_special_tokens=True)]
     good = sum(t == x["good"] for t, x in zip(texts, held)) / len(held)
     bad = sum(t == x["bad"] for t, x in zip(texts, held)) / len(held)
@@ -127,7 +127,7 @@ def score_study(ckpt: Path, held: list[dict[str, Any]]) -> dict[str, Any]:
             sd[S] = float(runs.std(0).mean())
         out["elbo_sd_by_samples"] = sd
         cost: dict[str, Any] = {}
-        for label, (pp, rr) in {"answers (2 tokens)": (P, R)}.items():
+        for label, (pp, rr) in {f"answers ({len(R[0])} tokens)": (P, R)}.items():
             for method, S in (("chain", 1), ("elbo", 4), ("one-step", 4)):
                 start = time.perf_counter()
                 s = masked_sequence_scores(model, pp, rr, ids, method=method, samples=S,
@@ -157,31 +157,44 @@ def score_study(ckpt: Path, held: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--answer-tokens", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    results = {str(k): run_config(k, a.quick) for k in a.answer_tokens}
+    out = Path(a.out or Path(__file__).parent / "results" / f"masked_dpo{'_quick' if a.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine_info(), "answer_tokens": results}, indent=1))
+    for k, r in results.items():
+        print(f"\n## answers of {k} tokens")
+        report(r)
+    print(f"wrote {out}")
+
+
+def run_config(k: int, quick: bool) -> dict[str, Any]:
+    """SFT, the score study and DPO with each score, for answers of ``k`` tokens."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_checkpoint  # the tests' random checkpoint with a word-level tokenizer (a..z)
 
-    sft_epochs, dpo_epochs = (6, 3) if a.quick else (20, 8)
-    train, held = items(1000, 0), items(200, 1)
+    sft_epochs, dpo_epochs = (6, 3) if quick else (20, 8)
+    train, held = items(1000, 0, k), items(200, 1, k)
     sft_rows = [{"source": x["prompt"], "target": x["good"] if i % 2 else x["bad"]} for i, x in enumerate(train)]
     result: dict[str, Any] = {"machine": machine_info(), "sft_epochs": sft_epochs, "dpo_epochs": dpo_epochs}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         init = make_checkpoint(tmp / "init", max_seq_len=96)
         sft_args = ["--init", str(init), "--task.kind", "seq2seq", "--data.train", write(tmp / "sft.jsonl", sft_rows),
-                    "--task.seq2seq.max_target_length", "4", "--task.seq2seq.metrics", "[exact_match]",
+                    "--task.seq2seq.max_target_length", str(k + 2), "--task.seq2seq.metrics", "[exact_match]",
                     "--train.lr", "3e-3", "--train.warmup_steps", "20", "--train.epochs", str(sft_epochs), *COMMON]
         result["sft_seconds"] = fit(sft_args, tmp / "sft")
         sft = tmp / "sft"
-        result["before"] = answers(sft, held)
+        result["before"] = answers(sft, held, k)
         print(f"SFT policy: {result['before']}", file=sys.stderr)
         result.update(score_study(sft, held))
-        train_pairs = write(tmp / "pairs.jsonl", pairs(items(600, 2), 3))
+        train_pairs = write(tmp / "pairs.jsonl", pairs(items(600, 2, k), 3))
         valid_pairs = write(tmp / "valid_pairs.jsonl", pairs(held, 4))
         result["dpo"] = {}
-        for score in ("chain", "elbo"):
+        for score in ("chain", "elbo", "one-step"):
             run = tmp / f"dpo_{score}"
             args = ["--init", str(sft), "--task.kind", "dpo", "--data.train", train_pairs, "--data.valid", valid_pairs,
                     "--task.dpo.score", score, "--task.dpo.samples", "4", "--task.dpo.beta", "0.5",
@@ -193,13 +206,9 @@ def main() -> None:
                                     "val_accuracy": evals[-1]["val_accuracy"],
                                     "val_chosen_shift": evals[-1]["val_chosen_shift"],
                                     "curve": [(e["step"], e["val_margin"], e["val_accuracy"]) for e in evals],
-                                    **answers(run, held)}
+                                    **answers(run, held, k)}
             print(f"DPO {score}: {result['dpo'][score]}", file=sys.stderr)
-    report(result)
-    out = Path(a.out or Path(__file__).parent / "results" / f"masked_dpo{'_quick' if a.quick else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    return result
 
 
 def report(r: dict[str, Any]) -> None:

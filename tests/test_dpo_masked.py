@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from biglm.checkpoint import load_model
 from biglm.finetune import load_finetune_config, setup_finetune
@@ -16,6 +18,7 @@ from biglm.finetune.setup import prepare, read_split
 from biglm.train.batches import RowSeeds
 from test_dpo import dpo_args, policy
 from test_reward import LETTERS, write_jsonl
+from test_train_distributed import free_port
 
 
 def two_letter_pairs(n: int, seed: int) -> list[dict]:
@@ -63,6 +66,16 @@ def test_margin_is_exactly_zero_at_the_reference(tmp_path, score):
         assert (a - b).abs().max() > 1e-3
 
 
+def test_validation_masks_do_not_depend_on_where_the_file_lies(tmp_path):
+    init = policy(tmp_path, "masked")
+    seeds = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cfg = load_finetune_config(None, masked_args(tmp_path / folder, init, 8, 1, "--task.dpo.score", "elbo"))
+        seeds.append([ex.seed for ex in read_split(cfg, "valid", prepare(cfg).task)])
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == len(seeds[0])
+
+
 def test_the_length_term_and_responses_cut_to_the_length_head(tmp_path):
     init = policy(tmp_path, "masked", length_head=True, max_target_length=2)  # lengths 0..1: one-token replies
     cfg = load_finetune_config(None, masked_args(tmp_path, init, 4, 1))
@@ -90,3 +103,68 @@ def test_masked_dpo_raises_the_held_out_margin(tmp_path):
     evals = [e for e in evals if "val_margin" in e]
     assert len(evals) == 10 and abs(evals[0]["val_margin"]) < 0.2
     assert evals[-1]["val_margin"] > 0.5 and evals[-1]["val_accuracy"] > 0.65
+
+
+def dpo_worker(rank: int, world: int, port: int, args: list[str], run: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        trainer = setup_finetune(load_finetune_config(None, args), run)
+        trainer.fit()
+        trainer.close()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    """Masked DPO with the ELBO under DDP (gloo, CPU): the policy's two passes (prompts, then responses) and the
+    reference's masks give the loss, gradient norm and held-out margin of one process with the same batch."""
+    init = policy(tmp_path, "masked", length_head=True, max_target_length=8)
+    args = masked_args(tmp_path, init, 64, 2, "--task.dpo.score", "elbo", "--train.micro_batch_size", "8")
+    mp.spawn(dpo_worker, args=(2, free_port(), args, str(tmp_path / "two")), nprocs=2, join=True)
+    trainer = setup_finetune(load_finetune_config(None, args), tmp_path / "one")
+    trainer.fit()
+    trainer.close()
+    rows = {r: [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+            for r in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 2
+    for key in ("loss", "loss_margin", "grad_norm", "val_margin", "val_accuracy"):
+        assert [r[key] for r in rows["two"]] == pytest.approx([r[key] for r in rows["one"]], rel=1e-5, abs=1e-6), key
+
+
+def test_rows_are_the_instruction_kinds_rows(tmp_path):
+    """A chat preference pair is scored on the prompt X and reply Y the instruction kind trains the policy on."""
+    init = policy(tmp_path, "masked")
+    conv = [{"role": "user", "content": "a b c ?"}]
+    pair = {"prompt": conv, "response_a": "c b", "response_b": "a b", "choice": "A"}
+    sft = {"messages": [*conv, {"role": "assistant", "content": "c b"}]}
+    dpo_cfg = load_finetune_config(None, ["--init", str(init), "--task.kind", "dpo",
+                                          "--data.train", write_jsonl(tmp_path / "p.jsonl", [pair])])
+    inst_cfg = load_finetune_config(None, ["--init", str(init), "--task.kind", "instruction",
+                                           "--data.train", write_jsonl(tmp_path / "i.jsonl", [sft]),
+                                           "--task.instruction.max_target_length", "8"])
+    [dpo_ex] = read_split(dpo_cfg, "train", prepare(dpo_cfg).task)
+    [inst_ex] = read_split(inst_cfg, "train", prepare(inst_cfg).task)
+    assert len(inst_ex.source) > 4 and dpo_ex.chosen == (inst_ex.source, inst_ex.target)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """ELBO masks come from the trainer's row seeds and the reference is reloaded from init: a run stopped after
+    step 2 and resumed logs what the uninterrupted run logs."""
+    init = policy(tmp_path, "masked", length_head=True, max_target_length=8)
+    args = masked_args(tmp_path, init, 64, 2, "--task.dpo.score", "elbo", "--train.eval_every", "1")
+    rows = {}
+    for run, stops in (("straight", [None]), ("split", [2, None])):
+        for i, until in enumerate(stops):
+            trainer = setup_finetune(load_finetune_config(None, args), tmp_path / run, resume=i > 0)
+            trainer.fit(until)
+            trainer.close()
+        rows[run] = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows["split"]] == [r["step"] for r in rows["straight"]] == [1, 2, 3, 4]
+    for key in ("loss", "grad_norm", "val_margin"):
+        assert [r[key] for r in rows["split"]] == pytest.approx([r[key] for r in rows["straight"]], abs=1e-6), key

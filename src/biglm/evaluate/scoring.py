@@ -138,7 +138,7 @@ class _PrefixGroup:
 
     def __init__(self, model: BiGLM, contexts: list[tuple[list[int], list[int], int]], pad_token_id: int,
                  use_cache: bool, length_logits: bool = False) -> None:
-        device = model.lm_head.weight.device
+        device = next(model.parameters()).device  # also through a DDP wrapper
         G, P = len(contexts), max(len(p) + len(q) for p, q, _ in contexts)
         self.ids = torch.full((G, P), pad_token_id, dtype=torch.long)
         self.docs = torch.full((G, P), -1, dtype=torch.int32)

@@ -6,7 +6,8 @@ log π(y | x) and carries a gradient. Every method here reads the rows the ``seq
 task kinds train a masked model on: X = ``BOS prompt`` (the prompt ids as those kinds encode their
 source, without BOS), Y = the response, under the prefix-blind layout (X never attends Y, so X is encoded
 once per distinct prompt and its keys/values reused by every Y row, exactly; ``biglm.evaluate.scoring``'s
-prefix cache). Methods (``MASKED_SCORES``):
+prefix cache). A pair longer than the model keeps BOS and the prompt's last tokens (as the instruction kind
+keeps the latest turns). Methods (``MASKED_SCORES``):
 
 * ``chain`` — the left-to-right chain rule Σ_i log p(y_i | x, y_<i, [MASK] for y_>i): row i shows y_<i and
   masks the rest, the target is position i. Exact for that (fixed) order; one suffix row per response

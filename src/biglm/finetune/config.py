@@ -232,10 +232,10 @@ class DPOConfig:
     max_length: int = 0
     """Tokens per row ``BOS prompt response EOS`` (0: the model's max_seq_len); a longer prompt keeps its last
     tokens."""
-    score: Literal["chain", "elbo", "one-step"] = "chain"
-    """Masked policies: the stand-in for log π(y|x) (``biglm.evaluate.sequence_score``): ``chain`` (left-to-right
-    chain rule, exact for that order, |y| rows), ``elbo`` (masked-diffusion bound, ``samples`` masks; the
-    reference scores the policy's masks in each step), ``one-step`` (dllm's GRPO score)."""
+    score: Literal["chain", "elbo", "one-step"] = "elbo"
+    """Masked policies: the stand-in for log π(y|x) (``biglm.evaluate.sequence_score``): ``elbo`` (masked-diffusion
+    bound, ``samples`` masks; a frozen reference scores the policy's masks in each step), ``chain`` (left-to-right
+    chain rule, exact for that order, deterministic, |y|² cost), ``one-step`` (dllm's GRPO score)."""
     samples: int = 4
     """Masked policies, ``elbo`` / ``one-step``: masks drawn per response and step."""
     length_term: bool = True

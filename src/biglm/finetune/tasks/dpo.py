@@ -12,8 +12,9 @@ autoregressive policies. ``elbo`` and ``one-step`` are Monte-Carlo: a margin bet
 reference scored on different masks would be mostly noise, so the reference scores the *same* masks —
 in training a frozen copy of ``init`` is kept and scores each step's masks (fresh each step, seeded by
 the trainer's row seeds: one extra no-grad pass per pair and a second model in memory); in validation
-each response has a fixed seed (from its file and line) and the reference's scores are computed once.
-At the start (policy = reference) every margin is exactly 0 with every score. GLM policies are refused.
+each response has a fixed seed (from its position and tokens, not the file's path) and the reference's
+scores are computed once. At the start (policy = reference) every margin is exactly 0 with every score.
+GLM policies are refused.
 
 The loss per pair (chosen y_w, rejected y_l) is
 
@@ -110,7 +111,7 @@ class DPOTask(TaskBase):
             n = self.max_response
             return [DPOExample(id_, (prompts[i][-(self.row_len - 1 - len(chosen[i][:n])):], chosen[i][:n]),
                                (prompts[i][-(self.row_len - 1 - len(rejected[i][:n])):], rejected[i][:n]), p.where,
-                               zlib.crc32(p.where.encode()))
+                               _seed(i, prompts[i], chosen[i], rejected[i]))
                     for i, (id_, p) in enumerate(kept)]
         return [DPOExample(id_, self.row(prompts[i], chosen[i]), self.row(prompts[i], rejected[i]), p.where)
                 for i, (id_, p) in enumerate(kept)]
@@ -167,6 +168,11 @@ class DPOTask(TaskBase):
     def show(self, example: DPOExample, prediction: dict[str, Any]) -> str:
         return (f"{self.text(example.chosen[0])!r}: log p chosen {prediction['logp_chosen']:.3f}, rejected "
                 f"{prediction['logp_rejected']:.3f}")
+
+
+def _seed(index: int, *token_lists: list[int]) -> int:
+    """A pair's fixed mask seed: its position in its file and its tokens (the same wherever the file lies)."""
+    return zlib.crc32(repr((index, *token_lists)).encode())
 
 
 def sequence_logps(model: nn.Module, batch: Batch) -> Tensor:
