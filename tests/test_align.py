@@ -227,7 +227,7 @@ def test_cli_lists_every_field_and_runs_dpo_on_the_same_verb(tmp_path, causal, c
         main(["align", "--help"])
     text = capsys.readouterr().out
     for key in ("--ppo.kl_coef", "--ppo.lam", "--grpo.beta", "--grpo.score", "--ptx.coef", "--rollout.temperature",
-                "--data.prompts", "--train.lr", "--dpo.beta", "method", "reward"):
+                "--data.prompts", "--train.lr", "--dpo.beta", "--method {ppo,grpo,dpo}", "--reward REWARD"):
         assert key in text, key
     prefs = write_jsonl(tmp_path / "prefs.jsonl", last_letter_pairs(64, 0))
     valid = write_jsonl(tmp_path / "prefs-valid.jsonl", last_letter_pairs(32, 1))
