@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-hf": ("biglm.hf.cli", "import a transformers (BiGLM or Llama) folder as a checkpoint"),
     "compare": ("biglm.compare.cli", "train and score several recipes side by side (table + plot)"),
     "expand": ("biglm.grow.cli", "grow a checkpoint: width by function-preserving init, depth by stacking"),
+    "align": ("biglm.align.cli", "align a policy with a reward or judged pairs: PPO (KL + λ_PT), GRPO, DPO"),
 }
 
 

@@ -191,7 +191,8 @@ class Trainer:
 
     def _reduce(self, sums: dict[str, Any]) -> dict[str, float]:
         """Sums over ranks -> ``loss`` (weighted mean of the terms), ``loss_<term>`` (when several) and
-        ``loss_<part>``; a part with no items is NaN."""
+        ``loss_<part>`` (``train_<part>`` for the criterion's ``metric_parts``: rewards, clip fractions...); a
+        part with no items is NaN."""
         keys = sorted(sums)
         values = dict(zip(keys, all_reduce_sum([float(sums[k]) for k in keys], self.env)))
         terms = sorted(k[5:] for k in keys if k.startswith("term:"))
@@ -202,10 +203,11 @@ class Trainer:
         out = {"loss": sum(counted) if counted else math.nan}
         if len(terms) > 1:
             out.update({f"loss_{t}": m for t, m in means.items()})
+        plain = set(getattr(self.criterion, "metric_parts", ()))  # parts that are no loss: train_<name>
         for k in keys:
             if k.endswith(":sum"):
                 name, n = k[:-4], values[f"{k[:-4]}:count"]
-                out[f"loss_{name}"] = values[k] / n if n else float("nan")
+                out[f"{'train' if name in plain else 'loss'}_{name}"] = values[k] / n if n else float("nan")
         out.update({k: values[k] for k in ("tokens", "targets") if k in values})
         return out
 

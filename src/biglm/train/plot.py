@@ -1,6 +1,6 @@
 """``biglm plot``: loss (train, X, Y, validation) and learning-rate curves of a run, as one PNG, with a
-panel of the validation task metrics (``val_rougeL``, ``val_accuracy``, ... of fine-tuning runs) when the
-run logged any."""
+panel of the validation task metrics (``val_rougeL``, ``val_accuracy``, ... of fine-tuning runs) and the
+training-batch metrics (``train_reward``, ``train_kl``, ... of alignment runs) when the run logged any."""
 
 from __future__ import annotations
 
@@ -58,13 +58,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, note: Callable[
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir, note)
     out = Path(out) if out else run_dir / "metrics.png"
-    task_metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
+    task_metrics = sorted({k for r in rows for k in r if k.startswith(("val_", "train_")) and k != "val_loss"})
     if task_metrics:
         fig, (ax_loss, ax_task, ax_lr) = plt.subplots(3, 1, figsize=(9, 9), sharex=True, height_ratios=(3, 2, 1))
         for key in task_metrics:
             steps, values = _series(rows, key)
-            ax_task.plot(steps, values, "o-", label=key[4:], markersize=3)
-        ax_task.set_ylabel("validation metrics")
+            held_out = key.startswith("val_")  # train_<name>: metrics of the training batches (e.g. rewards)
+            ax_task.plot(steps, values, "o-" if held_out else "-", label=key[4:] if held_out else key, markersize=3)
+        ax_task.set_ylabel("metrics")
         ax_task.grid(alpha=0.3)
         ax_task.legend(fontsize=8, ncol=2)
     else:

@@ -1,0 +1,130 @@
+"""``biglm align``: PPO, GRPO or DPO of a policy checkpoint, on the shared trainer.
+
+    biglm align --method ppo --init runs/chat --reward runs/rm --prompts prompts.jsonl \\
+        --valid-prompts held-out.jsonl --pretrain corpus.jsonl --ptx.coef 0.5 --out runs/ppo
+    biglm align --method grpo --init runs/chat --reward py:my_rewards:exact --prompts prompts.jsonl --out runs/grpo
+    biglm align --method dpo --init runs/chat --preferences prefs.jsonl --valid-preferences dev.jsonl --out runs/dpo
+    biglm align --config configs/align/ppo.yaml --init runs/chat --reward runs/rm --out runs/ppo [--train.lr 1e-5 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from biglm.config_cli import add_config_options
+from biglm.errors import BiglmError
+
+SHORTCUTS = {
+    "method": "method", "init": "init", "reward": "reward", "prompts": "data.prompts",
+    "valid_prompts": "data.valid_prompts", "pretrain": "data.pretrain", "pretrain_valid": "data.pretrain_valid",
+    "preferences": "data.preferences", "valid_preferences": "data.valid_preferences", "steps": "train.steps",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``align`` to the ``biglm`` command line."""
+    p = subparsers.add_parser(
+        "align", help="align a policy: PPO (KL + λ_PT), GRPO, DPO",
+        description="Optimise a policy checkpoint against a reward (PPO, GRPO) or on judged pairs (DPO), starting "
+                    "from --init, which also stays the frozen reference policy. Any config field can be overridden "
+                    "with --section.field VALUE (e.g. --ppo.kl_coef 0.1 --ptx.coef 0.5).",
+        allow_abbrev=False, add_help=False)
+    p.add_argument("--config", type=Path, help="alignment config YAML (e.g. configs/align/ppo.yaml)")
+    p.add_argument("--method", choices=("ppo", "grpo", "dpo"), help="the optimisation method")
+    p.add_argument("--init", help="the policy checkpoint (instruction-tuned) to start from; also the reference")
+    p.add_argument("--reward", help="reward-model checkpoint or py:module:function")
+    p.add_argument("--prompts", help="training prompts (records with a prompt field)")
+    p.add_argument("--valid-prompts", dest="valid_prompts", help="held-out prompts (reward and KL at each evaluation)")
+    p.add_argument("--pretrain", help="pretraining text of the λ_PT term (records with a text field)")
+    p.add_argument("--pretrain-valid", dest="pretrain_valid", help="held-out pretraining text (its loss is tracked)")
+    p.add_argument("--preferences", help="dpo: judged pairs")
+    p.add_argument("--valid-preferences", dest="valid_preferences", help="dpo: held-out judged pairs")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--out", type=Path, help="run folder (checkpoints, best/, metrics.jsonl, metrics.png)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    add_config_options(p, align_sections, align_extra)
+    p.set_defaults(func=align_command, accepts_overrides=True)
+
+
+def align_sections() -> dict[str, type]:
+    """The sections of an alignment config, for ``--help``."""
+    from biglm.align.config import AlignDataConfig, AlignTrainConfig, GRPOConfig, PPOConfig, PTXConfig, RolloutConfig
+    from biglm.finetune.config import DPOConfig
+
+    return {"data": AlignDataConfig, "rollout": RolloutConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
+            "dpo": DPOConfig, "ptx": PTXConfig, "train": AlignTrainConfig}
+
+
+def align_extra() -> dict[str, tuple[str, str, str]]:
+    """Top-level keys (no section) and the model overrides."""
+    return {"method": ("{ppo,grpo,dpo}", "ppo", "The optimisation method (--method)."),
+            "init": ("PATH", "none", "The policy to start from; also the frozen reference (--init)."),
+            "reward": ("PATH|py:module:function", "none", "Reward-model checkpoint or rule (--reward)."),
+            "model.FIELD": ("", "from init", "Override a field of the policy's model config (e.g. model.dropout).")}
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out += [f"--{key}", json.dumps(value)]
+    return out + list(getattr(args, "overrides", []) or [])
+
+
+def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    """defaults < ``saved`` (a resumed run's config) < ``--config`` < flags and overrides."""
+    from biglm.align.config import AlignConfig
+    from biglm.configurable import apply_overrides
+    from biglm.train.config import deep_merge, read_config_file
+
+    data = dict(saved or {})
+    data.pop("model", None)  # a run's saved model section is resolved; overrides come from the flags
+    if args.config:
+        data = deep_merge(data, read_config_file(args.config, AlignConfig, ()))
+    data = apply_overrides(data, cli_overrides(args), AlignConfig)
+    return AlignConfig.from_dict(data, str(args.config or "config"))
+
+
+def align_command(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from biglm.config_cli import print_config
+    from biglm.configurable import load_yaml
+
+    if args.out is None and not args.print_config:
+        raise BiglmError("--out is required: the run folder to write")
+    saved = None
+    if args.resume:
+        if not (args.out / "config.yaml").is_file():
+            raise BiglmError(f"{args.out}: no config.yaml to resume from")
+        saved = load_yaml(args.out / "config.yaml")
+    cfg = resolve_config(args, saved)
+    if args.print_config:
+        data = cfg.to_dict()
+        data["model"] = cfg.model_overrides
+        print_config(data)
+        return 0
+    from biglm.align.setup import log_start, setup_align
+    from biglm.train.plot import plot_run
+
+    try:
+        trainer = setup_align(cfg, args.out, resume=args.resume)
+        log_start(trainer)
+        metrics = trainer.fit()
+        trainer.close()
+        main = trainer.env.is_main
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not main:
+        return 0
+    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_reward", "val_reward", "val_kl", "val_pretrain_loss",
+                                                          "val_accuracy") if k in metrics)
+    print(f"done: step {trainer.step}{'; ' + summary if summary else ''}; run folder {args.out}")
+    print(f"plot: {plot_run(args.out)}", file=sys.stderr)
+    return 0

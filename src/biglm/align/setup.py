@@ -1,0 +1,306 @@
+"""From an ``AlignConfig`` to a ready ``Trainer`` (the shared one): policy, reference, reward, rollouts, losses.
+
+Order: ``method: dpo`` is handed to the fine-tuning task kind ``dpo`` → the policy checkpoint (``init``): its
+tokenizer and model config (PPO adds the value head: ``reward_head``) → family checks → prompts (and pretraining
+rows for λ_PT) read → the reward source → ``assemble`` (model from ``init``, optimizer, loggers; or the run's
+newest checkpoint with ``--resume``) → the frozen reference policy (a second copy of ``init``) → the rollout
+stream's ``collect``, which samples with the trainer's own model object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from biglm.align.config import AlignConfig
+from biglm.align.losses import AlignCriterion
+from biglm.align.policy import ARPolicy, MaskedPolicy
+from biglm.align.pretrain import PretrainObjective, read_rows
+from biglm.align.rewards import RewardSource, build_reward
+from biglm.align.rollout import RolloutBatcher, RolloutStream, Sample, chunked, gae, group_advantages, whiten
+from biglm.checkpoint import resolve_checkpoint, verify_model
+from biglm.config import ModelConfig
+from biglm.configurable import load_yaml, to_dict
+from biglm.data.records import read_records
+from biglm.errors import BiglmError, ConfigError
+from biglm.finetune.tasks.base import TokenIds
+from biglm.generate.engine import cut_at_eos
+from biglm.train.batches import VAL_SALT, row_seed
+from biglm.train.checkpointing import find_resume_checkpoint
+from biglm.train.loop import Trainer
+from biglm.train.parallel import init_distributed
+from biglm.train.setup import assemble, check_run_dir
+from biglm.train.streams import DataBundle
+
+
+@dataclass
+class Prompt:
+    value: Any
+    """As the record gave it (text or chat messages): what the reward reads."""
+    ids: list[int]
+
+
+def read_prompts(spec: str, cfg: AlignConfig, tokenizer: Any, policy: Any) -> list[Prompt]:
+    """The prompts of ``spec`` (chat messages rendered with the chat template), truncated to fit a response."""
+    from biglm.finetune.tasks.reward import prompt_text
+
+    field = cfg.data.prompt_field
+    values = []
+    for r in read_records(spec, limit=cfg.data.max_examples):
+        value = r.fields.get(field)
+        if not isinstance(value, str | list) or not value:
+            raise BiglmError(f"{r.where}: no prompt field {field!r} (data.prompt_field); expected text or chat "
+                             "messages")
+        values.append(value)
+    if not values:
+        raise BiglmError(f"{spec}: no prompts")
+    ids = tokenizer([prompt_text(tokenizer, v) for v in values], add_special_tokens=False)["input_ids"]
+    return [Prompt(v, policy.truncate(list(i))) for v, i in zip(values, ids)]
+
+
+def dpo_config(cfg: AlignConfig) -> Any:
+    """The fine-tuning config of ``method: dpo`` (task kind ``dpo`` on the preference pairs)."""
+    from biglm.finetune.config import FinetuneConfig
+
+    if not cfg.data.preferences:
+        raise ConfigError("data.preferences: method dpo needs judged pairs (--preferences FILE)")
+    return FinetuneConfig.from_dict({
+        "init": cfg.init, "task": {"kind": "dpo", "dpo": to_dict(cfg.dpo)},
+        "data": {"train": cfg.data.preferences, "valid": cfg.data.valid_preferences,
+                 "max_examples": cfg.data.max_examples},
+        "train": to_dict(cfg.train), "model": dict(cfg.model_overrides)})
+
+
+def make_collect(cfg: AlignConfig, model: nn.Module, reference: nn.Module, policy: Any, reward: RewardSource,
+                 tokenizer: Any) -> Callable[[list[Prompt], int, int], list[Sample]]:
+    """The rollout: sample responses to ``prompts`` with the policy, score them, record log π, log π_ref (and V)
+    and the advantages (PPO: GAE over per-token rewards with the KL penalty; GRPO: group-normalised)."""
+    group = cfg.grpo.group_size if cfg.method == "grpo" else 1
+
+    def collect(prompts: list[Prompt], seed: int, micro: int) -> list[Sample]:
+        was_training = model.training
+        model.eval()
+        try:
+            samples = sample_and_score(model, reference, policy, reward, tokenizer, prompts, group, seed, micro,
+                                       cfg.rollout.temperature, values=cfg.method == "ppo")
+        finally:
+            model.train(was_training)
+        if cfg.method == "ppo":
+            p = cfg.ppo
+            for s in samples:
+                rewards = [-p.kl_coef * (o - r) for o, r in zip(s.old, s.ref)]
+                rewards[-1] += s.score
+                s.advantages, s.returns = gae(rewards, s.values, p.gamma, p.lam)
+            if p.whiten_advantages:
+                flat = whiten(torch.tensor([a for s in samples for a in s.advantages]))
+                k = 0
+                for s in samples:
+                    s.advantages = flat[k:k + len(s.advantages)].tolist()
+                    k += len(s.advantages)
+        else:
+            adv = group_advantages(torch.tensor([s.score for s in samples]).view(-1, group), cfg.grpo.scale_rewards)
+            for s, a in zip(samples, adv.flatten().tolist()):
+                s.advantages = [a] * len(s.old)
+        return samples
+
+    return collect
+
+
+def sample_and_score(model: nn.Module, reference: nn.Module, policy: Any, reward: RewardSource, tokenizer: Any,
+                     prompts: Sequence[Prompt], group: int, seed: int, micro: int, temperature: float,
+                     values: bool = False) -> list[Sample]:
+    """``group`` responses per prompt sampled by ``model`` with their reward, log π and log π_ref (per token, or
+    the sequence score), and V when ``values``."""
+    ids = [p.ids for p in prompts for _ in range(group)]
+    responses = policy.sample(model, ids, seed, temperature)
+    eos = tokenizer.eos_token_id
+    samples = []
+    for i, r in enumerate(responses):
+        p = prompts[i // group]
+        text = tokenizer.decode(cut_at_eos(r, eos), skip_special_tokens=True).strip()
+        samples.append(Sample(p.value, p.ids, r, text, seed=row_seed(seed, i)))
+    scores = reward([s.prompt for s in samples], [s.text for s in samples])
+    old, vals = policy.score(model, samples, micro, values=values)
+    ref, _ = policy.score(reference, samples, micro)
+    for i, s in enumerate(samples):
+        s.score, s.old, s.ref = scores[i], old[i], ref[i]
+        s.values = vals[i] if vals else []
+    return samples
+
+
+def make_validator(cfg: AlignConfig, reference: nn.Module, policy: Any, reward: RewardSource, tokenizer: Any,
+                   prompts: list[Prompt],
+                   pretrain: tuple[PretrainObjective, list] | None) -> Callable[[nn.Module], dict]:
+    """Held-out metrics: ``reward`` (mean reward of responses sampled with a fixed seed), ``kl`` (their mean
+    log π(y|x) - log π_ref(y|x), a Monte-Carlo estimate of KL(π || π_ref)), ``response_len`` and
+    ``pretrain_loss`` (the pretraining objective's loss on held-out text)."""
+    size = cfg.rollout.eval_batch_size
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if prompts:
+            samples: list[Sample] = []
+            for i, part in enumerate(chunked(prompts, size)):
+                samples += sample_and_score(model, reference, policy, reward, tokenizer, part, 1,
+                                            row_seed(cfg.train.seed ^ VAL_SALT, i), size, cfg.rollout.eval_temperature)
+            n = len(samples)
+            out.update(reward=sum(s.score for s in samples) / n, kl=sum(s.kl for s in samples) / n,
+                       response_len=sum(len(s.response) for s in samples) / n)
+        if pretrain is not None:
+            out["pretrain_loss"] = pretrain[0].loss(model, pretrain[1])
+        return out
+
+    return validate
+
+
+def resolve_policy(cfg: AlignConfig, source: Path | None) -> tuple[Path, Any, ModelConfig]:
+    """(init checkpoint, tokenizer, model config with the heads the method needs), with the family checked."""
+    from biglm.data.tokenizer import load_tokenizer
+
+    if not cfg.init:
+        raise ConfigError("init: give the policy checkpoint to start from (--init CKPT); it is also the reference")
+    init = resolve_checkpoint(cfg.init, check=verify_model)
+    own = source or init
+    if not (own / "tokenizer").is_dir():
+        raise BiglmError(f"{own}: the checkpoint has no tokenizer/ folder; alignment needs the policy's tokenizer")
+    model = ModelConfig.from_dict({**load_yaml(own / "model_config.yaml"), **cfg.model_overrides})
+    if cfg.method == "ppo" and not model.is_autoregressive:
+        raise ConfigError(f"method=ppo: needs an autoregressive policy (family causal or bidirectional-ar), {cfg.init} "
+                          f"is {model.family}; use --method grpo or --method dpo for it")
+    if model.family == "glm":
+        raise ConfigError(f"method={cfg.method}: GLM policies are not supported by biglm align ({cfg.init})")
+    if cfg.method == "ppo":
+        model = dataclasses.replace(model, reward_head=True)  # the value head on the policy's trunk
+    return init, load_tokenizer(own / "tokenizer"), model
+
+
+@dataclass
+class Parts:
+    """What a policy-gradient run and its held-out evaluation share."""
+
+    cfg: AlignConfig
+    """The config with the model section resolved."""
+    init: Path
+    tokenizer: Any
+    ids: TokenIds
+    policy: Any
+    reward: RewardSource
+    reference: nn.Module
+    objective: PretrainObjective
+    valid: list[Prompt]
+    held_out: list | None
+    """Held-out pretraining rows (``data.pretrain_valid``)."""
+
+    def validator(self) -> Callable[[nn.Module], dict[str, float]]:
+        return make_validator(self.cfg, self.reference, self.policy, self.reward, self.tokenizer, self.valid,
+                              (self.objective, self.held_out) if self.held_out else None)
+
+
+def build_parts(cfg: AlignConfig, device: torch.device | str = "cpu", source: Path | None = None) -> Parts:
+    """Policy family, reward, reference (a frozen copy of ``init``), held-out prompts and pretraining rows."""
+    from biglm.checkpoint import load_model
+    from biglm.generate.api import banned_ids
+
+    init, tokenizer, model_cfg = resolve_policy(cfg, source)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    ids = TokenIds.of(tokenizer)
+    banned = banned_ids(tokenizer, model_cfg.vocab_size)
+    if model_cfg.is_autoregressive:
+        policy: Any = ARPolicy(ids, cfg.rollout, model_cfg.max_seq_len, banned)
+    else:
+        policy = MaskedPolicy(ids, cfg.rollout, model_cfg.max_seq_len, banned, cfg.grpo.score, cfg.grpo.score_samples)
+    valid = read_prompts(cfg.data.valid_prompts, cfg, tokenizer, policy) if cfg.data.valid_prompts else []
+    objective = PretrainObjective(cfg.ptx.objective, model_cfg.family, ids, model_cfg.vocab_size)
+    seq_len = cfg.ptx.seq_len or model_cfg.max_seq_len
+    held_out = read_rows(cfg.data.pretrain_valid, cfg.data.text_field, tokenizer, seq_len, ids) \
+        if cfg.data.pretrain_valid else None
+    reward = build_reward(cfg.reward, device)
+    reference = load_model(init, device=device).model.requires_grad_(False).eval()
+    return Parts(cfg, init, tokenizer, ids, policy, reward, reference, objective, valid, held_out)
+
+
+def held_out_metrics(cfg: AlignConfig, model: nn.Module) -> dict[str, float]:
+    """The held-out metrics of any policy ``model`` (e.g. one trained with DPO) against ``cfg.init`` as the
+    reference, with ``cfg.reward`` on ``cfg.data.valid_prompts``: what ``biglm align`` logs as ``val_*``."""
+    parts = build_parts(cfg, next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return parts.validator()(model)
+    finally:
+        model.train(was_training)
+
+
+def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
+    """A ``Trainer`` that aligns ``cfg.init`` with ``cfg.method`` into ``run_dir`` (``resume``: continue it)."""
+    from biglm.finetune.setup import setup_finetune
+
+    if cfg.method == "dpo":
+        return setup_finetune(dpo_config(cfg), run_dir, resume)
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    env = init_distributed(cfg.train.device)
+    own = find_resume_checkpoint(run_dir, note=lambda _: None) if resume else None
+    if not cfg.data.prompts:
+        raise ConfigError("data.prompts: give the training prompts (--prompts FILE)")
+    parts = build_parts(cfg, env.device, own)
+    cfg, policy, tokenizer, ids, objective = parts.cfg, parts.policy, parts.tokenizer, parts.ids, parts.objective
+    model_cfg = cfg.model
+    prompts = read_prompts(cfg.data.prompts, cfg, tokenizer, policy)
+    pretrain_rows = None
+    if cfg.ptx.coef > 0:
+        if not cfg.data.pretrain:
+            raise ConfigError(f"ptx.coef={cfg.ptx.coef}: needs pretraining text (--pretrain FILE, data.pretrain)")
+        pretrain_rows = read_rows(cfg.data.pretrain, cfg.data.text_field, tokenizer,
+                                  cfg.ptx.seq_len or model_cfg.max_seq_len, ids, cfg.data.max_examples)
+    group = cfg.grpo.group_size if cfg.method == "grpo" else 1
+    epochs = cfg.ppo.epochs if cfg.method == "ppo" else cfg.grpo.epochs
+    t = cfg.train
+    buffer = cfg.rollout.prompts_per_rollout * group
+    micro = t.micro_batch(env.world_size)
+    if buffer % (micro * t.grad_accum(env.world_size)):
+        per_rank = f" / {env.world_size} ranks" if env.world_size > 1 else ""
+        raise ConfigError(f"rollout.prompts_per_rollout={cfg.rollout.prompts_per_rollout}: a buffer of {buffer} "
+                          f"responses must split into steps of train.global_batch_size={t.global_batch_size}{per_rank}")
+    stream = RolloutStream(prompts, cfg.rollout.prompts_per_rollout, group, epochs, t.seed, pretrain_rows,
+                           cfg.ptx.rows, env.rank, env.world_size)
+    criterion = AlignCriterion(cfg.method, policy, clip=cfg.ppo.clip if cfg.method == "ppo" else cfg.grpo.clip,
+                               value_clip=cfg.ppo.value_clip, vf_coef=cfg.ppo.vf_coef,
+                               beta=cfg.grpo.beta if cfg.method == "grpo" else 0.0, ptx_coef=cfg.ptx.coef,
+                               pretrain=(objective.criterion, objective.kind))
+    batcher = RolloutBatcher(ids.bos, policy.sequence_level, objective.batcher if pretrain_rows else None)
+    if not t.init_from:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, init_from=str(parts.init)))
+    if parts.valid and not t.best_metric:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, best_metric="val_reward", best_mode="max"))
+    bundle = DataBundle(stream, None, mask_token_id=ids.mask, vocab_size=model_cfg.vocab_size, n_tokens=len(tokenizer),
+                        tokenizer=tokenizer)
+    if env.is_main:
+        print(f"biglm align: {cfg.method}, {model_cfg.family} policy, {len(prompts)} prompts ({buffer} responses per "
+              f"rollout, {epochs} epoch(s) each), {len(parts.valid)} held-out prompts, reward {cfg.reward}, "
+              f"λ_PT {cfg.ptx.coef}", file=sys.stderr)
+    trainer = assemble(cfg, env, run_dir, resume, bundle, batcher, criterion, parts.validator(), verb="align")
+    stream.collect = make_collect(cfg, trainer.model, parts.reference, policy, parts.reward, tokenizer)
+    return trainer
+
+
+def log_start(trainer: Trainer) -> dict[str, float]:
+    """The held-out metrics of the starting policy, logged at step 0 of a fresh run (the curves' first point)."""
+    if trainer.step != 0 or trainer.validator is None:
+        return {}
+    trainer.model.eval()
+    try:
+        with torch.no_grad():
+            row = {f"val_{k}": v for k, v in trainer.validator(trainer.model).items()}
+    finally:
+        trainer.model.train()
+    trainer.logger.log(0, row)
+    return row
