@@ -170,3 +170,27 @@ def print_config(config: Any, file: Any = None) -> None:
 
     data = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
     print(yaml.safe_dump(data, sort_keys=False).rstrip(), file=file or sys.stdout)
+
+
+def run_config(args: argparse.Namespace, resolve: Callable[[argparse.Namespace, dict[str, Any] | None], Any]) -> Any:
+    """The config of a run that starts from a checkpoint (``finetune``, ``align``): ``--out`` is required,
+    ``--resume`` reads the run's ``config.yaml`` as the base of ``resolve(args, saved)``. With ``--print-config``
+    it prints the config (its model section as given: it is resolved against ``--init`` when the run starts)
+    and returns None."""
+    from biglm.configurable import load_yaml
+    from biglm.errors import BiglmError
+
+    if args.out is None and not args.print_config:
+        raise BiglmError("--out is required: the run folder to write")
+    saved = None
+    if args.resume:
+        if not (args.out / "config.yaml").is_file():
+            raise BiglmError(f"{args.out}: no config.yaml to resume from")
+        saved = load_yaml(args.out / "config.yaml")
+    cfg = resolve(args, saved)
+    if args.print_config:
+        data = cfg.to_dict()
+        data["model"] = cfg.model_overrides
+        print_config(data)
+        return None
+    return cfg

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from biglm.config_cli import add_config_options
-from biglm.errors import BiglmError
 
 SHORTCUTS = {
     "method": "method", "init": "init", "reward": "reward", "prompts": "data.prompts",
@@ -93,21 +92,10 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None
 def align_command(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from biglm.config_cli import print_config
-    from biglm.configurable import load_yaml
+    from biglm.config_cli import run_config
 
-    if args.out is None and not args.print_config:
-        raise BiglmError("--out is required: the run folder to write")
-    saved = None
-    if args.resume:
-        if not (args.out / "config.yaml").is_file():
-            raise BiglmError(f"{args.out}: no config.yaml to resume from")
-        saved = load_yaml(args.out / "config.yaml")
-    cfg = resolve_config(args, saved)
-    if args.print_config:
-        data = cfg.to_dict()
-        data["model"] = cfg.model_overrides
-        print_config(data)
+    cfg = run_config(args, resolve_config)
+    if cfg is None:
         return 0
     from biglm.align.setup import log_start, setup_align
     from biglm.train.plot import plot_run

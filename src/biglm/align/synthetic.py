@@ -1,5 +1,5 @@
 """A synthetic alignment task that runs in seconds on a laptop: prompts, a rule reward, a pretraining corpus and a
-micro "instruction-tuned" start policy (used by the tests, ``bench/align_masked.py`` and the README's demo).
+micro "instruction-tuned" start policy (used by the tests, ``bench/align.py``, ``bench/rlhf.py`` and the README's demo).
 
 A prompt is 3-6 distinct letters of a..p and ``?`` (half of the prompts hold the letter a); the right answer is
 ``yes`` when a is among the letters, else ``no``. The pretraining documents are prompts followed by ``yes`` or ``no``
@@ -41,6 +41,53 @@ def contains_a(prompts: list[str], responses: list[str]) -> list[float]:
         words, right = response.split(), right_answer(prompt)
         out.append(1.0 if words == [right] else 0.5 if words[:1] == [right] else 0.0)
     return out
+
+
+JUDGE_SEPARATOR = "\n<<>>\n"
+JUDGE_TEMPLATE = "{prompt}" + JUDGE_SEPARATOR + "{response_a}" + JUDGE_SEPARATOR + "{response_b}"
+"""The template to ask ``RuleJudge`` with (``biglm.annotate.judge.judge_pairs``)."""
+
+
+class RuleJudge:
+    """An oracle AI judge of the task: each response's rule reward, answered in the three lines of biglm's judge
+    template (acceptable when the reward is above 0; the better one by reward; equal rewards are both good at 1,
+    else both not good). Stands where a judge model would, to test the loop pairs -> judge -> reward model."""
+
+    name = "rule"
+
+    def ask(self, questions: list[str]) -> list[str]:
+        replies = []
+        for q in questions:
+            prompt, a, b = q.split(JUDGE_SEPARATOR)
+            ra, rb = contains_a([prompt, prompt], [a, b])
+            best = "A" if ra > rb else "B" if rb > ra else "both good" if ra == 1.0 else "both not good"
+            replies.append(f"A: {'acceptable' if ra > 0 else 'unacceptable'}\n"
+                           f"B: {'acceptable' if rb > 0 else 'unacceptable'}\nHelpfulness: {best}")
+        return replies
+
+
+def sample_pairs(init: str | Path, prompts_file: str, seeds: tuple[int, int],
+                 max_new_tokens: int = 2) -> list[tuple[str, str, str]]:
+    """(prompt, response A, response B) for every prompt of ``prompts_file``: the policy ``init`` sampled with
+    two seeds (temperature 1, as ``biglm align`` samples it)."""
+    from biglm.align.config import load_align_config
+    from biglm.align.setup import build_parts, read_prompts
+    from biglm.checkpoint import load_model
+    from biglm.generate.engine import cut_at_eos
+
+    cfg = load_align_config(None, ["--init", str(init), "--reward", REWARD,
+                                   "--rollout.max_new_tokens", str(max_new_tokens)])
+    parts = build_parts(cfg)
+    model = load_model(init).model.eval()
+    prompts = read_prompts(prompts_file, parts.cfg, parts.tokenizer, parts.policy)
+    eos = parts.tokenizer.eos_token_id
+    texts = []
+    with torch.no_grad():
+        for seed in seeds:
+            responses = parts.policy.sample(model, [p.ids for p in prompts], seed, 1.0)
+            texts.append([parts.tokenizer.decode(cut_at_eos(r, eos), skip_special_tokens=True).strip() or "(empty)"
+                          for r in responses])
+    return [(p.value, a, b) for p, a, b in zip(prompts, *texts)]
 
 
 def letter_prompt(r: random.Random) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from biglm.data.chat import check_messages
-from biglm.data.records import Record
+from biglm.data.records import Record, read_records
 from biglm.errors import BiglmError
 
 from .store import JsonlLog, pair_key
@@ -47,24 +47,6 @@ class Pair:
                 "model_a": self.model_a, "model_b": self.model_b}
 
 
-def _jsonl_records(path: Path) -> list[Record]:
-    if not path.is_file():
-        raise BiglmError(f"{path}: no such file")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BiglmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise BiglmError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            out.append(Record(obj, f"{path}:{lineno}"))
-    return out
-
-
 def _prompt_of(record: Record) -> str | list[dict[str, str]]:
     f = record.fields
     if "messages" in f:
@@ -84,7 +66,8 @@ def _prompt_of(record: Record) -> str | list[dict[str, str]]:
 
 
 def read_prompts(path: str | Path) -> list[str | list[dict[str, str]]]:
-    """The prompts of a ``.txt`` (one per non-empty line) or JSONL file (one-line errors naming file:line)."""
+    """The prompts of a ``.txt`` file (one per non-empty line) or of any record file the fine-tuning readers take
+    (JSONL, JSON, CSV/TSV, Parquet, ``hf:NAME``; one-line errors naming file:line)."""
     path = Path(path)
     if path.suffix == ".txt":
         if not path.is_file():
@@ -92,7 +75,7 @@ def read_prompts(path: str | Path) -> list[str | list[dict[str, str]]]:
         prompts: list[str | list[dict[str, str]]] = [
             line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        prompts = [_prompt_of(r) for r in _jsonl_records(path)]
+        prompts = [_prompt_of(r) for r in read_records(str(path))]
     if not prompts:
         raise BiglmError(f"{path}: no prompts")
     return prompts
@@ -109,9 +92,10 @@ def _response(record: Record, name: str) -> str:
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
-    """The pairs of a pairs file (or of a sampled-pairs cache); a pair repeated word for word is shown once."""
+    """The pairs of a pairs file in any record format (or of a sampled-pairs cache); a pair repeated word for word
+    is shown once."""
     pairs, seen = [], set()
-    for r in _jsonl_records(Path(path)):
+    for r in read_records(str(path)):
         if set(r.fields) == {"signature"}:  # the header of a sampled-pairs cache: its pairs follow
             continue
         if "prompt" not in r.fields:

@@ -138,21 +138,10 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None
 def finetune_command(args: argparse.Namespace) -> int:
     if args.eval_only:
         return eval_only(args)
-    from biglm.config_cli import print_config
-    from biglm.configurable import load_yaml
+    from biglm.config_cli import run_config
 
-    if args.out is None and not args.print_config:
-        raise BiglmError("--out is required: the run folder to write")
-    saved = None
-    if args.resume:
-        if not (args.out / "config.yaml").is_file():
-            raise BiglmError(f"{args.out}: no config.yaml to resume from")
-        saved = load_yaml(args.out / "config.yaml")
-    cfg = resolve_config(args, saved)
-    if args.print_config:  # as given; the model section is resolved against --init when the run starts
-        data = cfg.to_dict()
-        data["model"] = cfg.model_overrides
-        print_config(data)
+    cfg = run_config(args, resolve_config)
+    if cfg is None:
         return 0
     return train_and_test(cfg, args.out, args.resume, args.show)
 
