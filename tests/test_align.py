@@ -232,6 +232,54 @@ def test_a_reward_model_scores_as_biglm_reward_does_and_drives_a_run(tmp_path, c
     assert math.isfinite(rows[-1]["train_reward"]) and math.isfinite(rows[-1]["val_reward"])
 
 
+def align_worker(rank: int, world: int, port: int, args: list[str], run: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        trainer = setup_align(load_align_config(None, args), run)
+        log_start(trainer)  # as `biglm align` does under torchrun: the step-0 held-out row
+        trainer.fit()
+        trainer.close()
+        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{run}/rank{rank}.pt")
+        torch.save(trainer.data.train.rollouts, f"{run}/rollouts{rank}.pt")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_sample_their_own_prompts_and_stay_in_step(tmp_path, causal):
+    """PPO with λ_PT on two processes (DDP, gloo): each rank samples its own prompts (one buffer per rank per
+    rollout), the gradients are averaged, so both ranks end with the same weights (value head included); one
+    metrics file, the held-out metrics at the start and the end, and a checkpoint the one-process code loads."""
+    import torch.multiprocessing as mp
+
+    from test_train_distributed import free_port
+
+    files = write_task(tmp_path)
+    args = align_args(tmp_path, causal, "--train.steps", "8", "--rollout.prompts_per_rollout", "16",
+                      "--train.global_batch_size", "32", "--train.eval_every", "8", "--ptx.coef", "0.1",
+                      "--data.pretrain", files["pretrain"])
+    run = tmp_path / "two"
+    run.mkdir()
+    mp.spawn(align_worker, args=(2, free_port(), args, str(run)), nprocs=2, join=True)
+    first, second = (torch.load(run / f"rank{r}.pt") for r in (0, 1))
+    assert first.keys() == second.keys() and any("reward_head" in k for k in first)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    # 8 steps of 32 rows = 256 rows; per rank 128 rows over buffers of 16 prompts x 4 epochs = 2 buffers each
+    assert torch.load(run / "rollouts0.pt") == torch.load(run / "rollouts1.pt") == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_reward" in r] == [0, 8]
+    assert all(math.isfinite(r["train_reward"]) and math.isfinite(r["loss_ptx"]) for r in rows if r["step"] > 0)
+    assert torch.equal(load_model(run).model.state_dict()["lm_head.weight"], first["lm_head.weight"])
+
+
 # --- bad input and the command line -----------------------------------------------------------------------------
 def test_bad_input_gets_one_line_errors(tmp_path, causal):
     def fails(*extra: str) -> str:
