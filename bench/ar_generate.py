@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 
 from biglm import BiGLM, ModelConfig
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
-from common import best_of, machine_info, tokens_per_second
+from common import best_of, generation_args, machine_info, tokens_per_second
 
 RESULTS = Path(__file__).parent / "results" / "ar_generate.json"
 PAD, BOS, EOS = 0, 1, 2
@@ -86,14 +85,7 @@ def bench(shape: str, batches: list[int], prompt: int, new: int, repeats: int) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = generation_args(__doc__.splitlines()[0], RESULTS)
     shapes = ["tiny"] if args.quick else ["tiny", "biglm-136m"]
     rows = [r for s in shapes for r in bench(s, [1, 8], args.prompt, args.new, 2 if args.quick else 3)]
     print(f"\n{'shape':<11}{'batch':>6}{'biglm tok/s':>13}{'transformers tok/s':>20}{'biglm/HF':>10}"

@@ -6,10 +6,12 @@ The scripts run as ``python bench/NAME.py``, which puts this folder on ``sys.pat
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,3 +103,17 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
                 torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
                 omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                 load_average=[round(x, 2) for x in os.getloadavg()])
+
+
+def generation_args(description: str, results: Path) -> argparse.Namespace:
+    """The decoding benchmarks' flags (``--quick``, ``--threads``, ``--prompt``, ``--new``, ``--out``), parsed,
+    with torch's thread count set."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=results)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

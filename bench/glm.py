@@ -22,7 +22,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import json
 import statistics
 import time
@@ -39,7 +38,7 @@ from biglm.model import BiGLM
 from biglm.objectives import ObjectiveConfig, build_criterion, build_objective
 from biglm.train.batches import ObjectiveBatcher, RowSeeds
 from biglm.train.metrics import flops_per_token
-from common import best_of, llama_like, machine_info, make_step, tokens_per_second
+from common import best_of, generation_args, llama_like, machine_info, make_step, tokens_per_second
 
 RESULTS = Path(__file__).parent / "results" / "glm.json"
 SPECIALS = {"pad": 0, "mask": 1, "bos": 2, "eos": 3, "smask": 4, "gmask": 5, "sop": 6, "eop": 7}
@@ -117,14 +116,7 @@ def bench_generate(shape: str, batches: list[int], prompt: int, new: int, repeat
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = generation_args(__doc__.splitlines()[0], RESULTS)
     shapes = [("tiny", 4, 512, 3 if args.quick else 8)] + ([] if args.quick else [("biglm-136m", 2, 512, 4)])
     train = [bench_train(*s) for s in shapes]
     print(f"load {os.getloadavg()[0]:.1f}, {args.threads} threads")

@@ -233,23 +233,14 @@ def test_a_reward_model_scores_as_biglm_reward_does_and_drives_a_run(tmp_path, c
 
 
 def align_worker(rank: int, world: int, port: int, args: list[str], run: str) -> None:
-    import os
+    from biglm.train.setup import fit_to_end
+    from test_train_distributed import rank_env
 
-    import torch.distributed as dist
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        trainer = setup_align(load_align_config(None, args), run)
-        log_start(trainer)  # as `biglm align` does under torchrun: the step-0 held-out row
-        trainer.fit()
-        trainer.close()
-        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{run}/rank{rank}.pt")
-        torch.save(trainer.data.train.rollouts, f"{run}/rollouts{rank}.pt")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    rank_env(rank, world, port)
+    # as `biglm align` runs under torchrun, with the step-0 held-out row
+    trainer, _ = fit_to_end(lambda: setup_align(load_align_config(None, args), run), start=log_start)
+    torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{run}/rank{rank}.pt")
+    torch.save(trainer.data.train.rollouts, f"{run}/rollouts{rank}.pt")
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from biglm.cli import main
 from biglm.data.preferences import preference_pairs
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
+from test_train_distributed import free_port
 
 PAIRS = [Pair(f"name the last letter of {w}?", w[-1], w[0], "m1", "m2") for w in ("abc", "dog", "cat", "pyx", "elk")]
 
@@ -227,12 +227,6 @@ def test_the_cli_refuses_bad_arguments(tmp_path, capsys):
 
 
 # ---- the page in a real browser, with the server killed mid-session ----------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_annotate(pairs: Path, out: Path, port: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from biglm.checkpoint import load_model
 from biglm.finetune import load_finetune_config, setup_finetune
 from biglm.finetune.setup import prepare, read_split
 from biglm.train.batches import RowSeeds
+from biglm.train.setup import fit_to_end
 from test_dpo import dpo_args, policy
 from test_reward import LETTERS, write_jsonl
-from test_train_distributed import free_port
+from test_train_distributed import free_port, rank_env
 
 
 def two_letter_pairs(n: int, seed: int) -> list[dict]:
@@ -106,18 +106,8 @@ def test_masked_dpo_raises_the_held_out_margin(tmp_path):
 
 
 def dpo_worker(rank: int, world: int, port: int, args: list[str], run: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    try:
-        trainer = setup_finetune(load_finetune_config(None, args), run)
-        trainer.fit()
-        trainer.close()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    rank_env(rank, world, port)
+    fit_to_end(lambda: setup_finetune(load_finetune_config(None, args), run))
 
 
 @pytest.mark.slow

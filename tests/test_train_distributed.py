@@ -19,10 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank: int, world: int, port: int, jobs: list[tuple[dict, str, int | None, bool]]) -> None:
+def rank_env(rank: int, world: int, port: int) -> None:
+    """What torchrun gives a worker process: its rank and the rendezvous address (one CPU thread each)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def worker(rank: int, world: int, port: int, jobs: list[tuple[dict, str, int | None, bool]]) -> None:
+    rank_env(rank, world, port)
     import torch.distributed as dist
 
     from biglm.train.setup import setup

@@ -90,8 +90,6 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None
 
 
 def align_command(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
     from biglm.config_cli import run_config
 
     cfg = run_config(args, resolve_config)
@@ -99,17 +97,10 @@ def align_command(args: argparse.Namespace) -> int:
         return 0
     from biglm.align.setup import log_start, setup_align
     from biglm.train.plot import plot_run
+    from biglm.train.setup import fit_to_end
 
-    try:
-        trainer = setup_align(cfg, args.out, resume=args.resume)
-        log_start(trainer)
-        metrics = trainer.fit()
-        trainer.close()
-        main = trainer.env.is_main
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if not main:
+    trainer, metrics = fit_to_end(lambda: setup_align(cfg, args.out, resume=args.resume), start=log_start)
+    if not trainer.env.is_main:
         return 0
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_reward", "val_reward", "val_kl", "val_pretrain_loss",
                                                           "val_accuracy") if k in metrics)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from biglm.data.preferences import ACCEPTABILITY, CHOICES, preference_pair
-from biglm.data.records import Record
+from biglm.data.records import Record, json_object
 from biglm.errors import BiglmError
 from biglm.files import atomic_write_text, bytes_digest
 
@@ -82,15 +82,8 @@ class JsonlLog:
             data = self.path.read_bytes()
         out = []
         for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BiglmError(f"{self.path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(obj, dict):
-                raise BiglmError(f"{self.path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            out.append(obj)
+            if line.strip():
+                out.append(json_object(line, f"{self.path}:{lineno}", "; fix or remove that line"))
         return out
 
     def _repair(self, data: bytes) -> None:

@@ -61,18 +61,22 @@ def _open(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")  # the caller closes it
 
 
+def json_object(line: str, where: str, hint: str = "") -> dict[str, Any]:
+    """One JSONL line as a JSON object, or a one-line ``BiglmError`` naming ``where`` (file:line)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BiglmError(f"{where}: not valid JSON ({e.msg}){hint}") from None
+    if not isinstance(obj, dict):
+        raise BiglmError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def _jsonl(path: Path) -> Iterator[Record]:
     with _open(path) as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BiglmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise BiglmError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield Record(obj, f"{path}:{lineno}")
+            if line.strip():
+                yield Record(json_object(line, f"{path}:{lineno}"), f"{path}:{lineno}")
 
 
 def _json(path: Path) -> Iterator[Record]:

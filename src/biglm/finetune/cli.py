@@ -148,20 +148,12 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 def train_and_test(cfg: Any, out: Path, resume: bool, show: int = 0) -> int:
     """Fine-tune, then score the best checkpoint on the test split when there is one."""
-    import torch.distributed as dist
-
     from biglm.finetune.predict import evaluate_split, load_predictor
     from biglm.finetune.setup import setup_finetune
+    from biglm.train.setup import fit_to_end
 
-    try:
-        trainer = setup_finetune(cfg, out, resume=resume)
-        metrics = trainer.fit()
-        trainer.close()
-        main = trainer.env.is_main
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if not main:
+    trainer, metrics = fit_to_end(lambda: setup_finetune(cfg, out, resume=resume))
+    if not trainer.env.is_main:
         return 0
     best = trainer.best
     best_text = f"; best {trainer.tcfg.best_metric} {best.value:.4g} at step {best.step} ({out / 'best'})" \

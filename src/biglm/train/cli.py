@@ -68,7 +68,7 @@ def run_extra() -> dict[str, tuple[str, str, str]]:
 def pretrain_command(args: argparse.Namespace) -> int:
     from biglm.config_cli import print_config
     from biglm.train.config import load_run_config
-    from biglm.train.setup import setup
+    from biglm.train.setup import fit_to_end, setup
 
     if args.out is None and (args.resume or not args.print_config):
         raise BiglmError("--out is required: the run folder to write (or, with --resume, to continue)")
@@ -84,18 +84,10 @@ def pretrain_command(args: argparse.Namespace) -> int:
             data["model"]["vocab_size"] = "auto"
         print_config(data)
         return 0
-    try:
-        trainer = setup(cfg, args.out, resume=args.resume)
-        metrics = trainer.fit()
-        trainer.close()
-        if trainer.env.is_main and metrics:
-            val = f", val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
-            print(f"done: step {trainer.step}, loss {metrics['loss']:.4f}{val}; run folder {args.out}")
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    trainer, metrics = fit_to_end(lambda: setup(cfg, args.out, resume=args.resume))
+    if trainer.env.is_main and metrics:
+        val = f", val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+        print(f"done: step {trainer.step}, loss {metrics['loss']:.4f}{val}; run folder {args.out}")
     return 0
 
 

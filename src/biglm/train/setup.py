@@ -10,7 +10,9 @@ criterion and validator and calls the same ``assemble``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -154,6 +156,22 @@ def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, str
     if load:
         ckpt.load_model_state(model, full, sharded=True)
     return model, train_model
+
+
+def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | None = None
+               ) -> tuple[Trainer, dict[str, float]]:
+    """Build a trainer, run ``start`` on it (e.g. the step-0 evaluation), fit and close it; the process group
+    (under torchrun) is left on every exit path. Returns the trainer and its last metrics row."""
+    try:
+        trainer = build()
+        if start is not None:
+            start(trainer)
+        metrics = trainer.fit()
+        trainer.close()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return trainer, metrics
 
 
 def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False, data: DataFactory | None = None) -> Trainer:
