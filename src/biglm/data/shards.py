@@ -16,7 +16,6 @@ of its index and ``val_seed`` falls below ``val_fraction``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -34,6 +33,7 @@ import numpy as np
 from biglm.data.config import SourceConfig
 from biglm.data.sources import as_source, iter_documents, source_signature
 from biglm.errors import BiglmError
+from biglm.files import atomic_file, atomic_write_bytes, hold_lock
 
 FORMAT = 1
 
@@ -41,12 +41,6 @@ FORMAT = 1
 def token_dtype(n_tokens: int) -> np.dtype:
     """uint16 when every id fits (vocabulary < 65536), else uint32."""
     return np.dtype(np.uint16 if n_tokens < 2**16 else np.uint32)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Shard:
@@ -112,21 +106,18 @@ def _finish_shard(path: Path, parts: Iterator[tuple[np.ndarray, np.ndarray]] | l
     path.mkdir(parents=True, exist_ok=True)
     (path / "meta.json").unlink(missing_ok=True)
     all_lengths = []
-    tmp = path / "tokens.bin.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_file(path / "tokens.bin", "wb") as f:
         for tokens, lengths in parts:
             f.write(np.ascontiguousarray(tokens, dtype=dtype).tobytes())
             all_lengths.append(np.asarray(lengths, dtype=np.int64))
-    os.replace(tmp, path / "tokens.bin")
     lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, np.int64)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    with open(path / "docs.npy.tmp", "wb") as f:
+    with atomic_file(path / "docs.npy", "wb") as f:
         np.save(f, offsets)
-    os.replace(path / "docs.npy.tmp", path / "docs.npy")
     meta = {"format": FORMAT, **meta, "dtype": dtype.name, "n_docs": len(lengths), "n_tokens": int(offsets[-1]),
             "done": True}
-    _atomic_write(path / "meta.json", json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=1).encode())
 
 
 def val_mask(doc_index: np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -172,10 +163,9 @@ def _encode_chunk(job: tuple[int, int, list[str], str, float, int, str]) -> tupl
     is_val = val_mask(np.arange(first_doc, first_doc + len(docs)), val_seed, val_fraction)
     tok_val = np.repeat(is_val, lengths)
     out = Path(parts_dir) / f"{index:06d}.npz"
-    tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez(tmp, train_tokens=flat[~tok_val].astype(dtype), train_lengths=lengths[~is_val],
-             val_tokens=flat[tok_val].astype(dtype), val_lengths=lengths[is_val])
-    os.replace(tmp, out)
+    with atomic_file(out, "wb") as f:
+        np.savez(f, train_tokens=flat[~tok_val].astype(dtype), train_lengths=lengths[~is_val],
+                 val_tokens=flat[tok_val].astype(dtype), val_lengths=lengths[is_val])
     return index, len(docs), int(lengths.sum()), sum(len(d.encode("utf-8", "replace")) for d in docs)
 
 
@@ -237,25 +227,9 @@ def tokenize_source(spec: SourceConfig | str, tokenizer: Any, out_dir: str | os.
     spec = as_source(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out / ".lock"):  # several ranks of one machine may call this at once
+    with hold_lock(out / ".lock", str(out), wait=True):  # several ranks of one machine may call this at once
         return _tokenize_locked(spec, tokenizer, out, val_fraction, val_seed, num_workers, chunk_docs,
                                 chunk_chars, progress)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file (POSIX flock; no locking where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: callers must not run concurrently
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _tokenize_locked(spec: SourceConfig, tokenizer: Any, out: Path, val_fraction: float, val_seed: int,
@@ -277,7 +251,7 @@ def _tokenize_locked(spec: SourceConfig, tokenizer: Any, out: Path, val_fraction
     if job_file.is_file() and json.loads(job_file.read_text()).get("key") != key:
         shutil.rmtree(parts, ignore_errors=True)  # parts of another tokenizer/source: useless
     parts.mkdir(parents=True, exist_ok=True)
-    _atomic_write(job_file, json.dumps(job, indent=1).encode())
+    atomic_write_bytes(job_file, json.dumps(job, indent=1).encode())
     done = {int(p.name[:6]) for p in parts.glob("[0-9]" * 6 + ".npz")}
     dtype = token_dtype(len(tokenizer))
     workers = num_workers or cpu_count()

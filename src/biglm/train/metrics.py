@@ -200,9 +200,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, configured: float | Non
         cache[key] = measured
         try:
             _CACHE.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _CACHE.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(_CACHE)
+            atomic_write_text(_CACHE, json.dumps(cache, indent=1))
         except OSError:
             pass
     return cache[key]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from biglm.errors import BiglmError
+from biglm.files import atomic_file
 
 
 def read_metrics(run_dir: Path, note: Callable[[str], None] | None = None) -> list[dict[str, float]]:
@@ -101,7 +102,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, note: Callable[
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, dpi=110, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
     return out
 
