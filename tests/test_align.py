@@ -238,7 +238,8 @@ def align_worker(rank: int, world: int, port: int, args: list[str], run: str) ->
 
     rank_env(rank, world, port)
     # as `biglm align` runs under torchrun, with the step-0 held-out row
-    trainer, _ = fit_to_end(lambda: setup_align(load_align_config(None, args), run), start=log_start)
+    cfg = load_align_config(None, args)
+    trainer, _ = fit_to_end(lambda: setup_align(cfg, run), start=log_start, run_dir=run, inputs=cfg.inputs())
     torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{run}/rank{rank}.pt")
     torch.save(trainer.data.train.rollouts, f"{run}/rollouts{rank}.pt")
 

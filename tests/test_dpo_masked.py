@@ -107,7 +107,8 @@ def test_masked_dpo_raises_the_held_out_margin(tmp_path):
 
 def dpo_worker(rank: int, world: int, port: int, args: list[str], run: str) -> None:
     rank_env(rank, world, port)
-    fit_to_end(lambda: setup_finetune(load_finetune_config(None, args), run))
+    cfg = load_finetune_config(None, args)
+    fit_to_end(lambda: setup_finetune(cfg, run), run_dir=run, inputs=cfg.inputs())
 
 
 @pytest.mark.slow

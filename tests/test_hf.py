@@ -329,12 +329,18 @@ def test_force_never_replaces_the_source(ckpts: dict[str, Path], tmp_path: Path,
         assert message in err and "replacing it would delete the source" in err and len(err.splitlines()) == 1
     assert load_model(run).meta["step"] == 7 and (hf / "model.safetensors").is_file()
     assert (tmp_path / "llama" / "config.json").is_file()
-    # --force on an unrelated folder replaces it, and only once the new folder is whole.
+    # --force never empties a folder of another kind (here one holding notes, no config.json) ...
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "stale.txt").write_text("x")
-    assert cli_main(["export-hf", "--ckpt", str(run), "--out", str(tmp_path / "old"), "--force"]) == 0
-    assert sorted(p.name for p in (tmp_path / "old").iterdir())[:2] == ["README.md", "config.json"]
-    assert not (tmp_path / "old" / "stale.txt").exists() and not list(tmp_path.glob(".old-*"))
+    assert cli_main(["export-hf", "--ckpt", str(run), "--out", str(tmp_path / "old"), "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not empty and not a transformers folder" in err and len(err.splitlines()) == 1, err
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["stale.txt"]
+    # ... and replaces an earlier export only once the new folder is whole.
+    (hf / "stale.txt").write_text("x")
+    assert cli_main(["export-hf", "--ckpt", str(run), "--out", str(hf), "--force"]) == 0
+    assert sorted(p.name for p in hf.iterdir())[:2] == ["README.md", "config.json"]
+    assert not (hf / "stale.txt").exists() and not list(tmp_path.glob(".old-*"))
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -99,7 +99,8 @@ def align_command(args: argparse.Namespace) -> int:
     from biglm.train.plot import plot_run
     from biglm.train.setup import fit_to_end
 
-    trainer, metrics = fit_to_end(lambda: setup_align(cfg, args.out, resume=args.resume), start=log_start)
+    trainer, metrics = fit_to_end(lambda: setup_align(cfg, args.out, resume=args.resume), start=log_start,
+                                  run_dir=args.out, inputs=cfg.inputs())
     if not trainer.env.is_main:
         return 0
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_reward", "val_reward", "val_kl", "val_pretrain_loss",

@@ -226,6 +226,13 @@ class AlignConfig:
     def seq_len(self) -> int:
         return self.model.max_seq_len
 
+    def inputs(self) -> list[str]:
+        """What the run reads (policy, reward model, prompt / corpus / preference files): the output guard's
+        inputs."""
+        d = self.data
+        return [self.init, self.reward, d.prompts, d.valid_prompts, d.pretrain, d.pretrain_valid, d.preferences,
+                d.valid_preferences, self.train.init_from or ""]
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "init": self.init, "reward": self.reward}
         out.update({s: to_dict(getattr(self, s)) for s in self.sections})

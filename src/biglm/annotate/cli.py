@@ -76,9 +76,16 @@ def _load(ckpt: str, args: argparse.Namespace) -> Any:
     return ChatModel.load(ckpt, device=args.device)
 
 
+def input_paths(args: argparse.Namespace) -> list[str | None]:
+    """Every file or checkpoint the arguments read: what the answers file and the pairs cache must not be."""
+    return [args.pairs, args.prompts, args.ckpt, args.ckpt_b, getattr(args, "judge_ckpt", None),
+            getattr(args, "template", None)]
+
+
 def pool_from_args(args: argparse.Namespace, background: bool) -> Any:
     """The pairs the arguments name: read from --pairs, or sampled for --prompts (cached)."""
     from biglm.annotate.pairs import PairPool, chat_sampler, read_pairs, read_prompts, sampled_pool
+    from biglm.outputs import ANSWERS, check_output
 
     if bool(args.pairs) == bool(args.prompts):
         raise BiglmError("give either --pairs FILE or --prompts FILE with --ckpt (and optionally --ckpt-b)")
@@ -104,6 +111,7 @@ def pool_from_args(args: argparse.Namespace, background: bool) -> Any:
                  f"{args.ckpt}[seed={args.seed_b},temperature={t_b}]")
     out = Path(args.out)
     cache = args.pairs_cache or out.with_name(out.name.removesuffix(".jsonl") + ".pairs.jsonl")
+    check_output(cache, ANSWERS, [*input_paths(args), out], flag="--pairs-cache")
     signature = {"prompts": str(args.prompts), "ckpt_a": args.ckpt, "ckpt_b": args.ckpt_b or args.ckpt,
                  "settings_a": dataclasses.asdict(settings[0]), "settings_b": dataclasses.asdict(settings[1]),
                  "shuffle": not args.no_shuffle}
@@ -116,13 +124,14 @@ def run_annotate(args: argparse.Namespace) -> int:
     from biglm.annotate.app import Annotation, annotator_of
     from biglm.annotate.store import AnswerStore
     from biglm.chat.server import ChatServer, HTTPError, serve_until_stopped
+    from biglm.outputs import ANSWERS, check_output
 
     if args.annotator:  # a bad name fails here, not on the page
         try:
             annotator_of(args.annotator)
         except HTTPError as e:
             raise BiglmError(f"--annotator {args.annotator!r}: {e.message}") from None
-    store = AnswerStore(args.out)
+    store = AnswerStore(check_output(args.out, ANSWERS, input_paths(args)))
     try:
         pool = pool_from_args(args, background=True)
         try:
@@ -139,9 +148,11 @@ def run_annotate(args: argparse.Namespace) -> int:
 def run_judge(args: argparse.Namespace) -> int:
     from biglm.annotate.judge import CheckpointJudge, EndpointJudge, judge_pairs, load_template
     from biglm.annotate.store import AnswerStore
+    from biglm.outputs import ANSWERS, check_output
 
     if bool(args.judge_ckpt) == bool(args.judge_url):
         raise BiglmError("give one judge: --judge-ckpt CKPT or --judge-url URL (with --judge-model)")
+    out = check_output(args.out, ANSWERS, input_paths(args))
     template = load_template(args.template)
     if args.judge_url:
         if not args.judge_model:
@@ -150,7 +161,7 @@ def run_judge(args: argparse.Namespace) -> int:
                                    max_tokens=args.judge_max_tokens, concurrency=args.concurrency)
     else:
         judge = CheckpointJudge(_load(args.judge_ckpt, args), args.judge_ckpt, max_tokens=args.judge_max_tokens)
-    store = AnswerStore(args.out)
+    store = AnswerStore(out)
     try:
         pool = pool_from_args(args, background=False)
         report = judge_pairs(pool.pairs, judge, store, template, both_orders=args.both_orders,

@@ -1,11 +1,13 @@
 """Crash-safe JSONL files for annotation: every answer is on disk, whole, the moment it is acknowledged.
 
-``JsonlLog`` is an append-only JSONL file held by one process (an exclusive ``flock`` on ``FILE.lock``; the
+``JsonlLog`` is an append-only JSONL file held by one process (``biglm.files.hold_lock`` on ``FILE.lock`` beside
+the resolved file, so a second writer through a symlink or another spelling of the path is refused too; the
 kernel drops it when the process dies, so a killed server never blocks its restart). A record is appended as
 one ``write`` of its whole line with ``O_APPEND``, then ``fsync``: a kill can only stop before or after the
 line. A line torn by a power cut or by an editor is repaired on open: a last line that still parses gets its
 newline, one that does not is cut off and kept in ``FILE.torn`` (a note says so). Removing a record (undo)
-rewrites the file beside it and renames it over (``biglm.files.atomic_write_text``), so a reader such as
+rewrites the file beside it and renames it over (``biglm.files.atomic_write_text``; the resolved file: a
+symlink to it stays a symlink), so a reader such as
 ``biglm finetune --task reward`` sees the old or the new file, never a half-written one, and never sees a
 removed answer.
 
@@ -17,7 +19,6 @@ no extra field and answers written by other tools count too.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 from biglm.data.preferences import ACCEPTABILITY, CHOICES, preference_pair
 from biglm.data.records import Record, json_object
 from biglm.errors import BiglmError
-from biglm.files import atomic_write_text, bytes_digest
+from biglm.files import atomic_write_bytes, atomic_write_text, bytes_digest, hold_lock
 
 
 class Conflict(BiglmError):
@@ -51,22 +52,20 @@ class JsonlLog:
         self.path, self.what = Path(path), what
         if self.path.is_dir():
             raise BiglmError(f"{self.path}: is a folder; expected a JSONL file for the {what}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        self.file = self.path.resolve()  # every read, write, lock and rename goes to the file a symlink names
+        self._lock = hold_lock(self.file.with_name(self.file.name + ".lock"), str(self.path))
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise BiglmError(f"{self.path}: another process is writing it (its lock {self.path.name}.lock is "
-                             "held); stop that one first") from None
-        self.records: list[dict[str, Any]] = self._read()
-        self._fd = self._open()
+            self.records: list[dict[str, Any]] = self._read()
+            self._fd = self._open()
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _open(self) -> int:
-        new = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        new = not self.file.exists()
+        fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if new:  # the file's name must survive a crash too
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            dir_fd = os.open(self.file.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
@@ -74,12 +73,12 @@ class JsonlLog:
         return fd
 
     def _read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        if not self.file.exists():
             return []
-        data = self.path.read_bytes()
+        data = self.file.read_bytes()
         if data and not data.endswith(b"\n"):
             self._repair(data)
-            data = self.path.read_bytes()
+            data = self.file.read_bytes()
         out = []
         for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
             if line.strip():
@@ -95,12 +94,12 @@ class JsonlLog:
         except (json.JSONDecodeError, UnicodeDecodeError):
             whole = False
         if whole:
-            atomic_write_text(self.path, (data + b"\n").decode("utf-8"))
+            atomic_write_bytes(self.file, data + b"\n")
             return
-        torn = self.path.with_name(self.path.name + ".torn")
+        torn = self.file.with_name(self.file.name + ".torn")
         with open(torn, "ab") as f:
             f.write(tail + b"\n")
-        atomic_write_text(self.path, data[:cut].decode("utf-8"))
+        atomic_write_bytes(self.file, data[:cut])
         print(f"note: {self.path}: its last line was cut off mid-write ({len(tail)} bytes); removed it and kept it "
               f"in {torn.name}", file=sys.stderr)
 
@@ -120,14 +119,14 @@ class JsonlLog:
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the file's records atomically (temporary file, then rename)."""
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        atomic_write_text(self.file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         os.close(self._fd)  # the rename gave the name a new file: append to that one from now on
         self._fd = self._open()
         self.records = list(records)
 
     def close(self) -> None:
         os.close(self._fd)
-        os.close(self._lock_fd)
+        self._lock.release()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from biglm.errors import BiglmError
+from biglm.files import atomic_write_text
+from biglm.outputs import COMPARE, check_output
 
 TASKS = ("compare_continuation", "compare_next_sentence", "compare_perplexity")
 FAMILY_SCORERS: dict[str, Callable[[str], list[tuple[str, dict[str, Any]]]]] = {
@@ -109,14 +111,14 @@ def train_all(recipes: list[Recipe], opts: CompareOptions, log: Callable[[str], 
         if r not in todo:
             log(f"compare: {r.name}: finished run found in {r.run_dir(opts.out)}")
     if opts.jobs == 0:
-        from biglm.train.setup import setup
+        from biglm.train.setup import fit_to_end, setup
 
         for r in todo:
             run_dir = r.run_dir(opts.out)
             log(f"compare: training {r.name} -> {run_dir}")
-            trainer = setup(r.cfg, run_dir, resume=(run_dir / "checkpoints").is_dir())
-            trainer.fit()
-            trainer.close()
+            resume = (run_dir / "checkpoints").is_dir()
+            fit_to_end(lambda r=r, run_dir=run_dir, resume=resume: setup(r.cfg, run_dir, resume=resume),
+                       run_dir=run_dir, inputs=r.cfg.inputs())
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
     running: list[tuple[Recipe, subprocess.Popen, float]] = []
@@ -208,7 +210,7 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
         if family == "masked":
             row["masked_val_loss"] = masked_validation(recipe, loaded.model, loaded.tokenizer.mask_token_id)
         row["train"] = _train_summary(run_dir, recipe.cfg)
-        cache.write_text(json.dumps(row, indent=1, default=float))
+        atomic_write_text(cache, json.dumps(row, indent=1, default=float))
         log(f"compare: scored {recipe.name} ({label}) in {row['eval_seconds']:.0f} s")
         rows.append(row)
     return rows
@@ -239,6 +241,7 @@ def compare(paths: list[str], opts: CompareOptions, log: Callable[[str], None] =
     from biglm.compare.report import write_report
 
     recipes = load_recipes(paths, opts.overrides)
+    check_output(opts.out, COMPARE, [*paths, *opts.tasks_from, *(i for r in recipes for i in r.cfg.inputs())])
     opts.out.mkdir(parents=True, exist_ok=True)
     train_all(recipes, opts, log)
     if opts.train_only:

@@ -22,6 +22,7 @@ from typing import Any
 
 from biglm.errors import BiglmError
 from biglm.evaluate import TASKS_DIR
+from biglm.files import atomic_write_text
 
 
 def register(subparsers: Any) -> None:
@@ -91,10 +92,12 @@ def results_table(results: dict[str, Any], title: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biglm.outputs import RESULTS, check_output
+
+    out = check_output(args.out or Path(args.ckpt) / "eval", RESULTS, [args.ckpt, args.generation, *args.include_path])
     if args.generation:
         from biglm.finetune.genset import evaluate_generation  # generation uses the fine-tuned task's decoding
 
-        out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
         limit = int(args.limit) if args.limit else 0
         evaluate_generation(args.ckpt, args.generation, out, device=args.device or "cpu", limit=limit)
         print((out / "genset_scores.md").read_text())
@@ -129,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
         raise BiglmError(f"task data could not be fetched: {e} (offline? the biglm_* tasks need no network)") from None
     if results is None:
         return 0
-    out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     how = lm.direction if lm.autoregressive else lm.scoring.method
     name = f"results_{how}"
@@ -137,14 +139,14 @@ def run(args: argparse.Namespace) -> int:
             if k in results}
     keep["biglm"] = {"ckpt": str(args.ckpt), "family": lm.model.config.family, "scoring": how, "beam": args.beam,
                      "samples": args.samples, "direction_agreement": lm.direction_agreement}
-    (out / f"{name}.json").write_text(json.dumps(keep, indent=2, default=str))
+    atomic_write_text(out / f"{name}.json", json.dumps(keep, indent=2, default=str))
     table = results_table(results, f"{args.ckpt} — scoring {how}")
     for kind, stats in lm.direction_agreement.items():
         if stats:
             table += (f"\nL2R vs R2L ({kind}, {int(stats['n'])} requests): {stats['l2r_nats_per_token']:.4f} vs "
                       f"{stats['r2l_nats_per_token']:.4f} nats/token, mean |Δ| {stats['mean_abs_diff']:.4f} nats "
                       f"({stats['mean_abs_diff_per_token']:.4f} per token), r = {stats['pearson_r']:.4f}\n")
-    (out / f"{name}.md").write_text(table)
+    atomic_write_text(out / f"{name}.md", table)
     print(table)
     print(f"wrote {out / name}.json and .md")
     return 0

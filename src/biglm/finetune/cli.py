@@ -152,7 +152,7 @@ def train_and_test(cfg: Any, out: Path, resume: bool, show: int = 0) -> int:
     from biglm.finetune.setup import setup_finetune
     from biglm.train.setup import fit_to_end
 
-    trainer, metrics = fit_to_end(lambda: setup_finetune(cfg, out, resume=resume))
+    trainer, metrics = fit_to_end(lambda: setup_finetune(cfg, out, resume=resume), run_dir=out, inputs=cfg.inputs())
     if not trainer.env.is_main:
         return 0
     best = trainer.best
@@ -171,14 +171,15 @@ def write_outputs(folder: Path, split: str, scores: dict[str, Any], predictor: A
                   predictions: list[dict], show: int = 0) -> None:
     """``finetune_<split>.json`` / ``.md`` (scores) and the predictions in ``folder``; the table and ``show``
     examples are printed."""
+    from biglm.files import atomic_write_text
     from biglm.finetune.predict import report, write_predictions
 
     folder.mkdir(parents=True, exist_ok=True)
     path = predictor.loaded.path
     result = {"checkpoint": str(path), "task": predictor.cfg.task.kind, "split": split, "scores": scores}
-    (folder / f"finetune_{split}.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(folder / f"finetune_{split}.json", json.dumps(result, indent=2))
     table = report(scores, f"{path} — {predictor.cfg.task.kind}, {split}")
-    (folder / f"finetune_{split}.md").write_text(table)
+    atomic_write_text(folder / f"finetune_{split}.md", table)
     suffix = ".json" if predictor.task.kind == "extractive-qa" else ".jsonl"
     write_predictions(predictor.task, examples, predictions, folder / f"predictions_{split}{suffix}")
     print(table)
@@ -189,6 +190,7 @@ def write_outputs(folder: Path, split: str, scores: dict[str, Any], predictor: A
 
 def eval_only(args: argparse.Namespace) -> int:
     from biglm.finetune.predict import evaluate_split, finetune_config_of, load_predictor, resolve_finetuned, zero_shot
+    from biglm.outputs import RESULTS, check_output
 
     if args.ckpt:
         folder = resolve_finetuned(args.ckpt)
@@ -200,15 +202,18 @@ def eval_only(args: argparse.Namespace) -> int:
         predictor = zero_shot(args.init, cfg, device=args.device)
     else:
         raise BiglmError("--eval-only needs --ckpt (a fine-tuned checkpoint) or --init (zero-shot cloze)")
+    out = check_output(args.out or predictor.loaded.path / "eval", RESULTS,
+                       [args.ckpt or args.init, predictor.loaded.path, predictor.cfg.data.spec(args.split)[0]])
     scores, examples, predictions = evaluate_split(predictor, args.split)
-    out = args.out or predictor.loaded.path / "eval"
-    write_outputs(Path(out), args.split, scores, predictor, examples, predictions, args.show)
+    write_outputs(out, args.split, scores, predictor, examples, predictions, args.show)
     return 0
 
 
 def predict_command(args: argparse.Namespace) -> int:
     from biglm.finetune.predict import load_predictor, predict_file
+    from biglm.outputs import FILE, check_output
 
+    check_output(args.out, FILE, [args.ckpt, args.input])  # before the model loads; predict_file checks again
     predictor = load_predictor(args.ckpt, device=args.device)
     if args.batch_size is not None:
         if args.batch_size <= 0:
@@ -221,8 +226,13 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def reward_command(args: argparse.Namespace) -> int:
     from biglm.finetune.predict import load_predictor, write_predictions
+    from biglm.outputs import FILE, check_output
 
+    if args.out is not None:
+        check_output(args.out, FILE, [args.ckpt, args.input])
     predictor = load_predictor(args.ckpt, device=args.device)
+    if args.out is not None:
+        check_output(args.out, FILE, [predictor.loaded.path])
     if predictor.task.kind != "reward":
         raise BiglmError(f"{predictor.loaded.path}: a {predictor.task.kind} model, not a reward model "
                          "(fine-tune one with --task reward)")

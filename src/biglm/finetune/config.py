@@ -376,6 +376,12 @@ class FinetuneConfig:
         """Tokens per row as the trainer counts them for MFU: the measured mean, else the model's maximum."""
         return self.mean_row_tokens or self.model.max_seq_len
 
+    def inputs(self) -> list[str]:
+        """What the run reads (``init``, the example files, an instruction mixture's sets): the output guard's
+        inputs."""
+        mixture = [str(m.get("path") or "") for m in self.task.instruction.mixture if isinstance(m, dict)]
+        return [self.init, self.data.train, self.data.valid, self.data.test, *mixture, self.train.init_from or ""]
+
     def to_dict(self) -> dict[str, Any]:
         """The sections as plain data (what ``config.yaml`` holds; ``model`` fully resolved)."""
         return {"init": self.init, "task": to_dict(self.task), "data": to_dict(self.data),

@@ -17,9 +17,11 @@ from biglm.checkpoint import CheckpointError, LoadedModel, load_model, resolve_c
 from biglm.configurable import load_yaml
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
+from biglm.files import atomic_write_text
 from biglm.finetune.config import FinetuneConfig
 from biglm.finetune.setup import prepare, read_split
 from biglm.finetune.tasks import FinetuneTask, build_task
+from biglm.outputs import FILE, check_output
 from biglm.train.checkpointing import BEST, CONFIG
 
 
@@ -88,7 +90,9 @@ def evaluate_split(predictor: Predictor, split: str = "valid") -> tuple[dict[str
 
 def predict_file(predictor: Predictor, input_path: str, out_path: str | Path) -> int:
     """Predict every record of ``input_path`` (targets/labels not needed) and write ``out_path``: JSONL, one
-    object per input line; for extractive QA a ``.json`` out gets the SQuAD ``{id: answer}`` mapping."""
+    object per input line; for extractive QA a ``.json`` out gets the SQuAD ``{id: answer}`` mapping. An
+    ``out_path`` that would overwrite the input or the checkpoint is refused (``biglm.outputs``)."""
+    check_output(out_path, FILE, [input_path, predictor.loaded.path])
     records = read_records(input_path)
     examples = predictor.task.encode(records, labelled=False)
     predictions = predictor.task.predict(predictor.loaded.model, examples)
@@ -99,13 +103,11 @@ def predict_file(predictor: Predictor, input_path: str, out_path: str | Path) ->
 def write_predictions(task: FinetuneTask, examples: list[Any], predictions: list[dict], out: Path) -> None:
     """JSONL of ``task.output`` per example (or SQuAD's ``{id: answer}`` for a ``.json`` path), atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     rows = [task.output(ex, p) for ex, p in zip(examples, predictions)]
     if out.suffix == ".json" and task.kind == "extractive-qa":
-        tmp.write_text(json.dumps({r["id"]: r["answer"] for r in rows}, indent=1, ensure_ascii=False))
+        atomic_write_text(out, json.dumps({r["id"]: r["answer"] for r in rows}, indent=1, ensure_ascii=False))
     else:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(out)
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def zero_shot(init: str, cfg: FinetuneConfig, device: str = "cpu") -> Predictor:

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 
 from biglm.attention import AttentionLayout
-from biglm.checkpoint import load_model, model_state_dict, write_checkpoint
+from biglm.checkpoint import load_model, model_state_dict, resolve_checkpoint, verify_model, write_checkpoint
 from biglm.errors import BiglmError
 from biglm.grow.expand import ExpandSpec, Plan, expand_state, make_plan
 from biglm.model import BiGLM
+from biglm.outputs import CHECKPOINT, check_output
 
 FAMILY_LAYOUTS = {"masked": "prefix_blind", "causal": "causal", "bidirectional-ar": "causal", "glm": "prefix_lm"}
 """The attention layout each family is used with (where the function check runs)."""
@@ -114,11 +115,11 @@ _SHAPE = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediat
 def expand_checkpoint(src: str | Path, out: str | Path, spec: ExpandSpec, check_text: str | None = None,
                       check_rows_n: int = 8, force: bool = False) -> ExpandReport:
     """Expand the checkpoint (or a run folder's newest) ``src`` into a normal checkpoint ``out`` (start a
-    run from it with ``pretrain --train.init_from``); the report's change is measured on ``check_text``."""
-    loaded = load_model(src)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise BiglmError(f"{out}: exists and is not empty (pass --force to replace it)")
+    run from it with ``pretrain --train.init_from``); the report's change is measured on ``check_text``. An
+    existing checkpoint at ``out`` is replaced only with ``force`` (``biglm.outputs.check_output``)."""
+    folder = resolve_checkpoint(src, check=verify_model)
+    out = check_output(out, CHECKPOINT, [src, folder, check_text], force=force)
+    loaded = load_model(folder)
     grown, plan = expand_model(loaded.model, spec)
     length = min(128, loaded.config.max_seq_len)
     rows = check_rows(loaded.tokenizer, loaded.config.vocab_size, check_text, check_rows_n, length, spec.seed)

@@ -27,12 +27,22 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from biglm.checkpoint import FORMAT_VERSION, check_state_dict, load_model, model_state_dict, write_checkpoint
+from biglm.checkpoint import (
+    FORMAT_VERSION,
+    check_state_dict,
+    load_model,
+    model_state_dict,
+    resolve_checkpoint,
+    verify_model,
+    write_checkpoint,
+)
 from biglm.config import PRESETS, ModelConfig
 from biglm.data.tokenizer import ensure_special_tokens
 from biglm.errors import BiglmError
+from biglm.files import install_folder, temp_folder
 from biglm.hf.configuration_biglm import BiGLMConfig
 from biglm.model import BiGLM
+from biglm.outputs import CHECKPOINT, HF_FOLDER, check_output
 
 WEIGHTS = "model.safetensors"
 REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
@@ -148,22 +158,6 @@ def _load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
-def _check_out(out: Path, force: bool, sources: list[Path]) -> None:
-    """Refuse an output folder that is (or contains) a source, or that exists without ``force``. Nothing is
-    deleted here: the writers replace ``out`` only once the new folder is whole."""
-    if out.exists() and not out.is_dir():
-        raise BiglmError(f"{out}: exists and is not a folder")
-    target = out.resolve()
-    for src in sources:
-        source = Path(src).resolve()
-        if target == source or target in source.parents:
-            what = "is" if target == source else "contains"
-            raise BiglmError(f"--out {out}: {what} the source {src}; replacing it would delete the source "
-                             "(choose another folder)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise BiglmError(f"{out}: exists and is not empty (pass --force to replace it)")
-
-
 def _checked(state: dict[str, torch.Tensor], config: ModelConfig, where: Path) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         model = BiGLM(config)
@@ -175,11 +169,10 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write the checkpoint (or a run folder's newest one) at ``ckpt`` as a transformers folder ``out``:
     a masked LM (remote code, ``AutoModelForMaskedLM``) or, for causal and bidirectional-ar models, a
     causal LM (``AutoModelForCausalLM``; the Llama layout where it fits, see ``biglm.hf.causal``)."""
-    out = Path(out)
-    _check_out(out, force, [Path(ckpt)])
-    loaded = load_model(ckpt)
-    _check_out(out, force, [loaded.path])
-    tmp = out.parent / f".tmp-{out.name}"
+    folder = resolve_checkpoint(ckpt, check=verify_model)
+    out = check_output(out, HF_FOLDER, [ckpt, folder], force=force)
+    loaded = load_model(folder)
+    tmp = temp_folder(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -191,14 +184,7 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
         _write_glm(loaded, tmp)
     else:
         _write_masked_lm(loaded, tmp)
-    if out.exists():  # --force: the old folder goes only once the new one is whole
-        old = out.parent / f".old-{out.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    install_folder(out)  # --force: the old folder goes only once the new one is whole
     return out
 
 
@@ -269,8 +255,7 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
 
 def import_hf(folder: str | Path, out: str | Path, force: bool = False) -> Path:
     """Convert a BiGLM transformers folder (``export_hf``'s output, possibly re-saved) to a checkpoint."""
-    folder, out = Path(folder), Path(out)
-    _check_out(out, force, [folder])
+    folder, out = Path(folder), check_output(out, CHECKPOINT, [folder], force=force)
     raw = _read_config(folder)
     kind = raw.get("model_type")
     if kind == "llama" and raw.get("biglm_family"):  # a causal / bidirectional-ar model biglm exported
@@ -348,8 +333,7 @@ def _pad_rows(weight: torch.Tensor, rows: int, keep: int) -> torch.Tensor:
 def import_llama(folder: str | Path, out: str | Path, tokenizer: str | Path | None = None,
                  force: bool = False) -> Path:
     """Start a BiGLM from a Llama-layout causal model folder (weights and, unless given, tokenizer)."""
-    folder, out = Path(folder), Path(out)
-    _check_out(out, force, [folder, *([Path(tokenizer)] if tokenizer else [])])
+    folder, out = Path(folder), check_output(out, CHECKPOINT, [folder, tokenizer], force=force)
     config = llama_config(_read_config(folder), folder / "config.json")
     tok = _load_tokenizer(Path(tokenizer) if tokenizer else folder)
     if tok is None:

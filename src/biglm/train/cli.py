@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("checkpoint", type=Path, help="checkpoint folder, or run folder (its newest intact checkpoint)")
     c.add_argument("--out", type=Path, help="write a new model checkpoint folder here (default: add the weights "
                                             "file to the checkpoint itself)")
+    c.add_argument("--force", action="store_true", help="replace --out if it is an existing checkpoint (another "
+                                                        "kind of folder is never replaced)")
     c.set_defaults(func=consolidate_command)
 
 
@@ -84,7 +86,8 @@ def pretrain_command(args: argparse.Namespace) -> int:
             data["model"]["vocab_size"] = "auto"
         print_config(data)
         return 0
-    trainer, metrics = fit_to_end(lambda: setup(cfg, args.out, resume=args.resume))
+    trainer, metrics = fit_to_end(lambda: setup(cfg, args.out, resume=args.resume), run_dir=args.out,
+                                  inputs=cfg.inputs())
     if trainer.env.is_main and metrics:
         val = f", val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
         print(f"done: step {trainer.step}, loss {metrics['loss']:.4f}{val}; run folder {args.out}")
@@ -120,10 +123,8 @@ def plot_command(args: argparse.Namespace) -> int:
 
 
 def consolidate_command(args: argparse.Namespace) -> int:
-    from biglm.checkpoint import resolve_checkpoint
     from biglm.train.sharded import consolidate_checkpoint
 
-    folder = resolve_checkpoint(args.checkpoint)
-    out = consolidate_checkpoint(folder, args.out)
+    out = consolidate_checkpoint(args.checkpoint, args.out, force=args.force)
     print(f"wrote {out / 'model.safetensors'}")
     return 0

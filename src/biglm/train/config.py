@@ -238,6 +238,10 @@ class RunConfig:
         """Tokens per packed row."""
         return self.data.seq_len
 
+    def inputs(self) -> list[str]:
+        """What the run reads (data sources, tokenizer, ``train.init_from``): the output guard's inputs."""
+        return [*(s.path for s in self.data.sources), self.data.tokenizer, self.train.init_from or ""]
+
     def to_dict(self) -> dict[str, Any]:
         """The four sections as plain data (what ``config.yaml`` holds)."""
         return {"model": self.model.to_dict(), "objective": to_dict(self.objective),

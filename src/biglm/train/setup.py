@@ -9,6 +9,7 @@ criterion and validator and calls the same ``assemble``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,10 @@ import torch.distributed as dist
 from biglm.checkpoint import check_state_dict, resolve_checkpoint, verify_model
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError, ConfigError
+from biglm.files import HeldLock, hold_lock
 from biglm.model import BiGLM
 from biglm.objectives import Criterion, build_criterion, build_objective
+from biglm.outputs import RUN, check_output
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import Batcher, ObjectiveBatcher
 from biglm.train.config import RunConfig
@@ -33,6 +36,7 @@ from biglm.train.parallel import DistEnv, autocast_dtype, init_distributed, is_s
 from biglm.train.streams import DataBundle, DataFactory
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+LOCK = ".lock"
 
 
 def load_data(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
@@ -158,10 +162,22 @@ def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, str
     return model, train_model
 
 
-def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | None = None
-               ) -> tuple[Trainer, dict[str, float]]:
-    """Build a trainer, run ``start`` on it (e.g. the step-0 evaluation), fit and close it; the process group
-    (under torchrun) is left on every exit path. Returns the trainer and its last metrics row."""
+def claim_run_dir(run_dir: str | Path, inputs: list[str]) -> HeldLock | None:
+    """Check ``run_dir`` with the output guard (not an input, not another kind of folder) and lock it for this
+    run: the main rank holds ``RUN_DIR/.lock`` (with its PID) until the run ends, so a second run into the same
+    folder stops with one line naming the first one's PID. Other ranks (under torchrun) hold nothing."""
+    check_output(run_dir, RUN, inputs)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return hold_lock(Path(run_dir) / LOCK, str(run_dir))
+
+
+def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | None = None, *,
+               run_dir: str | Path, inputs: list[str]) -> tuple[Trainer, dict[str, float]]:
+    """What every training verb runs: claim ``run_dir`` (``claim_run_dir``; ``inputs`` are what the run reads),
+    build a trainer, run ``start`` on it (e.g. the step-0 evaluation), fit and close it. The lock and the
+    process group (under torchrun) are let go on every exit path. Returns the trainer and its last metrics."""
+    lock = claim_run_dir(run_dir, inputs)
     try:
         trainer = build()
         if start is not None:
@@ -171,6 +187,8 @@ def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | N
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
     return trainer, metrics
 
 

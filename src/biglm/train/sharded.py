@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from biglm.checkpoint import all_finite, temp_folder, write_checkpoint
+from biglm.checkpoint import all_finite, write_checkpoint
 from biglm.config import ModelConfig
 from biglm.errors import BiglmError
+from biglm.files import temp_folder
 
 STATE = "state"
 """The DCP folder inside a sharded checkpoint (``.metadata`` and one ``__<rank>_0.distcp`` per rank)."""
@@ -159,14 +160,19 @@ def read_sharded_model_state(folder: Path, config: ModelConfig) -> dict[str, tor
     return weights
 
 
-def consolidate_checkpoint(folder: str | Path, out: str | Path | None = None) -> Path:
+def consolidate_checkpoint(folder: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the single-file model checkpoint (``model.safetensors``, config, tokenizer) of a sharded
-    training checkpoint: into ``out`` (a new folder), or, without ``out``, into ``folder`` itself, which
-    then loads everywhere a full checkpoint does (its shards stay, for ``--resume``)."""
-    from biglm.checkpoint import read_meta, verify_checkpoint
+    training checkpoint (or a run folder's newest): into ``out`` (a new checkpoint folder; an existing
+    checkpoint is replaced only with ``force``, see ``biglm.outputs``), or, without ``out``, into the checkpoint
+    itself, which then loads everywhere a full checkpoint does (its shards stay, for ``--resume``)."""
+    from biglm.checkpoint import read_meta, resolve_checkpoint, verify_checkpoint
+    from biglm.outputs import CHECKPOINT, check_output
     from biglm.train.checkpointing import CONFIG, TRAINER_STATE, weights_to_save
 
-    folder = Path(folder)
+    given = Path(folder)
+    folder = resolve_checkpoint(given)
+    if out is not None:
+        check_output(out, CHECKPOINT, [given, folder], force=force)
     if not is_sharded_checkpoint(folder):
         raise BiglmError(f"{folder}: not a sharded checkpoint (no {STATE}/.metadata)")
     verify_checkpoint(folder)
