@@ -346,3 +346,32 @@ def test_make_titles_uses_the_runs_held_out_documents(tmp_path, capsys):
     capsys.readouterr()
     assert make_titles([str(wiki), "--run", str(tmp_path), "--out", str(tmp_path / "u")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_resume_with_more_epochs_extends_the_run(init, tmp_path, capsys):
+    """``--resume --epochs 2`` after one epoch trains the second (it used to say "no new steps" and record
+    ``epochs: 2``); fewer epochs than done, or a changed field with no step left, are refused and nothing
+    is recorded; the same config again is a no-op."""
+    import yaml
+
+    train = write_jsonl(tmp_path / "train.jsonl", [{"source": "a b", "target": "b a"}] * 8)
+    run = tmp_path / "run"
+    assert finetune("--task", "seq2seq", "--init", str(init), "--train", str(train), "--out", str(run),
+                    "--epochs", "1", "--train.global_batch_size", "4") == 0  # 2 steps
+    capsys.readouterr()
+    assert finetune("--resume", "--out", str(run), "--epochs", "2") == 0
+    out, err = capsys.readouterr()
+    assert "done: step 4, loss" in out
+    assert "note: train.epochs 1 -> 2: the run goes on to step 4 (was 2); the linear schedule now spans 4 steps" in err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["train"]["epochs"], saved["train"]["steps"]) == (2, 4)
+    assert (run / "checkpoints" / "step_00000004").is_dir()
+    before = (run / "config.yaml").read_text()
+    for args, message in [(["--epochs", "1"], "train.epochs 2 -> 1"), (["--train.lr", "0.001"], "train.lr")]:
+        assert finetune("--resume", "--out", str(run), *args) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # the set-up line, then the refusal
+        assert "error: " in err[-1] and "no step left (step 4 of" in err[-1] and message in err[-1], err
+        assert not any("Traceback" in line for line in err)
+        assert (run / "config.yaml").read_text() == before
+    assert finetune("--resume", "--out", str(run)) == 0
+    assert "done: step 4, no new steps" in capsys.readouterr().out
