@@ -375,3 +375,21 @@ def test_resume_with_more_epochs_extends_the_run(init, tmp_path, capsys):
         assert (run / "config.yaml").read_text() == before
     assert finetune("--resume", "--out", str(run)) == 0
     assert "done: step 4, no new steps" in capsys.readouterr().out
+
+
+def test_a_task_the_family_cannot_do_is_refused_in_one_line(tmp_path, capsys):
+    """A causal checkpoint given to cloze-classification used to train silently as if masked."""
+    labels = write_jsonl(tmp_path / "labels.jsonl", [{"text": "a b", "label": "p"}, {"text": "b a", "label": "q"}])
+    want = ("task.kind=cloze-classification: needs a masked or glm model, the checkpoint is {0} (a {0} model "
+            "fine-tunes with: extractive-qa, seq2seq, instruction, reward, dpo)")
+    for family in ("causal", "bidirectional-ar"):
+        ckpt = make_checkpoint(tmp_path / family, family=family)
+        cloze = ["--task", "cloze-classification", "--init", str(ckpt), "--verbalizer", "p=a", "--verbalizer", "q=b",
+                 "--template", "{text} {blank}"]
+        for args in (["--train", str(labels), "--out", str(tmp_path / f"run-{family}")],  # fine-tuning
+                     ["--eval-only", "--valid", str(labels)]):  # zero-shot scoring
+            capsys.readouterr()
+            assert finetune(*cloze, *args) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and want.format(family) in err[0], err
+        assert not (tmp_path / f"run-{family}").exists()
