@@ -393,3 +393,22 @@ def test_a_task_the_family_cannot_do_is_refused_in_one_line(tmp_path, capsys):
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and want.format(family) in err[0], err
         assert not (tmp_path / f"run-{family}").exists()
+
+
+def test_a_pretrained_checkpoint_gets_advice_each_verb_can_follow(init, tmp_path, capsys):
+    """predict, reward and evaluate --generation have no --task: their refusal used to say "give the task
+    (--task ...)"; each now names what its user can do."""
+    data = write_jsonl(tmp_path / "in.jsonl", [{"source": "a", "prompt": "a", "response": "b"}])
+    cases = [(["predict", "--ckpt", str(init), "--input", str(data), "--out", str(tmp_path / "p.jsonl")],
+              "fine-tune it first (biglm finetune --task KIND --init CKPT ...)"),
+             (["reward", "--ckpt", str(init), "--input", str(data)],
+              "fine-tune a reward model from it first (biglm finetune --task reward ...)"),
+             (["evaluate", "--ckpt", str(init), "--generation", str(data), "--out", str(tmp_path / "ev")],
+              "--generation needs an instruction or seq2seq fine-tune (biglm finetune --task instruction ...); "
+              "score a pretrained model with --tasks")]
+    for argv, advice in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"not a fine-tuned checkpoint (no task in its config.yaml); {advice}" in err[0], err
+        assert "give the task" not in err[0]

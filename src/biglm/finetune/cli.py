@@ -209,7 +209,7 @@ def eval_only(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     from biglm.finetune.predict import load_predictor, predict_file
 
-    predictor = load_predictor(args.ckpt, device=args.device)
+    predictor = load_predictor(args.ckpt, device=args.device)  # the default hint: fine-tune it first
     if args.batch_size is not None:
         if args.batch_size <= 0:
             raise BiglmError(f"--batch-size {args.batch_size}: must be > 0")
@@ -222,7 +222,8 @@ def predict_command(args: argparse.Namespace) -> int:
 def reward_command(args: argparse.Namespace) -> int:
     from biglm.finetune.predict import load_predictor, write_predictions
 
-    predictor = load_predictor(args.ckpt, device=args.device)
+    predictor = load_predictor(args.ckpt, device=args.device,
+                               hint="fine-tune a reward model from it first (biglm finetune --task reward ...)")
     if predictor.task.kind != "reward":
         raise BiglmError(f"{predictor.loaded.path}: a {predictor.task.kind} model, not a reward model "
                          "(fine-tune one with --task reward)")
