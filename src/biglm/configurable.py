@@ -244,10 +244,11 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[st
                    prefix: str = "") -> list[tuple[str, Any, Any]]:
     """The dotted keys whose values differ between two config dicts (as ``to_dict`` / ``config.yaml``
     give them), with the old and new value; mappings are compared key by key, anything else whole.
-    Keys in ``ignore`` (dotted) and everything under them are skipped."""
+    Keys in ``ignore`` (dotted) and everything under them are skipped, and so are keys only one side has
+    (a field added or removed by another biglm version is no change of the run)."""
     skip = set(ignore)
     out: list[tuple[str, Any, Any]] = []
-    for key in sorted(set(old) | set(new), key=str):
+    for key in sorted(set(old) & set(new), key=str):
         name = f"{prefix}{key}"
         if name in skip:
             continue
