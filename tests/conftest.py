@@ -27,11 +27,12 @@ def word_tokenizer():
                                    mask_token="[MASK]", unk_token="[UNK]")
 
 
-def make_checkpoint(folder, layers: int = 2, hidden: int = 64, max_seq_len: int = 64, seed: int = 0):
+def make_checkpoint(folder, layers: int = 2, hidden: int = 64, max_seq_len: int = 64, seed: int = 0,
+                    family: str = "masked"):
     """A randomly initialised checkpoint (word tokenizer, 64-token vocabulary) to fine-tune from."""
     from biglm import BiGLM, ModelConfig
     from biglm.checkpoint import model_state_dict, write_checkpoint
 
     torch.manual_seed(seed)
-    cfg = ModelConfig("test", 64, hidden, layers, 4, 2, 2 * hidden, max_seq_len=max_seq_len)
+    cfg = ModelConfig("test", 64, hidden, layers, 4, 2, 2 * hidden, max_seq_len=max_seq_len, family=family)
     return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, word_tokenizer())

@@ -27,8 +27,9 @@ from instruction_data import instruction_tokenizer
 
 
 def chat_checkpoint(folder: Path, family: str = "masked", max_seq_len: int = 64, template: bool = True,
-                    position_encoding: str = "rope") -> Path:
-    """A random micro model (masked ones with a length head) whose tokenizer carries the chat template."""
+                    position_encoding: str = "rope", task: str | None = None) -> Path:
+    """A random micro model (masked ones with a length head) whose tokenizer carries the chat template
+    (``task``: a fine-tune of that kind, its config.yaml saved with it)."""
     torch.manual_seed(0)
     head = family == "masked"
     tok = instruction_tokenizer()
@@ -38,7 +39,22 @@ def chat_checkpoint(folder: Path, family: str = "masked", max_seq_len: int = 64,
                       length_head=head, max_target_length=9, position_encoding=position_encoding)
     if template:
         set_chat_template(tok)
-    return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, tok)
+    extra = {"config.yaml": lambda p: p.write_text(f"task:\n  kind: {task}\n")} if task else None
+    return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, tok, extra=extra)
+
+
+def test_a_fine_tune_not_trained_to_write_gets_a_warning(tmp_path, capsys):
+    """A cloze or reward fine-tune used to chat without a word."""
+    for kind in ("cloze-classification", "reward", "extractive-qa", "instruction", "seq2seq"):
+        capsys.readouterr()
+        chat = ChatModel.load(chat_checkpoint(tmp_path / kind, task=kind))
+        assert chat.reply([{"role": "user", "content": "hi"}]).text is not None  # it still runs
+        warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        if kind in ("instruction", "seq2seq"):
+            assert warned == []
+        else:
+            assert len(warned) == 1 and f"is a {kind} fine-tune, not trained to write replies" in warned[0]
+            assert "chat with a seq2seq, instruction, dpo fine-tune" in warned[0]
 
 
 def test_live_passes_are_the_engine_trajectory(tmp_path):

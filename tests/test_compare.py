@@ -56,6 +56,12 @@ def test_compare_trains_scores_and_reports(recipes):
     said = []
     train_all(load_recipes(list(map(str, paths)), []), CompareOptions(out=out), said.append)
     assert all("finished run found" in s for s in said) and len(said) == 2
+    # Tasks and scores made under other settings are made again, not reused from the cache.
+    assert main(["compare", *map(str, paths), "--out", str(out), "--jobs", "0", "--threads", "1",
+                 "--scoring", "single-pass", "--max-items", "10", "--limit", "2"]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert {(r["settings"]["limit"], r["settings"]["max_items"]) for r in rows} == {(2, 10)}
+    assert json.loads((out / "tasks" / "settings.json").read_text())["max_items"] == 10
 
 
 def test_recipes_must_share_data_and_budget(recipes):
@@ -70,3 +76,25 @@ def test_recipes_must_share_data_and_budget(recipes):
     fewer = paths[1].with_name("fewer.yaml")  # another step count is allowed: the table shows each row's budget
     fewer.write_text(yaml.safe_dump({"base": "base.yaml", "objective": {"preset": "causal"}, "train": {"steps": 4}}))
     assert [r.cfg.train.steps for r in load_recipes([str(paths[0]), str(fewer)], [])] == [6, 4]
+
+
+def test_a_changed_recipe_is_not_reported_from_the_old_run(recipes, tmp_path):
+    """A finished run trained with lr 3e-3 is not reused for a recipe that now says 1e-2 (it used to be:
+    "finished run found", old numbers reported): one line naming the field, before anything is trained."""
+    root, _ = recipes
+    out = tmp_path / "out"
+    recipe = tmp_path / "biglm.yaml"
+    recipe.write_text(yaml.safe_dump({"base": str(root / "base.yaml"), "objective": {"preset": "biglm"},
+                                      "train": {"lr": 3e-3, "steps": 2, "save_every": 2}}))
+    train_all(load_recipes([str(recipe)], []), CompareOptions(out=out, jobs=0), lambda _: None)
+    said = []  # the same recipe, only bookkeeping changed: reused
+    train_all(load_recipes([str(recipe)], ["--train.log_every", "1", "--train.progress", "true"]),
+              CompareOptions(out=out, jobs=0), said.append)
+    assert said == [f"compare: biglm: finished run found in {out / 'biglm'}"]
+    recipe.write_text(recipe.read_text().replace("0.003", "0.01"))
+    metrics = (out / "biglm" / "metrics.jsonl").read_text()
+    with pytest.raises(BiglmError, match=r"biglm was trained with another config than .*biglm.yaml "
+                                         r"\(train.lr 0.003 -> 0.01\); give another --out"):
+        train_all(load_recipes([str(recipe)], []), CompareOptions(out=out, jobs=0), said.append)
+    assert len(said) == 1 and (out / "biglm" / "metrics.jsonl").read_text() == metrics  # nothing trained
+    assert main(["compare", str(recipe), "--out", str(out), "--jobs", "0", "--train-only"]) == 2

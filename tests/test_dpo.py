@@ -76,6 +76,6 @@ def test_dpo_takes_bidirectional_ar_and_refuses_glm_policies(tmp_path):
     trainer.fit()
     trainer.close()
     assert trainer.step == 1
-    with pytest.raises(ConfigError, match=r"task\.kind=dpo: needs a causal, bidirectional-ar or masked policy, the "
-                                          r"checkpoint is glm"):
+    with pytest.raises(ConfigError, match=r"task\.kind=dpo: needs a masked, causal or bidirectional-ar model, the "
+                                          r"checkpoint is glm \(a glm model fine-tunes with: cloze-classification, "):
         prepare(load_finetune_config(None, dpo_args(tmp_path / "g", policy(tmp_path / "g", "glm"), 8, 1)))

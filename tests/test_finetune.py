@@ -346,3 +346,69 @@ def test_make_titles_uses_the_runs_held_out_documents(tmp_path, capsys):
     capsys.readouterr()
     assert make_titles([str(wiki), "--run", str(tmp_path), "--out", str(tmp_path / "u")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_resume_with_more_epochs_extends_the_run(init, tmp_path, capsys):
+    """``--resume --epochs 2`` after one epoch trains the second (it used to say "no new steps" and record
+    ``epochs: 2``); fewer epochs than done, or a changed field with no step left, are refused and nothing
+    is recorded; the same config again is a no-op."""
+    import yaml
+
+    train = write_jsonl(tmp_path / "train.jsonl", [{"source": "a b", "target": "b a"}] * 8)
+    run = tmp_path / "run"
+    assert finetune("--task", "seq2seq", "--init", str(init), "--train", str(train), "--out", str(run),
+                    "--epochs", "1", "--train.global_batch_size", "4") == 0  # 2 steps
+    capsys.readouterr()
+    assert finetune("--resume", "--out", str(run), "--epochs", "2") == 0
+    out, err = capsys.readouterr()
+    assert "done: step 4, loss" in out
+    assert "note: train.epochs 1 -> 2: the run goes on to step 4 (was 2); the linear schedule now spans 4 steps" in err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["train"]["epochs"], saved["train"]["steps"]) == (2, 4)
+    assert (run / "checkpoints" / "step_00000004").is_dir()
+    before = (run / "config.yaml").read_text()
+    for args, message in [(["--epochs", "1"], "train.epochs 2 -> 1"), (["--train.lr", "0.001"], "train.lr")]:
+        assert finetune("--resume", "--out", str(run), *args) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # the set-up line, then the refusal
+        assert "error: " in err[-1] and "no step left (step 4 of" in err[-1] and message in err[-1], err
+        assert not any("Traceback" in line for line in err)
+        assert (run / "config.yaml").read_text() == before
+    assert finetune("--resume", "--out", str(run)) == 0
+    assert "done: step 4, no new steps" in capsys.readouterr().out
+
+
+def test_a_task_the_family_cannot_do_is_refused_in_one_line(tmp_path, capsys):
+    """A causal checkpoint given to cloze-classification used to train silently as if masked."""
+    labels = write_jsonl(tmp_path / "labels.jsonl", [{"text": "a b", "label": "p"}, {"text": "b a", "label": "q"}])
+    want = ("task.kind=cloze-classification: needs a masked or glm model, the checkpoint is {0} (a {0} model "
+            "fine-tunes with: extractive-qa, seq2seq, instruction, reward, dpo)")
+    for family in ("causal", "bidirectional-ar"):
+        ckpt = make_checkpoint(tmp_path / family, family=family)
+        cloze = ["--task", "cloze-classification", "--init", str(ckpt), "--verbalizer", "p=a", "--verbalizer", "q=b",
+                 "--template", "{text} {blank}"]
+        for args in (["--train", str(labels), "--out", str(tmp_path / f"run-{family}")],  # fine-tuning
+                     ["--eval-only", "--valid", str(labels)]):  # zero-shot scoring
+            capsys.readouterr()
+            assert finetune(*cloze, *args) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and want.format(family) in err[0], err
+        assert not (tmp_path / f"run-{family}").exists()
+
+
+def test_a_pretrained_checkpoint_gets_advice_each_verb_can_follow(init, tmp_path, capsys):
+    """predict, reward and evaluate --generation have no --task: their refusal used to say "give the task
+    (--task ...)"; each now names what its user can do."""
+    data = write_jsonl(tmp_path / "in.jsonl", [{"source": "a", "prompt": "a", "response": "b"}])
+    cases = [(["predict", "--ckpt", str(init), "--input", str(data), "--out", str(tmp_path / "p.jsonl")],
+              "fine-tune it first (biglm finetune --task KIND --init CKPT ...)"),
+             (["reward", "--ckpt", str(init), "--input", str(data)],
+              "fine-tune a reward model from it first (biglm finetune --task reward ...)"),
+             (["evaluate", "--ckpt", str(init), "--generation", str(data), "--out", str(tmp_path / "ev")],
+              "--generation needs an instruction or seq2seq fine-tune (biglm finetune --task instruction ...); "
+              "score a pretrained model with --tasks")]
+    for argv, advice in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"not a fine-tuned checkpoint (no task in its config.yaml); {advice}" in err[0], err
+        assert "give the task" not in err[0]

@@ -17,6 +17,7 @@ from biglm.hf.convert import export_hf, import_hf
 from test_hf import make_tokenizer, randomize
 
 TEXT = "the cat [MASK] on the [MASK]"
+NO_BLANK = "the cat sat on"  # continued: only the continuation comes back, from both
 
 FRESH = """
 import sys, torch
@@ -24,13 +25,13 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 assert not [m for m in sys.modules if m.split(".")[0] == "biglm"]
 inp = torch.load(sys.argv[1])
 out = {}
-for folder in sys.argv[4:]:
+for folder in sys.argv[5:]:
     model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     with torch.no_grad():
         logits = model(inp["ids"], regions=inp["regions"], position_ids=inp["pos"]).logits
     out[folder] = {"logits": logits, "infill": model.infill(tok, sys.argv[3], max_new_tokens=4),
-                   "module": type(model).__module__}
+                   "continue": model.infill(tok, sys.argv[4], max_new_tokens=4), "module": type(model).__module__}
 assert not [m for m in sys.modules if m.split(".")[0] == "biglm"], "remote code imported biglm"
 torch.save(out, sys.argv[2])
 """
@@ -56,7 +57,7 @@ def test_glm_export_fresh_process(tmp_path):
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt"), TEXT,
-                           *map(str, outs.values())], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           NO_BLANK, *map(str, outs.values())], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = torch.load(tmp_path / "out.pt", weights_only=False)
@@ -68,5 +69,7 @@ def test_glm_export_fresh_process(tmp_path):
             ref = loaded.model(ids, AttentionLayout("prefix_lm", None, regions), pos).logits
         assert (got["logits"] - ref).abs().max() <= 1e-5, encoding
         assert got["infill"] == generate(ckpt, TEXT, max_new_tokens=4), encoding
+        assert got["continue"] == generate(ckpt, NO_BLANK, max_new_tokens=4), encoding
+        assert not got["continue"].startswith(NO_BLANK)
         back = import_hf(outs[encoding], tmp_path / f"back-{encoding}")
         assert load_model(back).config == loaded.config

@@ -76,6 +76,14 @@ class Stub:
                 key = next(k for k in stub.script if k in question)
                 stub.asked.append(key)
                 answer = stub.script[key]
+                if isinstance(answer, int):  # an HTTP error status
+                    out = json.dumps({"error": {"message": "bad request", "type": "invalid_request_error"}}).encode()
+                    self.send_response(answer)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
                 out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                   "choices": [{"index": 0, "finish_reason": "stop", "message": {
                                       "role": "assistant", "content": answer if isinstance(answer, str)
@@ -117,6 +125,25 @@ def test_an_endpoint_judge_with_garbage_answers_counted_skipped_and_resumed(tmp_
         stub.httpd.shutdown()
 
 
+def test_a_run_without_a_single_verdict_exits_2_with_one_line(tmp_path, capsys):
+    """Every request failed (or every answer was unreadable): it used to exit 0 as if judged."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    for name, answer, why in [("failed", 400, "5 failed (first: BadRequestError: "),
+                              ("unreadable", "no idea", "5 unreadable (first: 'no idea')")]:
+        stub = Stub({f"pair{i}": answer for i in range(5)})
+        out = tmp_path / f"{name}.jsonl"
+        try:
+            capsys.readouterr()
+            assert main(["judge", "--pairs", str(pairs), "--out", str(out), "--judge-url", stub.url,
+                         "--judge-model", "gpt-x"]) == 2
+        finally:
+            stub.httpd.shutdown()
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("judge: ")]
+        assert len(err) == 1 and "judge gpt-x: no verdict from 5 requests, nothing saved to" in err[0], err
+        assert why in err[0]
+        assert not out.exists() or not out.read_text().strip()  # nothing saved
+
+
 @pytest.fixture(scope="module")
 def judge_ckpt(tmp_path_factory):
     return chat_checkpoint(tmp_path_factory.mktemp("judge") / "ckpt", max_seq_len=96)
@@ -148,14 +175,20 @@ def test_biglm_serve_as_the_openai_compatible_judge(judge_ckpt, tmp_path):
 
 def test_a_biglm_checkpoint_as_the_judge(judge_ckpt, tmp_path, capsys):
     pairs, out = write_pairs(tmp_path / "pairs.jsonl"), tmp_path / "ai.jsonl"
-    assert main(["judge", "--pairs", str(pairs), "--out", str(out), "--judge-ckpt", str(judge_ckpt),
-                 "--judge-max-tokens", "6"]) == 0
-    err = capsys.readouterr().err
     chat = ChatModel.load(judge_ckpt)
     judge = CheckpointJudge(chat, str(judge_ckpt), max_tokens=6)
     direct = [r.text for r in chat.replies([[{"role": "user", "content": render(load_template(), p)}]
                                             for p in PAIRS], judge.settings)]
     verdicts = [parse_verdict(t) for t in direct]
+    capsys.readouterr()
+    status = main(["judge", "--pairs", str(pairs), "--out", str(out), "--judge-ckpt", str(judge_ckpt),
+                   "--judge-max-tokens", "6"])
+    assert status == (0 if any(v is not None for v in verdicts) else 2)  # no verdict at all: exit 2
+    err = capsys.readouterr().err
+    if status == 2:
+        first = next(t for t, v in zip(direct, verdicts) if v is None)
+        assert f"no verdict from 5 requests, nothing saved to {out}: 5 unreadable (first: {first[:120]!r})" in err
+        return
     saved = preference_pairs(read_records(str(out))) if out.read_text() else []
     assert [p.prompt for p in saved] == [p.prompt for p, v in zip(PAIRS, verdicts) if v is not None]
     assert all(p.annotator == f"ai:{judge_ckpt}" for p in saved)

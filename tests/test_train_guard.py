@@ -107,3 +107,17 @@ def test_stop_policy_stops_at_the_first_nonfinite_step(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"^step 3: non-finite .*train.nonfinite=stop"):
         run_poisoned(micro_config(steps=8, save_every=1, nonfinite="stop"), run, {3})
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+
+
+def test_a_stop_before_any_checkpoint_does_not_advise_resuming_one(tmp_path):
+    """The stop message used to say "the newest one holds the last finite weights ... then --resume" when the
+    run had no checkpoint at all."""
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss) as stop:
+        run_poisoned(micro_config(steps=8, save_every=4, nonfinite="stop"), run, {2})
+    message = str(stop.value)
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+    assert "the run has none, so there is nothing to resume: lower train.lr" in message
+    assert "newest one holds" not in message and "\n" not in message
+    with pytest.raises(NonFiniteLoss, match=r"the newest one holds the last finite weights: .*then --resume$"):
+        run_poisoned(micro_config(steps=8, save_every=1, nonfinite="stop"), tmp_path / "saved", {2})

@@ -238,3 +238,29 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     """Write a dataclass (or dict) as YAML."""
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = (),
+                   prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ between two config dicts (as ``to_dict`` / ``config.yaml``
+    give them), with the old and new value; mappings are compared key by key, anything else whole.
+    Keys in ``ignore`` (dotted) and everything under them are skipped, and so are keys only one side has
+    (a field added or removed by another biglm version is no change of the run)."""
+    skip = set(ignore)
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(old) & set(new), key=str):
+        name = f"{prefix}{key}"
+        if name in skip:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, skip, f"{name}.")
+        elif a != b:
+            out.append((name, a, b))
+    return out
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]], limit: int = 4) -> str:
+    """``train.lr 0.003 -> 0.01, train.steps 6 -> 8`` (the first ``limit``, then how many more)."""
+    text = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes[:limit])
+    return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")

@@ -169,6 +169,8 @@ def run_judge(args: argparse.Namespace) -> int:
                                                             file=sys.stderr, flush=True))
     finally:
         store.close()
+    if report.no_verdict:  # every request failed or was unreadable: not a success
+        raise BiglmError(report.failure_line())
     print(report.summary(), file=sys.stderr)
     return 0
 

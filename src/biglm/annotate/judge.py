@@ -143,6 +143,19 @@ class JudgeReport:
     out: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def no_verdict(self) -> bool:
+        """Answers were asked for and not one could be read (every request failed or was unreadable)."""
+        return self.asked > 0 and self.failed + self.unreadable == self.asked
+
+    def failure_line(self) -> str:
+        """One line on a run that got no verdict (``biglm judge`` exits 2 with it)."""
+        why = [f"{n} {what} (first: {first})" for n, what, first in (
+            (self.failed, "failed", " ".join(self.first_failure.split())[:200]),  # as one line
+            (self.unreadable, "unreadable", repr(self.first_unreadable[:120]))) if n]
+        return f"judge {self.judge}: no verdict from {self.asked} requests, nothing saved to {self.out}: " + \
+            "; ".join(why)
+
     def summary(self) -> str:
         lines = [f"judge {self.judge}: {self.saved} answers saved to {self.out}"
                  + (f", {self.already} pairs already judged" if self.already else "")]

@@ -137,6 +137,7 @@ class ChatModel:
     def load(cls, ckpt: str | Path, device: str = "cpu") -> ChatModel:
         """The model of ``ckpt`` (run folder: its best, else newest checkpoint) with its fine-tuning settings."""
         from biglm.checkpoint import load_model
+        from biglm.finetune.config import WRITING_KINDS
         from biglm.finetune.predict import finetune_config_of, resolve_finetuned
 
         folder = resolve_finetuned(ckpt)
@@ -145,6 +146,10 @@ class ChatModel:
             raise BiglmError(f"{folder}: the checkpoint has no tokenizer")
         settings = ChatSettings()
         cfg = finetune_config_of(folder)
+        if cfg is not None and cfg.task.kind not in WRITING_KINDS:
+            print(f"warning: {folder} is a {cfg.task.kind} fine-tune, not trained to write replies (its replies come "
+                  f"from a language model tuned for another job); chat with a {', '.join(WRITING_KINDS)} fine-tune",
+                  file=sys.stderr)
         if cfg is not None and cfg.task.kind in ("instruction", "seq2seq"):
             o = cfg.task.options
             settings = dataclasses.replace(settings, max_new_tokens=o.max_target_length, steps=min(o.steps,

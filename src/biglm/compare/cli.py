@@ -19,7 +19,10 @@ def register(subparsers: Any) -> None:
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="+", help="run configs, one per recipe (the file stem names the row)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the runs, tasks, table and plot")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the runs, tasks, table and plot; a run already in OUT/<recipe> is reused "
+                        "(finished) or resumed only if its config.yaml is the recipe's, else compare stops "
+                        "naming the differing fields (use another --out, or remove that run to retrain)")
     p.add_argument("--tasks-from", action="append", default=[], metavar="FILE",
                    help="text to build the held-out tasks from (default: the configs' data sources); the runs' "
                         "held-out documents of it are used")

@@ -7,7 +7,10 @@ their steps (e.g. a row trained for fewer steps to match another's training FLOP
 row's steps, tokens and training FLOPs). Steps:
 
 1. **Train** each recipe into ``OUT/<name>`` (``biglm pretrain`` in a subprocess; ``jobs`` at a time,
-   each on ``threads`` CPU threads; a finished run is reused, an unfinished one resumed).
+   each on ``threads`` CPU threads; a finished run is reused, an unfinished one resumed). A run is reused or
+   resumed only when its saved ``config.yaml`` is the recipe's resolved config (bookkeeping fields such
+   as ``train.progress`` aside); otherwise compare refuses, naming the differing fields, before training
+   anything: nothing is deleted, and a changed recipe never reports the old run's numbers.
 2. **Tasks**: ``biglm.evaluate.make_tasks`` builds ``compare_continuation``, ``compare_next_sentence``
    and ``compare_perplexity`` from the documents the runs held out (their ``data.val_fraction`` /
    ``val_seed``) of the ``tasks_from`` files.
@@ -103,9 +106,36 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return (run_dir / "checkpoints" / f"step_{steps:08d}" / "meta.json").is_file()
 
 
+def check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """Refuse (one line naming the fields) a run folder whose saved config is not the recipe's: reusing or
+    resuming it would report, or continue, another recipe's run."""
+    import yaml
+
+    from biglm.configurable import changed_fields, describe_changes, load_yaml
+    from biglm.train.config import BOOKKEEPING_FIELDS
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        if (run_dir / "checkpoints").is_dir():
+            raise BiglmError(f"compare: {run_dir} has checkpoints but no config.yaml; cannot tell which recipe it "
+                             f"ran (give another --out, or remove that folder to retrain {recipe.name})")
+        return
+    saved = load_yaml(path)
+    ignore = [*BOOKKEEPING_FIELDS, *(["model.vocab_size"] if recipe.cfg.vocab_size_auto else [])]
+    resolved = yaml.safe_load(yaml.safe_dump(recipe.cfg.to_dict(), sort_keys=False))  # as config.yaml holds it
+    changes = changed_fields(saved, resolved, ignore)
+    if changes:
+        raise BiglmError(f"compare: {run_dir} was trained with another config than {recipe.config_path} "
+                         f"({describe_changes(changes)}); give another --out, or remove that folder to retrain "
+                         f"{recipe.name}")
+
+
 def train_all(recipes: list[Recipe], opts: CompareOptions, log: Callable[[str], None] = print) -> None:
     """Train the recipes not yet finished, ``opts.jobs`` at a time (subprocesses, ``opts.threads`` each;
-    ``jobs=0``: one after the other in this process)."""
+    ``jobs=0``: one after the other in this process). Every existing run folder is checked against its
+    recipe first (``check_same_recipe``)."""
+    for r in recipes:
+        check_same_recipe(r, r.run_dir(opts.out))
     todo = [r for r in recipes if not _finished(r.run_dir(opts.out), r.cfg.train.steps)]
     for r in recipes:
         if r not in todo:
@@ -150,18 +180,30 @@ def train_all(recipes: list[Recipe], opts: CompareOptions, log: Callable[[str], 
         raise BiglmError(f"compare: training failed for {', '.join(failed)}")
 
 
+def score_settings(recipes: list[Recipe], opts: CompareOptions) -> dict[str, Any]:
+    """What the tasks and the scores depend on besides the run: tasks and scores made under other settings
+    are made again, never reused."""
+    data = recipes[0].cfg.data
+    return {"tasks_from": list(opts.tasks_from or [s.path for s in data.sources]), "max_items": opts.max_items,
+            "val_fraction": data.val_fraction, "val_seed": data.val_seed, "limit": opts.limit}
+
+
 def build_tasks(recipes: list[Recipe], opts: CompareOptions) -> Path:
-    """The held-out tasks (see the module docstring), written once into ``OUT/tasks``."""
+    """The held-out tasks (see the module docstring), written into ``OUT/tasks`` (again when the settings
+    they were written with, ``tasks/settings.json``, differ)."""
     from biglm.evaluate.make_tasks import held_out_documents, write_tasks
 
     folder = opts.out / "tasks"
-    if all((folder / f"{t}.yaml").is_file() for t in TASKS):
+    settings = {k: v for k, v in score_settings(recipes, opts).items() if k != "limit"}
+    stamp = folder / "settings.json"
+    if all((folder / f"{t}.yaml").is_file() for t in TASKS) and stamp.is_file() and \
+            json.loads(stamp.read_text()) == settings:
         return folder
-    data = recipes[0].cfg.data
-    sources = opts.tasks_from or [s.path for s in data.sources]
-    docs = held_out_documents(sources, data.val_fraction, data.val_seed)
+    sources, frac, seed = settings["tasks_from"], settings["val_fraction"], settings["val_seed"]
+    docs = held_out_documents(sources, frac, seed)
     write_tasks(folder, docs, prefix="compare", max_items=opts.max_items,
-                source=f"{', '.join(sources)}; held out: val_mask(index, seed={data.val_seed}) < {data.val_fraction}")
+                source=f"{', '.join(sources)}; held out: val_mask(index, seed={seed}) < {frac}")
+    stamp.write_text(json.dumps(settings))
     return folder
 
 
@@ -195,7 +237,8 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
     torch.set_num_threads(max(1, opts.threads * max(1, opts.jobs)))
     for label, kwargs in FAMILY_SCORERS[family](opts.scoring):
         cache = run_dir / f"compare_{label}.json"
-        if cache.is_file():
+        settings = score_settings([recipe], opts)
+        if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
             row = json.loads(cache.read_text())
             row["train"] = _train_summary(run_dir, recipe.cfg)  # cheap: always from the run as it is now
             rows.append(row)
@@ -206,7 +249,8 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
                               limit=opts.limit, log_samples=False)
         row = {"recipe": recipe.name, "family": family, "scoring": label, "objective": recipe.cfg.objective.name,
                "params": loaded.model.num_parameters(), "results": res["results"],
-               "agreement": getattr(lm, "direction_agreement", {}), "eval_seconds": round(time.time() - start, 1)}
+               "agreement": getattr(lm, "direction_agreement", {}), "eval_seconds": round(time.time() - start, 1),
+               "settings": settings}
         if family == "masked":
             row["masked_val_loss"] = masked_validation(recipe, loaded.model, loaded.tokenizer.mask_token_id)
         row["train"] = _train_summary(run_dir, recipe.cfg)

@@ -214,7 +214,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from biglm.outputs import FILE, check_output
 
     check_output(args.out, FILE, [args.ckpt, args.input])  # before the model loads; predict_file checks again
-    predictor = load_predictor(args.ckpt, device=args.device)
+    predictor = load_predictor(args.ckpt, device=args.device)  # the default hint: fine-tune it first
     if args.batch_size is not None:
         if args.batch_size <= 0:
             raise BiglmError(f"--batch-size {args.batch_size}: must be > 0")
@@ -230,7 +230,8 @@ def reward_command(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_output(args.out, FILE, [args.ckpt, args.input])
-    predictor = load_predictor(args.ckpt, device=args.device)
+    predictor = load_predictor(args.ckpt, device=args.device,
+                               hint="fine-tune a reward model from it first (biglm finetune --task reward ...)")
     if args.out is not None:
         check_output(args.out, FILE, [predictor.loaded.path])
     if predictor.task.kind != "reward":

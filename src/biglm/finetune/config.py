@@ -26,6 +26,9 @@ from biglm.errors import ConfigError, check
 from biglm.train.config import TrainConfig, read_config_file
 
 TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward", "dpo")
+WRITING_KINDS: tuple[str, ...] = ("seq2seq", "instruction", "dpo")
+"""Task kinds whose fine-tunes are trained to write text (what ``chat`` / ``serve`` / ``annotate`` expect); the
+others classify, extract a span or score."""
 SECTIONS = ("init", "task", "data", "train", "model")
 
 

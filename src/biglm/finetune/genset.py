@@ -75,7 +75,8 @@ def evaluate_generation(ckpt: str | Path, data: str, out: str | Path, group_fiel
     """Predict and score ``data`` with ``ckpt`` (see the module docstring); returns the scores."""
     from biglm.finetune.predict import load_predictor
 
-    predictor = load_predictor(ckpt, device=device)
+    predictor = load_predictor(ckpt, device=device, hint="--generation needs an instruction or seq2seq fine-tune "
+                               "(biglm finetune --task instruction ...); score a pretrained model with --tasks")
     task = predictor.task
     if task.kind not in ("instruction", "seq2seq"):
         raise BiglmError(f"{ckpt}: --generation needs an instruction-tuned or seq2seq checkpoint, not {task.kind}")

@@ -55,15 +55,19 @@ class Predictor:
     task: FinetuneTask
 
 
-def load_predictor(ckpt: str | Path, cfg: FinetuneConfig | None = None, device: str = "cpu") -> Predictor:
+FINETUNE_FIRST = "fine-tune it first (biglm finetune --task KIND --init CKPT ...)"
+
+
+def load_predictor(ckpt: str | Path, cfg: FinetuneConfig | None = None, device: str = "cpu",
+                   hint: str = FINETUNE_FIRST) -> Predictor:
     """The model of ``ckpt`` with the task of its saved config (or of ``cfg``, e.g. to score a pretrained
-    model zero-shot with a cloze template)."""
+    model zero-shot with a cloze template). ``hint`` ends the error for a checkpoint that is not a fine-tune:
+    what the calling verb's user can do (each verb names only options it has)."""
     folder = resolve_finetuned(ckpt)
     saved = finetune_config_of(folder)
     cfg = cfg or saved
     if cfg is None:
-        raise BiglmError(f"{folder}: not a fine-tuned checkpoint (no task in its config.yaml); give the task "
-                         "(--task ...) to use it zero-shot")
+        raise BiglmError(f"{folder}: not a fine-tuned checkpoint (no task in its config.yaml); {hint}")
     loaded = load_model(folder, device=device)
     if loaded.tokenizer is None:
         raise BiglmError(f"{folder}: the checkpoint has no tokenizer")

@@ -12,6 +12,7 @@ checkpoint with ``--resume``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,32 @@ def set_reference(task: Any, cfg: FinetuneConfig, examples: list[Any]) -> None:
     del reference
 
 
+def resumed_steps(cfg: FinetuneConfig, run_dir: Path, spe: int, own: Path | None) -> tuple[int, str]:
+    """The length of a resumed run and a note ('' when unchanged): when ``train.epochs`` changed and the
+    run's steps came from its epochs (and ``train.steps`` was not changed too), ``epochs × steps per epoch``
+    again, so ``--resume --epochs 5`` extends (or shortens) the run as trl / transformers do. The
+    learning-rate schedule, a function of the step and the total, then spans the new total: a finished
+    linear decay rises again, which the note says."""
+    from biglm.train.schedule import learning_rate
+
+    t = cfg.train
+    saved = (load_yaml(run_dir / "config.yaml").get("train") or {}) if (run_dir / "config.yaml").is_file() else {}
+    old_epochs, old_steps = saved.get("epochs", t.epochs), saved.get("steps", t.steps)
+    if t.epochs == old_epochs or t.steps != old_steps:
+        return t.steps, ""
+    if old_steps != old_epochs * spe:
+        raise ConfigError(f"train.epochs {old_epochs} -> {t.epochs}: this run's length is train.steps={old_steps}, "
+                          "not its epochs; resume with --train.steps N to change it")
+    steps = t.epochs * spe
+    step = int(json.loads((own / "meta.json").read_text()).get("step", 0)) if own is not None else 0
+    if steps <= step:  # nothing left: ``assemble`` refuses, naming the change
+        return steps, ""
+    before, after = learning_rate(step, t), learning_rate(step, dataclasses.replace(t, steps=steps))
+    return steps, (f"note: train.epochs {old_epochs} -> {t.epochs}: the run goes on to step {steps} (was "
+                   f"{old_steps}); the {t.schedule} schedule now spans {steps} steps (lr at step {step}: "
+                   f"{before:.3g} -> {after:.3g})")
+
+
 def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
     """A ``Trainer`` that fine-tunes ``cfg.init`` on ``cfg.task`` into ``run_dir`` (``resume``: continue it)."""
     run_dir = Path(run_dir)
@@ -116,6 +143,10 @@ def setup_finetune(cfg: FinetuneConfig, run_dir: str | Path, resume: bool = Fals
     updates: dict[str, Any] = {"init_from": cfg.train.init_from or str(prepared.init)}
     if not t.steps:
         updates["steps"] = t.epochs * spe
+    elif resume:
+        updates["steps"], note = resumed_steps(cfg, run_dir, spe, own)
+        if note and env.is_main:
+            print(note, file=sys.stderr)
     if not t.eval_every:
         updates["eval_every"] = spe
     if not t.save_every:

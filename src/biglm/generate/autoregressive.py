@@ -18,7 +18,7 @@ continue, a candidate ending in a stop token among the k best is kept with score
 ``sum log p / (generated tokens) ** length_penalty`` (its stop token counted), search ends when no
 running beam can beat the k finished ones (``early_stopping=False``: judged at the current length) or
 at ``max_new_tokens``). ``no_repeat_ngram_size`` bans a token that would repeat an n-gram of the row
-(prompt included, padding excluded); ``min_new_tokens`` bans the stop tokens before that many tokens.
+(prompt included, invisible tokens skipped); ``min_new_tokens`` bans the stop tokens before that many tokens.
 """
 
 from __future__ import annotations
@@ -173,7 +173,11 @@ def _banned_mask(state: ARState, ids_so_far: int, opts: AROptions, vocab: int, b
         mask[:, list(opts.stop_token_ids)] = True
     size = opts.no_repeat_ngram_size
     if size and state.input_ids.shape[1] >= size:
-        hist, real = state.input_ids, state.document_ids >= 0
+        # N-grams of each row's visible tokens as one sequence: invisible ones (left padding, GLM's pads
+        # between a fill and the next [sop]) are moved to the left, so none splits an n-gram.
+        real = state.document_ids >= 0
+        order = torch.argsort(real.to(torch.int8), dim=1, stable=True)
+        hist, real = state.input_ids.gather(1, order), real.gather(1, order)
         windows = hist.unfold(1, size, 1)  # (N, W, size): every n-gram already in the row
         valid = real.unfold(1, size, 1).all(-1)
         if size == 1:

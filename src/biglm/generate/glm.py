@@ -7,8 +7,9 @@ autoregressively: ``[sop]`` is fed at the 2D position (blank's position in A, 1)
 place further inside the span, until ``[eop]`` or EOS (or ``max_new_tokens``), with the shared loop of
 ``biglm.generate.autoregressive`` (greedy, sampling, beam search with no-repeat-n-gram and a length
 penalty). The next blank's part B sees part A and the blanks already filled: after a blank, the chosen
-tokens are fed in one pass (rows ragged → the shorter ones padded with invisible tokens), then the next
-``[sop]``. A prompt without a blank gets ``[gMASK]`` appended: its fill is the continuation.
+tokens are fed in one pass with the next ``[sop]`` (rows ragged → the shorter ones padded on the left with
+invisible tokens, so every row's last column is its own ``[sop]``). A prompt without a blank gets
+``[gMASK]`` appended: its fill is the continuation.
 
 Without the cache every step re-encodes the whole sequence under the same layout (same tokens, same
 logits up to float rounding: the test of the cache).
@@ -116,7 +117,9 @@ def _span_feed(state: ARState) -> tuple[Tensor, Tensor, Tensor]:
 
 def _feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], positions: list[list[tuple[int, int]]],
                visible: list[list[bool]]) -> None:
-    """Extend every row by its tokens at their 2D positions (ragged rows padded with invisible tokens)."""
+    """Extend every row by its tokens at their 2D positions. Ragged rows are padded on the LEFT with
+    invisible tokens: the state's next-token logits, position and document are read from each row's last
+    column, which must be the row's own last token (the next blank's ``[sop]``), never a pad."""
     width = max(len(r) for r in rows)
     device = state.input_ids.device
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -124,9 +127,9 @@ def _feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], position
     docs = torch.full((len(rows), width), PAD_DOCUMENT, dtype=torch.int32)
     for i, (r, p, v) in enumerate(zip(rows, positions, visible)):
         if r:
-            ids[i, :len(r)] = torch.tensor(r)
-            pos[i, :len(r)] = torch.tensor(p)
-            docs[i, :len(r)] = torch.tensor([0 if x else PAD_DOCUMENT for x in v], dtype=torch.int32)
+            ids[i, width - len(r):] = torch.tensor(r)
+            pos[i, width - len(r):] = torch.tensor(p)
+            docs[i, width - len(r):] = torch.tensor([0 if x else PAD_DOCUMENT for x in v], dtype=torch.int32)
     regions = torch.ones(len(rows), width, dtype=torch.int8)
     state.extend(model, ids.to(device), pos.to(device), docs.to(device), regions.to(device))
 

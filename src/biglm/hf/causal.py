@@ -31,6 +31,16 @@ WEIGHTS = "model.safetensors"
 REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
 
 
+def loading_code(auto_class: str, remote_code: bool) -> str:
+    """The model card's lines that load the model and its tokenizer from ``PATH``. Both loads pass
+    ``trust_remote_code=True`` when the folder ships remote code: the tokenizer reads ``config.json`` too,
+    and without the flag transformers stops at an interactive "run the custom code?" prompt."""
+    trust = ", trust_remote_code=True" if remote_code else ""
+    return (f"from transformers import {auto_class}, AutoTokenizer\n"
+            f"model = {auto_class}.from_pretrained(PATH{trust})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(PATH{trust})\n")
+
+
 def llama_compatible(config: ModelConfig) -> bool:
     """True when transformers' Llama computes exactly this network (RMSNorm, full rotary, no length head)."""
     return config.norm == "rmsnorm" and config.rotary_dim == config.head_dim and not config.length_head
@@ -79,7 +89,7 @@ def write_causal_lm(loaded: LoadedModel, folder: Path) -> None:
     if llama_compatible(config):
         raw = llama_config_dict(config, tok, dtype, step)
         (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-        how = "AutoModelForCausalLM.from_pretrained(PATH)"
+        remote_code = False
     else:
         from biglm.hf.convert import hf_config
 
@@ -90,7 +100,7 @@ def write_causal_lm(loaded: LoadedModel, folder: Path) -> None:
         cfg.save_pretrained(str(folder))
         for name in REMOTE_CODE:
             (folder / name).write_bytes(Path(__file__).with_name(name).read_bytes())
-        how = "AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)"
+        remote_code = True
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
     generation = {"bos_token_id": _special(tok, "bos"), "eos_token_id": _special(tok, "eos"),
                   "pad_token_id": _special(tok, "pad"),
@@ -98,15 +108,17 @@ def write_causal_lm(loaded: LoadedModel, folder: Path) -> None:
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     if tok is not None:
         tok.save_pretrained(str(folder))
-    (folder / "README.md").write_text(_readme(config, how))
+    (folder / "README.md").write_text(_readme(config, loading_code("AutoModelForCausalLM", remote_code)))
 
 
-def _readme(config: ModelConfig, how: str) -> str:
+def _readme(config: ModelConfig, load: str) -> str:
+    """The model card; its Python blocks run as written once ``PATH`` names the folder (tested)."""
     r2l = ""
     if config.family == "bidirectional-ar":
         r2l = ("\nIt was trained left to right *and* right to left (BatGPT's bidirectional autoregressive "
                "objective). To write the text that comes before an ending, feed EOS and the ending's ids "
                "reversed, stop at BOS, and reverse what comes out:\n\n```python\n"
+               "ending = 'on the mat.'\n"
                "ids = tokenizer(ending, add_special_tokens=False).input_ids\n"
                "x = torch.tensor([[tokenizer.eos_token_id, *reversed(ids)]])\n"
                "out = model.generate(x, max_new_tokens=40, eos_token_id=tokenizer.bos_token_id,\n"
@@ -114,8 +126,7 @@ def _readme(config: ModelConfig, how: str) -> str:
                "before = tokenizer.decode([t for t in reversed(out) if t != tokenizer.bos_token_id])\n```\n")
     return (f"---\nlibrary_name: transformers\ntags: [biglm, text-generation, {config.family}]\n---\n"
             f"# {config.name}\n\nA {config.family} language model exported by `biglm export-hf`.\n\n"
-            "```python\nimport torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"model = {how}\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n"
+            "```python\nimport torch\n" + load +
             "x = tokenizer('The cat', return_tensors='pt', add_special_tokens=False).input_ids\n"
             "x = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), x], 1)  # biglm starts every text with BOS\n"
             "print(tokenizer.decode(model.generate(x, max_new_tokens=40)[0, x.shape[1]:]))\n```\n" + r2l)

@@ -40,6 +40,7 @@ from biglm.config import PRESETS, ModelConfig
 from biglm.data.tokenizer import ensure_special_tokens
 from biglm.errors import BiglmError
 from biglm.files import install_folder, temp_folder
+from biglm.hf.causal import loading_code
 from biglm.hf.configuration_biglm import BiGLMConfig
 from biglm.model import BiGLM
 from biglm.outputs import CHECKPOINT, HF_FOLDER, check_output
@@ -209,9 +210,7 @@ def _write_masked_lm(loaded: Any, tmp: Path) -> None:
     _write_remote_code(loaded, tmp, (
         f"---\nlibrary_name: transformers\ntags: [biglm, fill-mask]\n---\n# {loaded.config.name}\n\n"
         "A BiGLM (bidirectional general language model) exported by `biglm export-hf`.\n\n"
-        "```python\nfrom transformers import AutoModelForMaskedLM, AutoTokenizer\n"
-        "model = AutoModelForMaskedLM.from_pretrained(PATH, trust_remote_code=True)\n"
-        "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)\n```\n\n"
+        "```python\n" + loading_code("AutoModelForMaskedLM", remote_code=True) + "```\n\n"
         "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n"))
 
 
@@ -229,10 +228,9 @@ def _write_glm(loaded: Any, tmp: Path) -> None:
     _write_remote_code(loaded, tmp, (
         f"---\nlibrary_name: transformers\ntags: [biglm, glm, blank-infilling]\n---\n# {loaded.config.name}\n\n"
         "A GLM (autoregressive blank infilling) exported by `biglm export-hf`.\n\n"
-        "```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
-        "model = AutoModelForSeq2SeqLM.from_pretrained(PATH, trust_remote_code=True)\n"
-        "tokenizer = AutoTokenizer.from_pretrained(PATH)\n"
-        "print(model.infill(tokenizer, 'The [MASK] sat on the mat.'))\n```\n\n"
+        "```python\n" + loading_code("AutoModelForSeq2SeqLM", remote_code=True) +
+        "print(model.infill(tokenizer, 'The [MASK] sat on the mat.'))  # the text, its blanks filled\n"
+        "print(model.infill(tokenizer, 'The cat sat'))  # no blank: the continuation\n```\n\n"
         "Rows are part A (text with [MASK]/[sMASK]/[gMASK] blanks) then part B ([sop] span per blank); pass "
         "`regions` (0 = A, 1 = B) and `position_ids` (B, T, 2): (position in A or the blank's, position in "
         "the span).\n"), glm_config)

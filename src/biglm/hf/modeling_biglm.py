@@ -460,7 +460,8 @@ class BiGLMForBlankInfilling(BiGLMForMaskedLM):
     def infill(self, tokenizer: Any, text: str, max_new_tokens: int = 32) -> str:
         """``text`` with every ``[MASK]`` / ``[sMASK]`` / ``[gMASK]`` filled left to right (greedy, one full
         forward pass per token; ``biglm generate`` does the same with the KV cache and beam search). A
-        text without a blank is continued (``[gMASK]`` appended)."""
+        text without a blank is continued (``[gMASK]`` appended) and, as with ``biglm generate``, only the
+        continuation is returned."""
         ids = self.config.glm_token_ids
         bos, eos = self.config.bos_token_id, self.config.eos_token_id
         blanks = {self.config.mask_token_id, ids["smask"], ids["gmask"]}
@@ -506,6 +507,8 @@ class BiGLMForBlankInfilling(BiGLMForMaskedLM):
                 pos.append((blank, len(fill) + 1))
                 reg.append(1)
             fills.append(fill)
+        if not any(t in blanks for t in prompt):
+            return tokenizer.decode(fills[0], skip_special_tokens=True)
         out, it = [], iter(fills)
         for t in a[1:]:
             if t in blanks:

@@ -31,6 +31,11 @@ from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
 
 SECTIONS = ("model", "objective", "data", "train")
 PSEUDO_KEYS = ("model.preset", "objective.preset")
+BOOKKEEPING_FIELDS = ("train.progress", "train.tensorboard", "train.prefetch", "train.device", "train.peak_flops",
+                      "train.log_every", "train.keep_last", "train.async_checkpoint", "data.num_workers",
+                      "data.cache_dir")
+"""Run-config keys that change how a run is watched or where it works, not what it trains: configs that
+differ only in these describe the same run (``biglm compare`` reuses it; a resume may change them)."""
 """Keys of a run config that are no dataclass field: the presets the sections start from."""
 
 

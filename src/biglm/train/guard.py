@@ -12,7 +12,8 @@ untouched, while the trainer's step counter, the learning-rate schedule and the 
 (the rows of a skipped step are not retried). Its loss is left out of the logged averages and counted
 in ``skipped_steps``. ``train.nonfinite: stop`` stops at the first such step; ``skip`` (the default)
 stops after ``train.nonfinite_patience`` consecutive ones. Stopping raises ``NonFiniteLoss`` (one
-line, no checkpoint written: the newest checkpoint holds the last finite weights).
+line, no checkpoint written: the newest checkpoint holds the last finite weights, or, when the run has
+none yet, the line says there is nothing to resume).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class NonFiniteGuard:
     """Per-step finiteness check with the ``train.nonfinite`` policy; its counters resume with the run."""
 
     def __init__(self, policy: str, patience: int, distributed: bool = False,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None, has_checkpoint: Callable[[], bool] = lambda: True) -> None:
         self.policy, self.patience, self.distributed = policy, patience, distributed
         self.note = note or (lambda _text: None)
+        self.has_checkpoint = has_checkpoint
+        """Whether the run has a checkpoint to resume from (what the stop message advises)."""
         self.consecutive = 0
         self.total = 0
 
@@ -62,8 +65,13 @@ class NonFiniteGuard:
         if self.policy == "stop" or self.consecutive >= self.patience:
             why = "train.nonfinite=stop" if self.policy == "stop" else (
                 f"{self.consecutive} in a row, train.nonfinite_patience={self.patience}")
-            raise NonFiniteLoss(f"{text}; stopped ({why}) without writing a checkpoint, the newest one holds the "
-                                "last finite weights: lower train.lr or check the data, then --resume")
+            if self.has_checkpoint():
+                advice = ("the newest one holds the last finite weights: lower train.lr or check the data, then "
+                          "--resume")
+            else:
+                advice = ("and the run has none, so there is nothing to resume: lower train.lr or check the data and "
+                          "start again (another --out, or --resume to restart this run from step 0)")
+            raise NonFiniteLoss(f"{text}; stopped ({why}) without writing a checkpoint, {advice}")
         self.note(f"{text}: optimizer step skipped ({self.consecutive} in a row, {self.total} in all)")
         return [0.0] * len(values), norm, False
 

@@ -98,7 +98,8 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.pending_save: Any = None
         self.guard = NonFiniteGuard(self.tcfg.nonfinite, self.tcfg.nonfinite_patience, env.distributed,
-                                    progress.write if env.is_main else None)
+                                    progress.write if env.is_main else None,
+                                    lambda: bool(ckpt.checkpoint_folders(self.run_dir)))
 
     # --- batches ------------------------------------------------------------------------------------------
     def _prepare_val(self) -> list[Batch]:

@@ -91,6 +91,25 @@ def resolve_vocab(cfg: RunConfig, data: DataBundle) -> RunConfig:
     return cfg
 
 
+def check_nothing_unrun(run_cfg: Any, run_dir: Path, start_step: int) -> None:
+    """A resumed run with no step left to take must not record a changed config it would never run: refuse,
+    naming the changed fields (bookkeeping fields aside) and how to train longer."""
+    import yaml
+
+    from biglm.configurable import changed_fields, describe_changes, load_yaml
+    from biglm.train.config import BOOKKEEPING_FIELDS
+
+    path = run_dir / "config.yaml"
+    if start_step < run_cfg.train.steps or not path.is_file():
+        return
+    new = yaml.safe_load(yaml.safe_dump(run_cfg.to_dict(), sort_keys=False))  # as config.yaml would hold it
+    changes = changed_fields(load_yaml(path), new, BOOKKEEPING_FIELDS)
+    if changes:
+        raise ConfigError(f"{run_dir}: the run has no step left (step {start_step} of {run_cfg.train.steps}), so "
+                          f"{describe_changes(changes)} would never be used; to train on, raise train.steps "
+                          "(fine-tuning: --epochs)")
+
+
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
                 "norm", "tie_embeddings")
 
@@ -222,6 +241,8 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
         if resume else None
     trainer_state = ckpt.read_trainer_state(resume_from) if resume_from is not None else None
     start_step = int(trainer_state["step"]) if trainer_state is not None else 0
+    if resume_from is not None and env.is_main:
+        check_nothing_unrun(cfg, run_dir, start_step)
     run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
     from biglm.train.sharded import is_sharded_checkpoint, load_sharded_checkpoint
 

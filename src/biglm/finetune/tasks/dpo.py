@@ -71,10 +71,7 @@ class DPOTask(TaskBase):
     mode = "max"
 
     def __init__(self, *args: Any, family: str = "masked") -> None:
-        super().__init__(*args)
-        if family not in ("causal", "bidirectional-ar", "masked"):
-            raise ConfigError(f"task.kind=dpo: needs a causal, bidirectional-ar or masked policy, the checkpoint is "
-                              f"{family}")
+        super().__init__(*args)  # the families it takes: ``FAMILY_TASKS`` (glm: refused by ``build_task``)
         o = self.options
         if o.max_length > self.max_seq_len:
             raise ConfigError(f"task.dpo.max_length={o.max_length}: exceeds the model's max_seq_len={self.max_seq_len}")
