@@ -22,6 +22,7 @@ from biglm.configurable import save_yaml
 from biglm.errors import BiglmError, ConfigError
 from biglm.model import BiGLM
 from biglm.objectives import Criterion, build_criterion, build_objective
+from biglm.sizes import check_memory
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import Batcher, ObjectiveBatcher
 from biglm.train.config import RunConfig
@@ -134,6 +135,8 @@ def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, str
     when sharded: a model grown during training). ``initialise=False`` leaves a sharded model's weights
     unset, for a caller that loads them (a sharded checkpoint). Returns (model, module to train)."""
     sharded = is_sharded(cfg.train, env)
+    params = cfg.model.num_parameters()
+    check_memory(params * 4, f"building the model ({params:,} parameters in float32)")
     torch.manual_seed(cfg.train.seed)
     if not sharded:
         model = BiGLM(cfg.model)
