@@ -11,9 +11,14 @@ A checkpoint is a folder::
 A run folder holds ``checkpoints/step_XXXXXXXX``. Folders are written under a temporary name and
 renamed into place; ``meta.json`` records the size and xxHash3-128 checksum of every file it covers
 (``integrity``), and weights holding NaN or Inf are never written. ``verify_checkpoint`` checks a folder
-against its record (older checkpoints without one: each file's structure and the weights' finiteness);
-``resolve_checkpoint`` and ``load_model`` given a run folder take its newest intact checkpoint and say
-which newer ones they skipped and why.
+against its record, and that the model its config describes fits the weights it holds (read from the
+safetensors header, before anything is built); ``resolve_checkpoint`` and ``load_model`` given a run folder
+take its newest intact checkpoint and say which newer ones they skipped and why.
+
+Format versions: 2 (``FORMAT_VERSION``) always carries the integrity record, so a format-2 ``meta.json``
+without one was replaced or edited and is refused. Format 1 was written before the record existed: such a
+checkpoint gets structural checks instead (each file's structure, the weights' finiteness) and a note that
+its contents are unverified. A ``meta.json`` without a format version was never written by biglm: refused.
 """
 
 from __future__ import annotations
@@ -35,9 +40,16 @@ from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
 from biglm.files import HASH_NAME, atomic_file, bytes_digest, file_digest, install_folder, temp_folder
+from biglm.loaders import load_tokenizer_folder
 from biglm.model import BiGLM
+from biglm.sizes import check_memory, check_parameters, safetensors_size, weights_size
+from biglm.textio import parse_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``meta.json`` carries the integrity record (required). 1: written before it (structural checks)."""
+MODEL_FORMAT_VERSION = 1
+"""The layout of the weights and the model config (what exports record as ``biglm_format_version``): format 2
+changed ``meta.json`` alone, so an exported folder reads the same in a biglm of either."""
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
 MODEL_FILES = (WEIGHTS, "model_config.yaml", "tokenizer")
@@ -108,39 +120,36 @@ def _meta_digest(meta: dict[str, Any]) -> str:
 def verify_checkpoint(folder: str | Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Check that a checkpoint folder is whole and undamaged; return its ``meta.json``.
 
-    Raises ``CheckpointError`` naming the file and what is wrong (no ``meta.json``, a listed file
-    missing, a size or checksum that differs from the record), and ``BiglmError`` for a format newer
-    than this biglm. Checkpoints written before the ``integrity`` record get structural checks instead:
-    the safetensors header and data, the zip structure (with CRCs) of ``.pt`` files, the YAML files,
-    and finite weights. ``only`` restricts the check to these files and folders (``MODEL_FILES``: what
+    Raises ``CheckpointError`` naming the file and what is wrong (no ``meta.json``, one not written by biglm,
+    a listed file missing or unrecorded, a size or checksum that differs from the record, a model config
+    describing more parameters than the weights hold), and ``BiglmError`` for a format newer than this
+    biglm. Format-1 checkpoints (written before the ``integrity`` record) get structural checks instead:
+    the safetensors header and data, the zip structure (with CRCs) of ``.pt`` files, the YAML files, and
+    finite weights. ``only`` restricts the check to these files and folders (``MODEL_FILES``: what
     loading the model reads), so that damaged training state does not hide intact weights.
     """
     folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise CheckpointError(folder, "no meta.json: its save did not finish", incomplete=True)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(folder, "meta.json is not valid JSON: damaged") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(folder, "meta.json is not a JSON object: damaged")
-    version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BiglmError(f"{folder}: checkpoint format version {version} is newer than this biglm "
-                         f"understands ({FORMAT_VERSION}); upgrade biglm")
+    meta = read_meta(folder)
     wanted = (lambda rel: True) if only is None else (lambda rel: rel in only or rel.startswith(
         tuple(o.rstrip("/") + "/" for o in only)))
-    missing = [f for f in meta.get("files", []) if wanted(f) and not (folder / f).exists()]
+    files = [f for f in meta["files"] if wanted(f)]
+    missing = [f for f in files if not (folder / f).exists()]
     if missing:
         raise CheckpointError(folder, f"incomplete, missing {', '.join(missing)}", incomplete=True)
-    record = (meta.get("integrity") or {}).get("files")
-    if not record:
-        _check_structure(folder, [n for n in meta.get("files", []) if wanted(n)])
+    unlisted = [f for f in MODEL_FILES if wanted(f) and f not in meta["files"] and (folder / f).exists()]
+    if unlisted:
+        raise CheckpointError(folder, f"{unlisted[0]} is not among the files meta.json lists: added after the save, "
+                                      "or meta.json was edited")
+    if "integrity" not in meta:  # format 1
+        _check_structure(folder, files)
+        _check_model_size(folder, wanted)
         return meta
-    record = {rel: rec for rel, rec in record.items() if wanted(rel)}
+    record = {rel: rec for rel, rec in meta["integrity"]["files"].items() if wanted(rel)}
     if meta.get("meta_" + HASH_NAME) != _meta_digest(meta):
         raise CheckpointError(folder, "meta.json does not match its checksum: damaged")
+    unrecorded = [f for f in files if f not in record and not any(r.startswith(f + "/") for r in record)]
+    if unrecorded:
+        raise CheckpointError(folder, f"{unrecorded[0]} has no size and checksum in meta.json's record: damaged")
     try:
         key = _cache_key(folder, list(record))
     except OSError:
@@ -157,8 +166,32 @@ def verify_checkpoint(folder: str | Path, only: tuple[str, ...] | None = None) -
                                           "truncated or damaged")
         if file_digest(path) != rec[HASH_NAME]:
             raise CheckpointError(folder, f"{rel} does not match its checksum: damaged")
+    _check_model_size(folder, wanted)
     _VERIFIED.add(_cache_key(folder, list(record)))
     return meta
+
+
+def _check_model_size(folder: Path, wanted: Callable[[str], bool]) -> None:
+    """The model ``model_config.yaml`` describes must fit the weights beside it (their safetensors header, or a
+    sharded state's bytes): checked before any caller builds it, so a config that would allocate without end
+    (``num_layers: 1000000000000``) is one line."""
+    config_path = folder / "model_config.yaml"
+    if not wanted(config_path.name) or not config_path.is_file():
+        return
+    try:
+        config = ModelConfig.from_file(config_path)
+    except BiglmError as e:
+        raise CheckpointError(folder, f"model_config.yaml: {str(e).removeprefix(f'{config_path}: ')}") from None
+    if wanted(WEIGHTS) and (folder / WEIGHTS).is_file():
+        source = WEIGHTS
+    elif wanted("state") and (folder / "state").is_dir():
+        source = "state"
+    else:
+        return
+    try:
+        check_parameters(config, weights_size(folder / source), "model_config.yaml", source)
+    except BiglmError as e:
+        raise CheckpointError(folder, str(e).replace(f"{folder / source}: ", f"{source}: ")) from None
 
 
 def verify_model(folder: str | Path) -> dict[str, Any]:
@@ -167,7 +200,7 @@ def verify_model(folder: str | Path) -> dict[str, Any]:
 
 
 def _check_structure(folder: Path, files: list[str]) -> None:
-    """The checks for a checkpoint without an integrity record (written by an earlier biglm)."""
+    """The checks for a checkpoint without an integrity record (format 1, written by an earlier biglm)."""
     import yaml
 
     names = [n for n in files if (folder / n).is_file()]
@@ -175,6 +208,7 @@ def _check_structure(folder: Path, files: list[str]) -> None:
         path = folder / name
         try:
             if name.endswith(".safetensors"):
+                safetensors_size(path)  # its header describes what the file holds, before it is read
                 state = load_file(str(path))
                 for tensor, value in state.items():
                     if not all_finite(value):
@@ -189,8 +223,8 @@ def _check_structure(folder: Path, files: list[str]) -> None:
                 raise CheckpointError(folder, f"{name} is empty or not a mapping: damaged")
         except CheckpointError:
             raise
-        except (SafetensorError, zipfile.BadZipFile, yaml.YAMLError, UnicodeDecodeError, OSError,
-                EOFError, ValueError) as e:
+        except (BiglmError, SafetensorError, zipfile.BadZipFile, yaml.YAMLError, UnicodeDecodeError, OSError,
+                EOFError, ValueError, RecursionError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(folder, f"{name} cannot be read, damaged: {msg}") from None
 
@@ -250,15 +284,65 @@ def resolve_checkpoint(path: str | Path, note: Note | None = None,
     if not (path / "meta.json").is_file() and not (path / WEIGHTS).is_file():
         raise BiglmError(f"{path}: not a checkpoint (no meta.json) and not a run folder (no {CHECKPOINTS}/)")
     check(path)
+    _note_unverified(path, note)
     return path
 
 
+_NOTED: set[Path] = set()
+
+
+def _note_unverified(folder: Path, note: Note) -> None:
+    """Say once per folder that a format-1 checkpoint (no integrity record) was only checked for structure."""
+    if folder.resolve() in _NOTED or "integrity" in read_meta(folder):
+        return
+    _NOTED.add(folder.resolve())
+    note(f"note: {folder}: checkpoint format 1, written before biglm recorded checksums: its files' structure "
+         "was checked, their contents are unverified")
+
+
+def _inside(rel: Any) -> bool:
+    """A relative path that stays inside the checkpoint folder."""
+    return isinstance(rel, str) and bool(rel) and not rel.startswith("/") and ".." not in rel.split("/")
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
-    meta = json.loads((folder / "meta.json").read_text())
-    version = meta.get("format_version", 0)
+    """A checkpoint's ``meta.json``, its form checked (the version, the file list, the integrity record: see
+    the module docstring): ``CheckpointError`` naming what is wrong, ``BiglmError`` for a newer format."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise CheckpointError(folder, "no meta.json: its save did not finish", incomplete=True)
+    try:
+        meta = parse_json(meta_path.read_bytes(), "meta.json")
+    except BiglmError as e:
+        raise CheckpointError(folder, f"{e}: damaged") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(folder, "meta.json is not a JSON object: damaged")
+    version = meta.get("format_version")
+    if version is None:
+        raise CheckpointError(folder, "meta.json has no format_version: not written by biglm, or replaced")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(folder, f"meta.json: format_version {repr(version)[:20]} is not one biglm writes: "
+                                      "damaged")
     if version > FORMAT_VERSION:
         raise BiglmError(f"{folder}: checkpoint format version {version} is newer than this biglm "
                          f"understands ({FORMAT_VERSION}); upgrade biglm")
+    step = meta.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(folder, f"meta.json: step {repr(step)[:20]} is not a step number: damaged")
+    files = meta.get("files")
+    if not isinstance(files, list) or not all(_inside(f) for f in files):
+        raise CheckpointError(folder, "meta.json: 'files' is not a list of the checkpoint's file names: damaged")
+    if "integrity" in meta or version >= 2:
+        record = meta.get("integrity")
+        if record is None:
+            raise CheckpointError(folder, "meta.json has no integrity record (sizes and checksums), which every "
+                                          f"format-{version} checkpoint carries: it was replaced or edited")
+        entries = record.get("files") if isinstance(record, dict) else None
+        if not isinstance(entries, dict) or not all(
+                _inside(rel) and isinstance(rec, dict) and isinstance(rec.get("size"), int)
+                and isinstance(rec.get(HASH_NAME), str) for rel, rec in entries.items()):
+            raise CheckpointError(folder, "meta.json: its integrity record is malformed: damaged")
     return meta
 
 
@@ -341,19 +425,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     if not (folder / WEIGHTS).is_file() and (folder / "state").is_dir():
         raise BiglmError(f"{folder}: a sharded training checkpoint without {WEIGHTS}; write it with "
                          f"`biglm consolidate {folder}`")
+    if not (folder / WEIGHTS).is_file():
+        raise BiglmError(f"{folder}: no {WEIGHTS}")
+    # verify_model has checked that the config fits these weights; now that they fit in memory.
+    check_memory(safetensors_size(folder / WEIGHTS).nbytes, f"loading {folder / WEIGHTS}")
     with torch.device("meta"):
         model = BiGLM(config)
-    state = load_file(str(folder / WEIGHTS))
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise BiglmError(f"{folder / WEIGHTS}: cannot be read, truncated or damaged ({str(e)[:160]})") from None
     check_state_dict(state, model, folder / WEIGHTS)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     model.model.rotary.inv_freq = model.model.rotary._inv_freq()
     model = model.to(device=device, dtype=dtype)
-    tokenizer = None
-    if (folder / "tokenizer").is_dir():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    tokenizer = load_tokenizer_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir() else None
     return LoadedModel(model.eval(), config, tokenizer, folder, meta)
 
 

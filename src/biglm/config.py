@@ -38,6 +38,15 @@ part A, its position inside its span): ``rope-2d`` rotates half of the rotary di
 (the GLM paper's form)."""
 
 
+SIZE_LIMITS: dict[str, int] = {
+    "vocab_size": 1 << 24, "hidden_size": 1 << 17, "num_layers": 1 << 12, "num_heads": 1 << 12,
+    "num_kv_heads": 1 << 12, "intermediate_size": 1 << 20, "max_seq_len": 1 << 24, "max_target_length": 1 << 20,
+    "attn_block_size": 1 << 16}
+"""Upper bounds of the size fields: orders of magnitude beyond the largest published models, so a value past
+one is a typo or a hostile file (``num_layers: 1000000000000``), refused before anything is built. Whether a
+config within them fits the machine is checked against its weights and the memory (``biglm.sizes``)."""
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a BiGLM encoder (a Llama-style block stack with bidirectional attention)."""
@@ -96,10 +105,11 @@ class ModelConfig:
     section does not set it gets ``rope-2d``."""
 
     def __post_init__(self) -> None:
-        for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                  "intermediate_size", "max_seq_len", "max_target_length", "attn_block_size"):
+        for f, most in SIZE_LIMITS.items():
             v = getattr(self, f)
-            check(isinstance(v, int) and v > 0, f"ModelConfig.{f}={v!r}: must be a positive integer")
+            check(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                  f"ModelConfig.{f}={str(v)[:40]}: must be a positive integer")
+            check(v <= most, f"ModelConfig.{f}={v:,}: more than {most:,}, beyond any model biglm builds")
         check(self.hidden_size % self.num_heads == 0,
               f"ModelConfig.num_heads={self.num_heads}: must divide hidden_size={self.hidden_size} "
               f"(allowed: {_divisors(self.hidden_size)})")

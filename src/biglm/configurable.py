@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Iterable
@@ -18,10 +19,20 @@ from typing import Any, TypeVar
 
 import yaml
 
-from biglm.errors import ConfigError
+from biglm.errors import BiglmError, ConfigError
 from biglm.files import atomic_write_text
+from biglm.textio import decode_utf8
 
 T = TypeVar("T")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 60, 60, 2, 4, 4
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut short (a value from a file may be huge, or a YAML alias nested without end)."""
+    return _REPR.repr(value)
 
 
 def _nearest(key: str, options: list[str]) -> str:
@@ -40,39 +51,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{where}={value!r}: expected one of {', '.join(map(repr, allowed))}")
+            raise ConfigError(f"{where}={_shown(value)}: expected one of {', '.join(map(repr, allowed))}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping of fields, got {_shown(value)}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         (inner, *_rest) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}={value!r}: expected a list")
+            raise ConfigError(f"{where}={_shown(value)}: expected a list")
         if origin is tuple:
             args = typing.get_args(tp)
             if len(args) == 2 and args[1] is Ellipsis:
                 return tuple(_coerce(v, args[0], where) for v in value)
             if len(args) != len(value):
-                raise ConfigError(f"{where}={value!r}: expected {len(args)} values")
+                raise ConfigError(f"{where}={_shown(value)}: expected {len(args)} values")
             return tuple(_coerce(v, a, where) for v, a in zip(value, args))
         return [_coerce(v, inner, where) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}={value!r}: expected a mapping")
+            raise ConfigError(f"{where}={_shown(value)}: expected a mapping")
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}={value!r}: expected true or false")
+        raise ConfigError(f"{where}={_shown(value)}: expected true or false")
     if tp in (int, float, str):
+        if tp is str and not isinstance(value, str | int | float | bool):
+            raise ConfigError(f"{where}={_shown(value)}: expected str")
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -80,9 +93,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return int(float(value)) if "e" in value.lower() else int(value)
             out = tp(value)
         except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{where}={value!r}: expected {tp.__name__}") from None
+            raise ConfigError(f"{where}={_shown(value)}: expected {tp.__name__}") from None
         if tp is float and not math.isfinite(out):
-            raise ConfigError(f"{where}={value!r}: expected a finite number")
+            raise ConfigError(f"{where}={_shown(value)}: expected a finite number")
         return out
     return value
 
@@ -95,7 +108,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown config key '{path}'{_nearest(key, names)}")
+            raise ConfigError(f"unknown config key '{str(path)[:80]}'{_nearest(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -119,9 +132,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), str(path))) or {}
+    except BiglmError as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as e:  # an over-long integer, nesting deeper than the parser goes
+        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML for a config ({msg})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -2,7 +2,11 @@
 
 
 class BiglmError(Exception):
-    """Base class for user-facing errors: bad input, bad config, bad files."""
+    """Base class for user-facing errors: bad input, bad config, bad files. The message is one line whatever it
+    quotes: line breaks in it (a value from a file or a request) are shown escaped."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(a.replace("\r", "\\r").replace("\n", "\\n") if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(BiglmError, ValueError):

@@ -33,6 +33,7 @@ from biglm.data.preferences import ACCEPTABILITY, CHOICES, preference_pair
 from biglm.data.records import Record, json_object
 from biglm.errors import BiglmError
 from biglm.files import atomic_write_bytes, atomic_write_text, bytes_digest, hold_lock
+from biglm.textio import decode_utf8, parse_json
 
 
 class Conflict(BiglmError):
@@ -76,11 +77,12 @@ class JsonlLog:
         if not self.file.exists():
             return []
         data = self.file.read_bytes()
+        decode_utf8(data[:data.rfind(b"\n") + 1], str(self.path))  # whole lines: a torn last one is repaired
         if data and not data.endswith(b"\n"):
             self._repair(data)
             data = self.file.read_bytes()
         out = []
-        for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        for lineno, line in enumerate(decode_utf8(data, str(self.path)).splitlines(), 1):
             if line.strip():
                 out.append(json_object(line, f"{self.path}:{lineno}", "; fix or remove that line"))
         return out
@@ -90,8 +92,8 @@ class JsonlLog:
         cut = data.rfind(b"\n") + 1
         tail = data[cut:]
         try:
-            whole = isinstance(json.loads(tail), dict)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            whole = isinstance(parse_json(tail, str(self.path)), dict)
+        except BiglmError:
             whole = False
         if whole:
             atomic_write_bytes(self.file, data + b"\n")

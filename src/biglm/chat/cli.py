@@ -81,9 +81,15 @@ def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
             out.write(f"  [{label}] {update.text}\n")
         out.flush()
 
+    if hasattr(stdin, "reconfigure"):  # bytes that are not UTF-8 arrive as surrogates: said, not fatal
+        stdin.reconfigure(errors="surrogateescape")
     for line in stdin:
         text = line.strip().replace("\\n", "\n")  # a literal \n in the line is a line break
         if not text:
+            continue
+        bad = next((c for c in text if "\udc80" <= c <= "\udcff"), None)
+        if bad is not None:
+            print(f"error: that line is not UTF-8 text (byte 0x{ord(bad) - 0xdc00:02x}); not sent", file=out)
             continue
         if text in ("/quit", "/exit"):
             break
@@ -94,7 +100,9 @@ def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
         if text.startswith("/settings"):
             try:
                 pairs = dict(p.split("=", 1) for p in text.split()[1:])
-                settings = settings.updated(**pairs)
+                changed = settings.updated(**pairs)
+                chat.check_settings(changed)
+                settings = changed
             except (BiglmError, ValueError) as e:
                 print(f"error: {e if isinstance(e, BiglmError) else 'expected key=value pairs'}", file=out)
             print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items()), file=out)
@@ -105,9 +113,10 @@ def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
         messages.append({"role": "user", "content": text})
         try:
             reply = chat.reply(messages, settings, show)
-        except BiglmError as e:
+        except Exception as e:  # a failed turn is said; the session and the conversation go on
             messages.pop()
-            print(f"\nerror: {e}", file=out)
+            what = e if isinstance(e, BiglmError) else f"the reply failed ({type(e).__name__}: {str(e)[:200]})"
+            print(f"\nerror: {what}", file=out)
             continue
         if live:
             out.write("\r\x1b[K")

@@ -37,6 +37,7 @@ from typing import Any
 
 from biglm.chat.session import ChatModel, ChatSettings, Reply, ReplyUpdate
 from biglm.errors import BiglmError
+from biglm.textio import parse_json
 
 MAX_BODY = 1 << 20
 
@@ -45,7 +46,9 @@ Route = Callable[[dict[str, Any] | None, dict[str, str]], tuple[int, Any, str]]
 ``bytes`` payload is sent as is, anything else as JSON. Raising ``HTTPError`` answers with OpenAI's error body."""
 
 
-class HTTPError(Exception):
+class HTTPError(BiglmError):
+    """A request refused with ``status`` and a one-line ``message`` (OpenAI's error body)."""
+
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
@@ -113,6 +116,52 @@ def settings_from(body: dict[str, Any], base: ChatSettings) -> ChatSettings:
         return base.updated(**changes)
     except BiglmError as e:
         raise HTTPError(400, str(e)) from None
+
+
+def request_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (``biglm.textio`` rules: UTF-8, no NaN, bounded numbers and nesting);
+    ``HTTPError`` 400 otherwise."""
+    try:
+        body = parse_json(raw or b"null", "the request body")
+    except BiglmError as e:
+        raise HTTPError(400, str(e)) from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "the request body must be a JSON object")
+    return body
+
+
+def request_job(chat: ChatModel, path: str, body: dict[str, Any]) -> Job:
+    """The validated ``Job`` of a request ``body`` to ``path`` (``/v1/chat/completions`` or ``/v1/completions``):
+    settings over ``chat``'s defaults, checked against the model, and the messages or prompt; ``HTTPError``
+    400 for anything a reply cannot be generated from."""
+    settings = settings_from(body, chat.settings)
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise HTTPError(400, "'stream' must be true or false")
+    stop = stop_strings(body)
+    if path == "/v1/chat/completions":
+        messages = body.get("messages")
+        try:  # the checks of the chat data (roles, empty content, a user turn last); no tokenizer here
+            chat.check_request(messages, settings)
+        except BiglmError as e:
+            raise HTTPError(400, str(e)) from None
+        return Job(settings, messages=messages, stream=stream, stop=stop)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise HTTPError(400, "'prompt' must be a non-empty string")
+    try:
+        chat.check_settings(settings)
+    except BiglmError as e:
+        raise HTTPError(400, str(e)) from None
+    return Job(settings, prompt=prompt, stream=stream, stop=stop)
+
+
+def parse_request(chat: ChatModel, path: str, raw: bytes) -> Job:
+    """The validation of a request: its raw body to ``path`` -> a ``Job`` for the worker, or ``HTTPError``
+    (a ``BiglmError``) with the status and one line to answer."""
+    return request_job(chat, path, request_body(raw))
 
 
 class ChatServer:
@@ -270,8 +319,7 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             try:
                 if server.chat is None or path not in ("/v1/chat/completions", "/v1/completions"):
                     raise HTTPError(404, f"no route {path}", "not_found")
-                body = self._body()
-                job = self._job(path, body)
+                job = request_job(server.chat, path, self._body())
                 server.submit(job)
                 if job.stream:
                     self._stream(job, path)
@@ -289,31 +337,7 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 raise HTTPError(400, "bad Content-Length") from None
             if length > MAX_BODY:
                 raise HTTPError(413, f"request body of {length} bytes exceeds {MAX_BODY}")
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise HTTPError(400, f"the request body is not valid JSON ({getattr(e, 'msg', e)})") from None
-            if not isinstance(body, dict):
-                raise HTTPError(400, "the request body must be a JSON object")
-            return body
-
-        def _job(self, path: str, body: dict[str, Any]) -> Job:
-            settings = settings_from(body, server.chat.settings)
-            stream = bool(body.get("stream", False))
-            if path == "/v1/chat/completions":
-                messages = body.get("messages")
-                try:  # the checks of the chat data (roles, empty content, a user turn last); no tokenizer here
-                    server.chat.check_request(messages, settings)
-                except BiglmError as e:
-                    raise HTTPError(400, str(e)) from None
-                return Job(settings, messages=messages, stream=stream, stop=stop_strings(body))
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise HTTPError(400, "'prompt' must be a non-empty string")
-            return Job(settings, prompt=prompt, stream=stream, stop=stop_strings(body))
+            return request_body(self.rfile.read(length) if length else b"")
 
         def _wait(self, job: Job) -> Reply:
             while True:
@@ -441,4 +465,5 @@ def serve_until_stopped(server: ChatServer, banner: Callable[[str], str]) -> int
     return 0
 
 
-__all__ = ["ChatServer", "HTTPError", "Job", "Route", "serve", "serve_until_stopped", "settings_from"]
+__all__ = ["ChatServer", "HTTPError", "Job", "Route", "parse_request", "request_body", "request_job", "serve",
+           "serve_until_stopped", "settings_from"]

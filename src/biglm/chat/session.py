@@ -29,7 +29,8 @@ from biglm.generate.api import MASK_SYMBOL, banned_ids, special_ids
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
 from biglm.generate.glm import GLMTokens, infill_ids
-from biglm.generate.sampling import SamplingConfig
+from biglm.generate.sampling import SamplingConfig, check_seed
+from biglm.generate.strategies import get_strategy
 
 
 @dataclass
@@ -65,12 +66,19 @@ class ChatSettings:
         return new
 
     def check(self) -> None:
-        if self.max_new_tokens <= 0 or self.steps <= 0 or self.length_candidates <= 0:
-            raise BiglmError("max_new_tokens, steps and length_candidates must be > 0")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise BiglmError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        """One-line ``BiglmError`` for a value no reply can be generated with (the model's context aside:
+        ``ChatModel.check_settings``)."""
+        for name in ("max_new_tokens", "steps", "length_candidates"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BiglmError(f"{name}={str(value)[:40]}: must be an integer > 0")
+        SamplingConfig(self.temperature, self.top_k, self.top_p)  # its checks: finite, in range
+        check_seed(self.seed)
         if self.length not in ("predict", "fixed"):
-            raise BiglmError(f"length={self.length!r}: expected predict or fixed")
+            raise BiglmError(f"length={str(self.length)[:40]!r}: expected predict or fixed")
+        for name in ("strategy", "system_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise BiglmError(f"{name}: must be a string")
 
 
 def _convert(key: str, value: Any, kind: str) -> Any:
@@ -81,8 +89,8 @@ def _convert(key: str, value: Any, kind: str) -> Any:
             return None if value.lower() in ("none", "") and "None" in kind else int(value)
         if kind == "float":
             return float(value)
-    except ValueError:
-        raise BiglmError(f"setting {key}={value!r}: expected {kind}") from None
+    except ValueError:  # also an integer of more digits than Python converts
+        raise BiglmError(f"setting {key}={value[:40]!r}: expected {kind}") from None
     return value
 
 
@@ -196,13 +204,22 @@ class ChatModel:
         """The assistant's reply to ``messages`` (checked: known roles, non-empty content, a user turn last)."""
         return self.replies([messages], settings, on_update)[0]
 
-    def check_request(self, messages: Any, settings: ChatSettings) -> list[Message]:
-        """``messages`` checked (known roles, non-empty content, a user turn last) and ``settings`` against the
-        model's context, without the tokenizer (so request threads can call it while the worker decodes)."""
+    def check_settings(self, settings: ChatSettings) -> None:
+        """``settings`` checked, against this model too (its context, its family's decoding strategies)."""
         settings.check()
         if self.prompt_budget(settings) < 1:
             raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
                              f"max_seq_len={self.model.config.max_seq_len}")
+        if self.model.config.is_autoregressive or self.family == "glm":
+            self._ar_options(settings, SamplingConfig(settings.temperature, settings.top_k, settings.top_p))
+        elif settings.strategy:
+            get_strategy(settings.strategy)
+
+    def check_request(self, messages: Any, settings: ChatSettings) -> list[Message]:
+        """``messages`` checked (known roles, non-empty content, a user turn last) and ``settings`` against the
+        model (``check_settings``), without the tokenizer (so request threads can call it while the worker
+        decodes)."""
+        self.check_settings(settings)
         messages = check_messages(messages, "messages", need_reply=False)
         if messages[-1]["role"] != "user":
             raise BiglmError(f"messages: the last message is {messages[-1]['role']!r}; a reply answers a user message")

@@ -96,7 +96,8 @@ def _acceptability(record: Record, name: str) -> str | None:
     if value is None:
         return None
     if value not in ACCEPTABILITY:
-        raise BiglmError(f"{record.where}: field '{name}'={value!r}: expected one of {', '.join(ACCEPTABILITY)}")
+        raise BiglmError(f"{record.where}: field '{name}'={repr(value)[:40]}: expected one of "
+                         f"{', '.join(ACCEPTABILITY)}")
     return str(value)
 
 
@@ -122,8 +123,8 @@ def preference_pair(record: Record, acceptability_first: bool = False) -> Prefer
     if "prompt" not in f:
         raise BiglmError(f"{record.where}: missing field 'prompt'")
     choice = f.get("choice")
-    if choice not in CHOICES:
-        raise BiglmError(f"{record.where}: field 'choice'={choice!r}: expected one of {', '.join(CHOICES)}")
+    if not isinstance(choice, str) or choice not in CHOICES:
+        raise BiglmError(f"{record.where}: field 'choice'={repr(choice)[:40]}: expected one of {', '.join(CHOICES)}")
     acc_y, acc_y_prime = _acceptability(record, "acceptable_a"), _acceptability(record, "acceptable_b")
     d = CHOICES[choice]
     if acceptability_first and acc_y is not None and acc_y_prime is not None and acc_y != acc_y_prime:

@@ -9,21 +9,24 @@ with its sibling ``.tgt``, as GLGE and fairseq ship seq2seq data: fields ``sourc
 
 Every record keeps where it came from (``file:line``, ``file row N`` or ``hf:NAME[split] row N``) so that
 an error names the first offending line. Malformed lines are errors here (a fine-tuning set with a
-broken line is almost always a data bug), not skipped as in pre-training.
+broken line is almost always a data bug), not skipped as in pre-training. Text and JSON follow
+``biglm.textio``'s rules (UTF-8, a BOM accepted; no NaN or Infinity, no over-long integers, no deep
+nesting); a field holding null or a non-finite number is refused where it is read (``Record.get``).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import io
-import json
+import math
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from biglm.errors import BiglmError
+from biglm.textio import decode_utf8, parse_json
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".src")
 
@@ -37,12 +40,16 @@ class Record:
 
     def get(self, name: str, types: type | tuple[type, ...] = str, what: str = "a string") -> Any:
         """Field ``name``, checked: a one-line error naming the location when missing or mistyped."""
-        if name not in self.fields or self.fields[name] is None:
+        if name not in self.fields:
             keys = ", ".join(sorted(self.fields)) or "none"
             raise BiglmError(f"{self.where}: missing field '{name}' (fields: {keys})")
         value = self.fields[name]
+        if value is None:
+            raise BiglmError(f"{self.where}: field '{name}' is null; expected {what}")
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
             raise BiglmError(f"{self.where}: field '{name}' must be {what}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):  # parquet and datasets can hold them
+            raise BiglmError(f"{self.where}: field '{name}' is {value}, not a finite number; expected {what}")
         return value
 
 
@@ -55,36 +62,40 @@ def _suffix(path: Path) -> str:
     return next((s for s in RECORD_SUFFIXES if name.endswith(s)), "")
 
 
-def _open(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # the caller closes it
+def _open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # the caller closes it
 
 
-def json_object(line: str, where: str, hint: str = "") -> dict[str, Any]:
-    """One JSONL line as a JSON object, or a one-line ``BiglmError`` naming ``where`` (file:line)."""
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its newline) of every line, decoded by ``decode_utf8``'s rules."""
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise BiglmError(f"{where}: not valid JSON ({e.msg}){hint}") from None
+        with _open(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                yield lineno, decode_utf8(raw, str(path), lineno)
+    except (OSError, EOFError, zlib.error) as e:  # gzip: not gzip, or cut short
+        raise BiglmError(f"{path}: cannot be read ({e})") from None
+
+
+def json_object(line: str | bytes, where: str, hint: str = "") -> dict[str, Any]:
+    """One JSONL line as a JSON object (``biglm.textio`` rules), or a one-line ``BiglmError`` naming
+    ``where`` (file:line)."""
+    try:
+        obj = parse_json(line, where)
+    except BiglmError as e:
+        raise BiglmError(f"{e}{hint}") from None
     if not isinstance(obj, dict):
         raise BiglmError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
 def _jsonl(path: Path) -> Iterator[Record]:
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield Record(json_object(line, f"{path}:{lineno}"), f"{path}:{lineno}")
+    for lineno, line in text_lines(path):
+        if line.strip():
+            yield Record(json_object(line, f"{path}:{lineno}"), f"{path}:{lineno}")
 
 
 def _json(path: Path) -> Iterator[Record]:
-    with _open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise BiglmError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = parse_json("".join(line for _, line in text_lines(path)), str(path), at_line=True)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -96,8 +107,8 @@ def _json(path: Path) -> Iterator[Record]:
 
 
 def _csv(path: Path, delimiter: str) -> Iterator[Record]:
-    with _open(path) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+    reader = csv.DictReader((line for _, line in text_lines(path)), delimiter=delimiter)
+    try:
         if not reader.fieldnames:
             raise BiglmError(f"{path}: no header row")
         for row in reader:
@@ -105,14 +116,17 @@ def _csv(path: Path, delimiter: str) -> Iterator[Record]:
                 raise BiglmError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells, the header has "
                                  f"{len(reader.fieldnames)}")
             yield Record(dict(row), f"{path}:{reader.line_num}")
+    except csv.Error as e:  # a field over csv's size limit, a stray quote
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise BiglmError(f"{path}:{reader.line_num + 1}: not valid {kind} ({e})") from None  # the line it stopped in
 
 
 def _line_pairs(path: Path) -> Iterator[Record]:
     tgt = path.with_name(path.name.replace(".src", ".tgt"))
     if not tgt.is_file():
         raise BiglmError(f"{path}: no sibling target file {tgt.name} (a .src file is read with its .tgt)")
-    with _open(path) as fs, _open(tgt) as ft:
-        sources, targets = fs.read().splitlines(), ft.read().splitlines()
+    sources = "".join(line for _, line in text_lines(path)).splitlines()
+    targets = "".join(line for _, line in text_lines(tgt)).splitlines()
     if len(sources) != len(targets):
         raise BiglmError(f"{path}: {len(sources)} lines but {tgt.name} has {len(targets)}")
     for lineno, (source, target) in enumerate(zip(sources, targets), 1):
@@ -123,10 +137,15 @@ def _parquet(path: Path) -> Iterator[Record]:
     import pyarrow.parquet as pq  # a dependency of `datasets`
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-        for obj in batch.to_pylist():
-            yield Record(obj, f"{path} row {row}")
-            row += 1
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        for batch in batches:
+            for obj in batch.to_pylist():
+                yield Record(obj, f"{path} row {row}")
+                row += 1
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError: not parquet, or damaged
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BiglmError(f"{path}: cannot be read as parquet ({msg})") from None
 
 
 def _hf(name: str, hf_config: str | None, split: str) -> Iterator[Record]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import glob
 import gzip
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 from biglm.data.config import SourceConfig
 from biglm.errors import BiglmError
+from biglm.textio import parse_json
 
 log = logging.getLogger("biglm.data")
 
@@ -155,8 +155,8 @@ def _iter_jsonl(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line, f"{path}:{lineno}")
+            except BiglmError:  # counted as a bad line below, like any other
                 record = None
             text = _text_of(record, field)
             if text is None:
@@ -167,10 +167,7 @@ def _iter_jsonl(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
 
 def _iter_json(path: Path, field: str, bad: _BadCounter) -> Iterator[str]:
     with _open_text(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise BiglmError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        data = parse_json(f.read(), str(path), at_line=True)
     if isinstance(data, dict):
         items: Iterable[tuple[str, Any]] = ((f"key {k!r}", v) for k, v in data.items())
     elif isinstance(data, list):

@@ -200,7 +200,7 @@ def resolve_ar_strategy(strategy: str | None, temperature: float, num_beams: int
     if strategy is None:
         strategy = "beam" if num_beams > 1 else ("sample" if temperature > 0 else "greedy")
     if strategy not in AR_STRATEGIES:
-        raise BiglmError(f"unknown strategy '{strategy}' for an autoregressive model: expected one of "
+        raise BiglmError(f"unknown strategy {str(strategy)[:40]!r} for an autoregressive model: expected one of "
                          f"{', '.join(AR_STRATEGIES)}")
     if strategy == "beam" and num_beams < 2:
         raise BiglmError(f"strategy 'beam' needs num_beams >= 2 (got {num_beams})")

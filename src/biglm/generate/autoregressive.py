@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from biglm.attention import AttentionLayout, LayoutKind
 from biglm.errors import BiglmError, check
-from biglm.generate.sampling import SamplingConfig, choose_tokens
+from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
 from biglm.model import KVCache
 
 PAD_DOCUMENT = -1
@@ -347,7 +347,7 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
         rows.append([start, *p[-budget:]])
     generator = None
     if seed is not None or not opts.sampling.greedy:
-        generator = torch.Generator(device=model_device(model)).manual_seed(0 if seed is None else seed)
+        generator = seeded_generator(model_device(model), 0 if seed is None else seed)
     state = start_state(model, rows, pad_token_id=pad_token_id, use_cache=use_cache)
     result = decode(model, state, opts, generator=generator, on_token=on_token)
     result.forward_passes += 1  # the prompt pass

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from biglm.attention import PREFIX, SUFFIX, AttentionLayout
 from biglm.errors import BiglmError
 from biglm.generate.length import length_candidates, pick_best
-from biglm.generate.sampling import SamplingConfig, choose_tokens
+from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
 from biglm.generate.strategies import DecodeState, get_strategy, run_strategy
 from biglm.model import KVCache
 
@@ -267,11 +267,7 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
     active = torch.arange(width, device=device)[None, :] < row_lengths[:, None]
     generator = None
     if sampling is not None and not sampling.greedy:
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
+        generator = seeded_generator(device, seed)
     shown = None
     if on_pass is not None:
         rows, lens = list(range(0, batch * k, k)), row_lengths.cpu().tolist()

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from biglm.errors import BiglmError
 from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode, model_device
+from biglm.generate.sampling import seeded_generator
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
     scores: list[list[float]] = [[] for _ in rows]
     generator = None
     if seed is not None or not opts.sampling.greedy:
-        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+        generator = seeded_generator(device, 0 if seed is None else seed)
     pending: list[list[int]] = [[] for _ in rows]  # the previous blank's tokens, not yet fed
     pending_pos: list[list[tuple[int, int]]] = [[] for _ in rows]
     for k in range(max(len(b) for b in blanks)):

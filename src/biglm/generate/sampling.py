@@ -9,13 +9,37 @@ its average.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from biglm.errors import BiglmError, check
+
+TEMPERATURE_RANGE = (1e-3, 1e3)
+"""Sampling temperatures allowed besides 0 (greedy): dividing float32 logits by a smaller one overflows to
+infinity, by a larger one (beyond float32's range) to 0 (NaN probabilities either way); both ends are far
+outside any useful setting."""
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Seeds a torch generator takes."""
+
+
+def check_seed(seed: object, name: str = "seed") -> None:
+    """A one-line ``BiglmError`` unless ``seed`` is None or an integer in ``SEED_RANGE``."""
+    ok = seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and
+                          SEED_RANGE[0] <= seed <= SEED_RANGE[1])
+    check(ok, f"{name}={str(seed)[:40]}: must be an integer from -2**63 to 2**64-1", BiglmError)
+
+
+def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (checked by ``check_seed``), or randomly when None."""
+    check_seed(seed)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
 
 
 @dataclass(frozen=True)
@@ -29,11 +53,14 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        check(math.isfinite(self.temperature) and self.temperature >= 0,
-              f"temperature={self.temperature}: must be >= 0 (0 = greedy)", BiglmError)
+        low, high = TEMPERATURE_RANGE
+        t = self.temperature
+        check(isinstance(t, int | float) and (t == 0 or low <= t <= high),
+              f"temperature={str(t)[:40]}: must be 0 (greedy) or from {low:g} to {high:g}", BiglmError)
         check(isinstance(self.top_k, int) and self.top_k >= 0,
-              f"top_k={self.top_k}: must be an integer >= 0 (0 = no limit)", BiglmError)
-        check(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: must be in (0, 1]", BiglmError)
+              f"top_k={str(self.top_k)[:40]}: must be an integer >= 0 (0 = no limit)", BiglmError)
+        check(isinstance(self.top_p, int | float) and 0.0 < self.top_p <= 1.0,
+              f"top_p={str(self.top_p)[:40]}: must be in (0, 1]", BiglmError)
 
     @property
     def greedy(self) -> bool:

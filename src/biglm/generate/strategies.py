@@ -145,7 +145,7 @@ STRATEGIES: dict[str, Strategy] = {
 
 def get_strategy(name: str) -> Strategy:
     if name not in STRATEGIES:
-        raise BiglmError(f"unknown strategy '{name}': expected one of {', '.join(STRATEGIES)}")
+        raise BiglmError(f"unknown strategy {str(name)[:40]!r}: expected one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
 
 

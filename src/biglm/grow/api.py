@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from torch import Tensor
 
 from biglm.attention import AttentionLayout
 from biglm.checkpoint import load_model, model_state_dict, resolve_checkpoint, verify_model, write_checkpoint
+from biglm.data.records import Record, json_object, text_lines
 from biglm.errors import BiglmError
 from biglm.grow.expand import ExpandSpec, Plan, expand_state, make_plan
 from biglm.model import BiGLM
@@ -76,13 +76,13 @@ def check_rows(tokenizer: Any, vocab_size: int, text_file: str | None, rows: int
     if not path.is_file():
         raise BiglmError(f"{path}: check text file not found")
     stream: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                text = json.loads(line)["text"] if path.suffix == ".jsonl" else line
-                stream += [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
-            if len(stream) >= rows * length:
-                break
+    for lineno, line in text_lines(path):
+        if line.strip():
+            where = f"{path}:{lineno}"
+            text = Record(json_object(line, where), where).get("text") if path.suffix == ".jsonl" else line
+            stream += [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+        if len(stream) >= rows * length:
+            break
     if len(stream) < 2:
         raise BiglmError(f"{path}: no text to check with")
     length = min(length, len(stream))

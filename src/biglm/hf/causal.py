@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from biglm.checkpoint import FORMAT_VERSION, LoadedModel, model_state_dict
+from biglm.checkpoint import MODEL_FORMAT_VERSION, LoadedModel, model_state_dict
 from biglm.config import ModelConfig
 
 WEIGHTS = "model.safetensors"
@@ -66,7 +66,7 @@ def llama_config_dict(config: ModelConfig, tokenizer: Any, dtype: torch.dtype, s
         "torch_dtype": str(dtype).removeprefix("torch."), "dtype": str(dtype).removeprefix("torch."),
         "bos_token_id": _special(tokenizer, "bos"), "eos_token_id": _special(tokenizer, "eos"),
         "pad_token_id": _special(tokenizer, "pad"),
-        "biglm_family": config.family, "biglm_format_version": FORMAT_VERSION, "biglm_step": step,
+        "biglm_family": config.family, "biglm_format_version": MODEL_FORMAT_VERSION, "biglm_step": step,
         "biglm_name": config.name,
     }
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# The on-disk format of biglm checkpoints this file was written for (``biglm.checkpoint.FORMAT_VERSION``).
+# The layout of biglm's weights and model config this file was written for
+# (``biglm.checkpoint.MODEL_FORMAT_VERSION``).
 BIGLM_FORMAT_VERSION = 1
 
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from biglm.checkpoint import (
-    FORMAT_VERSION,
+    MODEL_FORMAT_VERSION,
     check_state_dict,
     load_model,
     model_state_dict,
@@ -42,8 +41,11 @@ from biglm.errors import BiglmError
 from biglm.files import install_folder, temp_folder
 from biglm.hf.causal import loading_code
 from biglm.hf.configuration_biglm import BiGLMConfig
+from biglm.loaders import load_pickle, load_tokenizer_folder
 from biglm.model import BiGLM
 from biglm.outputs import CHECKPOINT, HF_FOLDER, check_output
+from biglm.sizes import WeightsSize, check_memory, check_parameters, weights_size
+from biglm.textio import parse_json
 
 WEIGHTS = "model.safetensors"
 REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
@@ -60,7 +62,7 @@ def hf_config(config: ModelConfig, tokenizer: Any = None, dtype: torch.dtype = t
               step: int = 0) -> BiGLMConfig:
     """The ``BiGLMConfig`` of ``config`` (same fields), with the tokenizer's special ids and ``auto_map``."""
     ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id", None) for t in ("pad", "bos", "eos", "mask")}
-    cfg = BiGLMConfig(**config.to_dict(), **ids, biglm_format_version=FORMAT_VERSION, biglm_step=step)
+    cfg = BiGLMConfig(**config.to_dict(), **ids, biglm_format_version=MODEL_FORMAT_VERSION, biglm_step=step)
     cfg.auto_map = dict(AUTO_MAP)
     cfg.architectures = ["BiGLMForMaskedLM"]
     if config.span_head:  # a model fine-tuned for extractive QA loads as a question-answering model too
@@ -73,9 +75,9 @@ def hf_config(config: ModelConfig, tokenizer: Any = None, dtype: torch.dtype = t
 def model_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
     """The ``ModelConfig`` of a BiGLM ``config.json`` dict; refuses newer biglm format versions."""
     version = raw.get("biglm_format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
         raise BiglmError(f"{where}: biglm_format_version {version} is newer than this biglm understands "
-                         f"({FORMAT_VERSION}); upgrade biglm")
+                         f"({MODEL_FORMAT_VERSION}); upgrade biglm")
     try:
         return ModelConfig.from_dict({k: raw[k] for k in MODEL_FIELDS if k in raw})
     except BiglmError as e:
@@ -100,43 +102,59 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> d
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """One weights file, with a one-line error naming it when it is missing, cut short or damaged."""
+    if not path.is_file():
+        raise BiglmError(f"{path}: missing")
+    if path.suffix == ".bin":
+        state = load_pickle(path)
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise BiglmError(f"{path}: not a state dict (a mapping of names to tensors)")
+        return state
     try:
-        if path.suffix == ".bin":
-            return torch.load(path, map_location="cpu", weights_only=True)
         return load_file(str(path))
-    except FileNotFoundError:
-        raise BiglmError(f"{path}: missing") from None
     except Exception as e:  # SafetensorError, zip/unpickling errors: all one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BiglmError(f"{path}: cannot be read, truncated or damaged ({msg[:160]})") from None
 
 
-def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a transformers folder: ``model.safetensors`` (or sharded) or ``pytorch_model.bin``."""
+def weight_files(folder: Path) -> list[Path]:
+    """The weights files of a transformers folder: ``model.safetensors`` (or its shards) or ``pytorch_model.bin``."""
     if (folder / WEIGHTS).is_file():
-        return _read_tensors(folder / WEIGHTS)
+        return [folder / WEIGHTS]
     index = folder / f"{WEIGHTS}.index.json"
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise BiglmError(f"{index}: no 'weight_map' object")
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(_read_tensors(folder / shard))
-        return state
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(s, str) and s and not s.startswith("/") and ".." not in s.split("/")
+                for s in weight_map.values()):
+            raise BiglmError(f"{index}: no 'weight_map' object of file names in this folder")
+        return [folder / shard for shard in sorted(set(weight_map.values()))]
     if (folder / "pytorch_model.bin").is_file():
-        return _read_tensors(folder / "pytorch_model.bin")
+        return [folder / "pytorch_model.bin"]
     raise BiglmError(f"{folder}: no weights ({WEIGHTS}, {WEIGHTS}.index.json or pytorch_model.bin)")
+
+
+def read_hf_weights(folder: Path, config: ModelConfig | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a transformers folder (``weight_files``). With ``config``, first (from the safetensors
+    headers alone) the config must fit the weights and the weights the memory available."""
+    files = weight_files(folder)
+    if config is not None:
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise BiglmError(f"{missing[0]}: missing")
+        sizes = [weights_size(f) for f in files]
+        held = WeightsSize(sum(z.parameters for z in sizes), sum(z.nbytes for z in sizes))
+        check_parameters(config, held, f"{folder / 'config.json'}", f"{folder}'s weights")
+        check_memory(held.nbytes, f"reading the weights of {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(_read_tensors(path))
+    return state
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, with one-line errors for malformed content."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BiglmError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise BiglmError(f"{path}: not UTF-8 text (damaged?)") from None
+    data = parse_json(path.read_bytes(), str(path), at_line=True)
     if not isinstance(data, dict):
         raise BiglmError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -153,13 +171,14 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _load_tokenizer(path: Path) -> Any:
     if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
         return None
-    from transformers import AutoTokenizer
-
     # Never run code shipped in an imported folder: the registered biglm classes describe it.
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    return load_tokenizer_folder(path)
 
 
 def _checked(state: dict[str, torch.Tensor], config: ModelConfig, where: Path) -> dict[str, torch.Tensor]:
+    # The exact count before the model is built (a .bin file's header gives none beforehand).
+    check_parameters(config, WeightsSize(sum(v.numel() for v in state.values()), 0), f"{where.parent / 'config.json'}",
+                     str(where.parent))
     with torch.device("meta"):
         model = BiGLM(config)
     check_state_dict(state, model, where)
@@ -264,7 +283,7 @@ def import_hf(folder: str | Path, out: str | Path, force: bool = False) -> Path:
         raise BiglmError(f"{folder}/config.json: model_type {kind!r} is not 'biglm'{hint}")
     else:
         config = model_config(raw, folder / "config.json")
-    state = _checked(from_hf_state_dict(read_hf_weights(folder), config), config, folder / WEIGHTS)
+    state = _checked(from_hf_state_dict(read_hf_weights(folder, config), config), config, folder / WEIGHTS)
     tokenizer = _load_tokenizer(folder)
     return write_checkpoint(out, state, config, tokenizer, step=int(raw.get("biglm_step", 0)),
                             meta={"imported_from": str(folder)})
@@ -339,7 +358,7 @@ def import_llama(folder: str | Path, out: str | Path, tokenizer: str | Path | No
                          "tokenizer_config.json); pass --tokenizer PATH")
     known = len(tok)
     added = ensure_special_tokens(tok)
-    state = {k: v for k, v in read_hf_weights(folder).items() if not k.endswith("rotary_emb.inv_freq")}
+    state = {k: v for k, v in read_hf_weights(folder, config).items() if not k.endswith("rotary_emb.inv_freq")}
     state = _checked(from_hf_state_dict(state, config), config, folder / WEIGHTS)
     rows = -(-max(len(tok), config.vocab_size) // 64) * 64
     keep = min(known, config.vocab_size)

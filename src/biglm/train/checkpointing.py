@@ -38,6 +38,7 @@ from biglm.checkpoint import (
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
+from biglm.loaders import load_pickle
 
 OPTIMIZER, TRAINER_STATE, CONFIG = "optimizer.pt", "trainer_state.pt", "config.yaml"
 BEST = "best"
@@ -156,11 +157,11 @@ def read_model_state(folder: Path, config: ModelConfig) -> dict[str, torch.Tenso
 
 
 def read_optimizer_state(folder: Path) -> dict[str, Any]:
-    return torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
+    return load_pickle(folder / OPTIMIZER)
 
 
 def read_trainer_state(folder: Path) -> dict[str, Any]:
-    return torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+    return load_pickle(folder / TRAINER_STATE)
 
 
 # --- full (gathered) state dicts, uniform over single-device, DDP and FSDP2 ---------------------------------

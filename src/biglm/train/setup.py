@@ -25,6 +25,7 @@ from biglm.files import HeldLock, hold_lock
 from biglm.model import BiGLM
 from biglm.objectives import Criterion, build_criterion, build_objective
 from biglm.outputs import RUN, check_output
+from biglm.sizes import check_memory
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import Batcher, ObjectiveBatcher
 from biglm.train.config import RunConfig
@@ -157,6 +158,8 @@ def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, str
     when sharded: a model grown during training). ``initialise=False`` leaves a sharded model's weights
     unset, for a caller that loads them (a sharded checkpoint). Returns (model, module to train)."""
     sharded = is_sharded(cfg.train, env)
+    params = cfg.model.num_parameters()
+    check_memory(params * 4, f"building the model ({params:,} parameters in float32)")
     torch.manual_seed(cfg.train.seed)
     if not sharded:
         model = BiGLM(cfg.model)

@@ -31,6 +31,7 @@ from biglm.checkpoint import all_finite, write_checkpoint
 from biglm.config import ModelConfig
 from biglm.errors import BiglmError
 from biglm.files import temp_folder
+from biglm.loaders import load_tokenizer_folder
 
 STATE = "state"
 """The DCP folder inside a sharded checkpoint (``.metadata`` and one ``__<rank>_0.distcp`` per rank)."""
@@ -179,11 +180,7 @@ def consolidate_checkpoint(folder: str | Path, out: str | Path | None = None, fo
     meta = read_meta(folder)
     config = ModelConfig.from_file(folder / "model_config.yaml")
     weights = weights_to_save(read_sharded_model_state(folder, config), config)
-    tokenizer = None
-    if (folder / "tokenizer").is_dir():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    tokenizer = load_tokenizer_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir() else None
     keep = {k: v for k, v in meta.items() if k not in ("format_version", "step", "files", "integrity")
             and not k.startswith("meta_")}
     if out is not None:
