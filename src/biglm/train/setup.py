@@ -198,7 +198,9 @@ def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | N
                run_dir: str | Path, inputs: list[str]) -> tuple[Trainer, dict[str, float]]:
     """What every training verb runs: claim ``run_dir`` (``claim_run_dir``; ``inputs`` are what the run reads),
     build a trainer, run ``start`` on it (e.g. the step-0 evaluation), fit and close it. The lock and the
-    process group (under torchrun) are let go on every exit path. Returns the trainer and its last metrics."""
+    process group (under torchrun) are let go on every exit path; a run refused before it wrote anything leaves
+    no folder behind. Returns the trainer and its last metrics."""
+    new_folder = not Path(run_dir).exists()
     lock = claim_run_dir(run_dir, inputs)
     try:
         trainer = build()
@@ -211,6 +213,9 @@ def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | N
             dist.destroy_process_group()
         if lock is not None:
             lock.release()
+            if new_folder and [p.name for p in Path(run_dir).iterdir()] == [LOCK]:
+                (Path(run_dir) / LOCK).unlink(missing_ok=True)
+                Path(run_dir).rmdir()
     return trainer, metrics
 
 
