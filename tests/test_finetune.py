@@ -142,13 +142,30 @@ def test_cloze_encoding_moves_whitespace_into_the_verbalizer_and_keeps_text_afte
     tok = word_tokenizer()
     assert ex.before == [tok.bos_token_id, *tok("a b ?", add_special_tokens=False)["input_ids"]]
     assert ex.after == tok("@ a b", add_special_tokens=False)["input_ids"]
-    assert [len(v) for v in ex.verbalizers] == [1, 2] and ex.label == 1
+    yes, no_way = tok(["yes", "no way"], add_special_tokens=False)["input_ids"]
+    assert ex.verbalizers == [[*yes, tok.eos_token_id], no_way] and ex.label == 1  # equal blanks (EOS-padded)
     batch = task.batcher()([ex], None)
     n = len(ex.before)
     assert batch.input_ids[0, n:n + 2].tolist() == [tok.mask_token_id] * 2
     assert batch.labels[0, n:n + 2].tolist() == ex.verbalizers[1]
     assert batch.layout.regions[0].tolist() == [0] * n + [1, 1] + [0] * len(ex.after)
     assert batch.num_targets == 2
+
+
+def test_the_blank_never_tells_the_label():
+    """Verbalizers of different token counts ("yes" one token, "no way" two) used to make blanks of different
+    widths, so a training row's input showed its label: a model fitted that and stayed at chance on new text.
+    Now every label's row has the same input; only the targets differ."""
+    cfg = cfg_for("--task.kind", "cloze-classification", "--task.cloze_classification.template", '"{text} {blank}"',
+                  "--task.cloze_classification.verbalizer", '{"p": "yes", "q": "no way"}')
+    task = build_task(cfg, word_tokenizer(), 64)
+    from biglm.data.records import Record
+
+    rows = task.encode([Record({"text": "a b", "label": label}, f"x:{i}") for i, label in enumerate("pq")])
+    batch = task.batcher()(rows, None)
+    assert torch.equal(batch.input_ids[0], batch.input_ids[1])
+    assert not torch.equal(batch.labels[0], batch.labels[1])
+    assert batch.loss_mask[0].sum() == batch.loss_mask[1].sum() == 2
 
 
 # --- the epoch stream ------------------------------------------------------------------------------------

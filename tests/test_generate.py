@@ -93,7 +93,7 @@ class MockModel(nn.Module):
         super().__init__()
         self.token, self.logprob = token, logprob
         self.length_scores = length_scores
-        self.config = SimpleNamespace(max_seq_len=max_seq_len, vocab_size=self.vocab)
+        self.config = SimpleNamespace(max_seq_len=max_seq_len, vocab_size=self.vocab, suffix_positions="continue")
         self.passes: list[tuple[int, int]] = []  # (rows, tokens) per call
 
     def forward(self, input_ids, layout=None, position_ids=None, *, logits_mask=None, length_mask=None,

@@ -31,6 +31,7 @@ MODEL_FAMILIES: tuple[str, ...] = ("masked", "causal", "bidirectional-ar", "glm"
 """
 
 ATTN_BACKENDS: tuple[str, ...] = ("sdpa", "flex")
+SUFFIX_POSITIONS: tuple[str, ...] = ("continue", "aligned")
 POSITION_ENCODINGS: tuple[str, ...] = ("rope", "rope-2d", "learned-2d")
 """``rope``: RoPE on one position id. The two 2D forms take GLM's pair of ids per token (its position in
 part A, its position inside its span): ``rope-2d`` rotates half of the rotary dimensions by each id
@@ -103,6 +104,11 @@ class ModelConfig:
     """Positions: ``rope`` (one id), or GLM's two ids per token as ``rope-2d`` (half the rotary dimensions
     per id) or ``learned-2d`` (two learned tables, no RoPE; the GLM paper's). A ``glm`` run whose model
     section does not set it gets ``rope-2d``."""
+    suffix_positions: Literal["continue", "aligned"] = "continue"
+    """Where the suffix Y sits when X = ``BOS prompt`` is given: ``continue`` (positions |X|, |X|+1, ...: as in
+    pre-training) or ``aligned`` (positions 1, 2, ...: Y's token j shares its position with the prompt's token
+    j, so "the source token at my place" is one fixed relative offset whatever the prompt's length). Set by
+    seq2seq fine-tuning (``task.seq2seq.target_positions``); decoding and scoring read it here."""
 
     def __post_init__(self) -> None:
         for f, most in SIZE_LIMITS.items():
@@ -136,6 +142,8 @@ class ModelConfig:
         check(self.position_encoding in POSITION_ENCODINGS,
               f"ModelConfig.position_encoding={self.position_encoding!r}: expected one of "
               f"{', '.join(POSITION_ENCODINGS)}")
+        check(self.suffix_positions in SUFFIX_POSITIONS,
+              f"ModelConfig.suffix_positions={self.suffix_positions!r}: expected one of {', '.join(SUFFIX_POSITIONS)}")
         check(self.family != "glm" or self.position_encoding != "rope",
               "ModelConfig.position_encoding='rope': a glm model needs 2D positions ('rope-2d' or 'learned-2d')")
         check(self.position_encoding != "rope-2d" or self.rotary_dim % 4 == 0,

@@ -42,6 +42,18 @@ class KVCache:
         return KVCache([pick(k) for k in self.keys], [pick(v) for v in self.values], layout)
 
 
+ALIGNED_START = 1
+"""Position of a prompt's first token after BOS: where an ``aligned`` suffix starts."""
+
+
+def suffix_position_ids(mode: str, prefix_lengths: Tensor, width: int) -> Tensor:
+    """(B, width) position ids of a suffix Y of ``width`` tokens after prefixes X of ``prefix_lengths`` (B,)
+    real tokens each (BOS included), by ``ModelConfig.suffix_positions`` ``mode``: ``continue`` counts on from
+    |X|, ``aligned`` starts at ``ALIGNED_START`` (Y's token j at the position of X's token j after BOS)."""
+    start = prefix_lengths if mode == "continue" else torch.full_like(prefix_lengths, ALIGNED_START)
+    return start[:, None] + torch.arange(width, device=prefix_lengths.device)
+
+
 @dataclass
 class BiGLMOutput:
     logits: Tensor | None = None

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from biglm.attention import AttentionLayout
 from biglm.errors import BiglmError
-from biglm.model import BiGLM
+from biglm.model import BiGLM, suffix_position_ids
 
 METHODS: tuple[str, ...] = ("greedy-order", "left-to-right", "single-pass", "mc-elbo", "pll")
 
@@ -151,6 +151,7 @@ class _PrefixGroup:
         self.ids, self.docs, self.pos = self.ids.to(device), self.docs.to(device), self.pos.to(device)
         self.lengths = torch.tensor([len(p) for p, _, _ in contexts], device=device)  # Y's first position
         self.model, self.device, self.cache = model, device, None
+        self.suffix_mode = getattr(model, "module", model).config.suffix_positions  # (a DDP wrapper holds .module)
         self.length_logits: Tensor | None = None
         """(G, classes): the length head over each context's tokens (``length_logits=True``, with the cache)."""
         if use_cache:
@@ -179,7 +180,7 @@ class _PrefixGroup:
         d = self.device
         rows, tokens, valid, want, gold = rows.to(d), tokens.to(d), valid.to(d), want.to(d), gold.to(d)
         R, M = tokens.shape
-        pos = self.lengths[rows][:, None] + torch.arange(M, device=d)
+        pos = suffix_position_ids(self.suffix_mode, self.lengths[rows], M)
         docs = torch.where(valid, 0, -1).to(torch.int32)
         regions = torch.ones(R, M, dtype=torch.int8, device=d)
         if self.cache is not None:

@@ -90,8 +90,18 @@ class Seq2SeqConfig:
     truncate_targets: bool = False
     """A target longer than max_target_length is an error (naming the line), or cut when this is true."""
     target_space: bool = True
-    """Tokenise the target as it reads after the source in running text (with a leading space), so that a
-    word copied from the source is the same token in both; predictions are stripped of it."""
+    """Tokenise the target as it reads in running text, after a space (its first word too), so that a word
+    copied from the source is the same tokens in both; predictions are stripped of it."""
+    source_space: bool = True
+    """Tokenise the source after a space too: its first word then has the tokens it has anywhere else, and a
+    target that starts with it copies it token for token (false: the source as at a text's start, as the
+    paper's code; with ``target_space`` true the first word then differs: "process"+"ing" against
+    "Ġprocessing", which also shifts every later target token against its source token)."""
+    target_positions: Literal["aligned", "continue"] = "aligned"
+    """Masked models: where the target sits (``ModelConfig.suffix_positions``): ``aligned`` starts it at the
+    source's first position (target token j shares its position with source token j), ``continue`` after
+    the source (the paper's code; the offset to "my" source token then changes with the source length, and
+    at small sizes copying is not learned: README, "Fine-tuning that learns")."""
     source_mask_ratio: float = 0.0
     """Fraction of source tokens masked in training (0 in BiGLM's code; Instruct-XMLR used 0.15)."""
     min_mask_ratio: float = 0.0
@@ -129,6 +139,8 @@ class Seq2SeqConfig:
     def __post_init__(self) -> None:
         w = self.section
         check(self.length in ("head", "eos"), f"{w}.length={self.length!r}: expected head or eos")
+        check(self.target_positions in ("aligned", "continue"),
+              f"{w}.target_positions={self.target_positions!r}: expected aligned or continue")
         check(self.max_target_length > 0, f"{w}.max_target_length={self.max_target_length}: must be > 0")
         check(self.max_source_length >= 0, f"{w}.max_source_length={self.max_source_length}: must be >= 0")
         check(0.0 <= self.source_mask_ratio < 1.0, f"{w}.source_mask_ratio={self.source_mask_ratio}: must be in [0, 1)")
@@ -407,6 +419,23 @@ class FinetuneConfig:
                    data=from_dict(FinetuneDataConfig, dict(data.get("data") or {}), "data"),
                    train=from_dict(FinetuneTrainConfig, dict(data.get("train") or {}), "train"),
                    model_overrides=model)
+
+
+SAVED_BEFORE: dict[tuple[str, str], Any] = {
+    (section, key): value for section in ("seq2seq", "instruction")
+    for key, value in (("source_space", False), ("target_positions", "continue"))
+}
+"""Task fields added after fine-tuned runs were first saved, with the value that reproduces what a run saved
+without them did (so an older checkpoint predicts as it was trained)."""
+
+
+def saved_finetune_config(data: dict[str, Any], where: str) -> FinetuneConfig:
+    """The config of a saved fine-tuning run (its ``config.yaml``), fields it predates set as it ran."""
+    task = data.get("task")
+    for (section, key), value in SAVED_BEFORE.items():
+        if isinstance(task, dict) and isinstance(task.get(section), dict):
+            task[section].setdefault(key, value)
+    return FinetuneConfig.from_dict(data, where)
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:

@@ -18,7 +18,7 @@ from biglm.configurable import load_yaml
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
 from biglm.files import atomic_write_text
-from biglm.finetune.config import FinetuneConfig
+from biglm.finetune.config import FinetuneConfig, saved_finetune_config
 from biglm.finetune.setup import prepare, read_split
 from biglm.finetune.tasks import FinetuneTask, build_task
 from biglm.outputs import FILE, check_output
@@ -43,7 +43,7 @@ def finetune_config_of(folder: Path) -> FinetuneConfig | None:
     if not (folder / CONFIG).is_file():
         return None
     data = load_yaml(folder / CONFIG)
-    return FinetuneConfig.from_dict(data, str(folder / CONFIG)) if "task" in data else None
+    return saved_finetune_config(data, str(folder / CONFIG)) if "task" in data else None
 
 
 @dataclass

@@ -6,8 +6,9 @@ the prefix-blind layout X never attends Y, so X's keys and values are the same i
 - ``encode_prefix`` runs X once with ``use_cache=True`` (the **exact prefix cache**). Prompts of
   different lengths are left-padded; pad tokens get document id -1, so Y (document 0) never attends
   them, and every row's positions count from its own first real token (pads sit at position 0).
-- each pass then runs Y alone with ``past=cache`` and ``position_ids = prompt_len + j``: the outputs
-  equal those of the full sequence ``X Y`` (to float rounding), at a fraction of the cost.
+- each pass then runs Y alone with ``past=cache`` and ``position_ids = prompt_len + j`` (``1 + j`` for a model
+  whose ``config.suffix_positions`` is ``aligned``): the outputs equal those of the full sequence ``X Y`` (to
+  float rounding), at a fraction of the cost.
   ``use_cache=False`` runs the full sequence every pass instead (same layout, same positions).
 
 Rows of Y shorter than the batch's longest (length candidates) are right-padded with document id -1.
@@ -32,7 +33,7 @@ from biglm.errors import BiglmError
 from biglm.generate.length import length_candidates, pick_best
 from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
 from biglm.generate.strategies import DecodeState, get_strategy, run_strategy
-from biglm.model import KVCache
+from biglm.model import KVCache, suffix_position_ids
 
 log = logging.getLogger("biglm.generate")
 
@@ -106,7 +107,7 @@ def suffix_logits(model: nn.Module, prefix: EncodedPrefix, tokens: Tensor, activ
     when ``prefix.cache`` is set, else the full sequence."""
     y_docs = torch.where(active, 0, PAD_DOCUMENT).to(torch.int32)
     y_regions = torch.full_like(y_docs, SUFFIX, dtype=torch.int8)
-    y_positions = prefix.lengths[:, None] + torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    y_positions = suffix_position_ids(model.config.suffix_positions, prefix.lengths, tokens.shape[1])
     if prefix.cache is not None:
         layout = AttentionLayout("prefix_blind", y_docs, y_regions)
         return model(tokens, layout, y_positions, logits_mask=logits_mask, past=prefix.cache).logits

@@ -30,7 +30,9 @@ class BiGLMConfig(PretrainedConfig):
     classifier on the mean-pooled prefix), ``max_target_length`` (its number of classes), ``span_head``
     (start/end logits for extractive question answering, ``BiGLMForQuestionAnswering``) and ``family``
     (``masked``, ``causal``, ``bidirectional-ar`` or ``glm``: how the model is meant to be used);
-    ``position_encoding`` (``rope``, or GLM's 2D positions ``rope-2d`` / ``learned-2d``) and, for GLM
+    ``position_encoding`` (``rope``, or GLM's 2D positions ``rope-2d`` / ``learned-2d``), ``suffix_positions``
+    (where a fine-tuned seq2seq model's target Y sits after ``BOS prompt``: ``continue`` at positions |X|, |X|+1,
+    ... or ``aligned`` at 1, 2, ...: pass those ``position_ids``) and, for GLM
     models, ``glm_token_ids`` (ids of ``[sMASK]``, ``[gMASK]``, ``[sop]``, ``[eop]``).
     ``attn_backend`` / ``attn_block_size`` record biglm's attention kernel choice (``sdpa`` or ``flex``) for
     round trips; the transformers model always uses SDPA with the layout's mask.
@@ -72,6 +74,7 @@ class BiGLMConfig(PretrainedConfig):
         attn_backend: str = "sdpa",
         attn_block_size: int = 128,
         position_encoding: str = "rope",
+        suffix_positions: str = "continue",
         glm_token_ids: dict[str, int] | None = None,
         biglm_format_version: int = BIGLM_FORMAT_VERSION,
         pad_token_id: int | None = None,
@@ -88,6 +91,8 @@ class BiGLMConfig(PretrainedConfig):
         if position_encoding not in ("rope", "rope-2d", "learned-2d"):
             raise ValueError(f"BiGLMConfig.position_encoding={position_encoding!r}: expected rope, rope-2d or "
                              "learned-2d")
+        if suffix_positions not in ("continue", "aligned"):
+            raise ValueError(f"BiGLMConfig.suffix_positions={suffix_positions!r}: expected continue or aligned")
         if not 0.0 < rotary_fraction <= 1.0:
             raise ValueError(f"BiGLMConfig.rotary_fraction={rotary_fraction}: must be in (0, 1]")
         self.name = name
@@ -113,6 +118,7 @@ class BiGLMConfig(PretrainedConfig):
         self.attn_backend = attn_backend
         self.attn_block_size = attn_block_size
         self.position_encoding = position_encoding
+        self.suffix_positions = suffix_positions
         self.glm_token_ids = dict(glm_token_ids or {})
         self.biglm_format_version = biglm_format_version
         self.pad_token_id = pad_token_id

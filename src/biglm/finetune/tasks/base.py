@@ -95,12 +95,12 @@ class TaskBase:
 
 
 def one_row(input_ids: Sequence[int], labels: Sequence[int], regions: Sequence[int], kind: str = "prefix_blind",
-            extras: dict[str, torch.Tensor] | None = None) -> Batch:
-    """A one-row ``Batch`` of one example (document 0, positions 0..T-1)."""
+            extras: dict[str, torch.Tensor] | None = None, position_ids: Sequence[int] | None = None) -> Batch:
+    """A one-row ``Batch`` of one example (document 0, positions 0..T-1 unless ``position_ids`` are given)."""
     T = len(input_ids)
     layout = AttentionLayout(kind, torch.zeros(1, T, dtype=torch.int32), torch.tensor([regions], dtype=torch.int8))
-    return Batch(torch.tensor([list(input_ids)]), torch.tensor([list(labels)]), torch.arange(T)[None], layout,
-                 extras or {})
+    positions = torch.arange(T)[None] if position_ids is None else torch.tensor([list(position_ids)])
+    return Batch(torch.tensor([list(input_ids)]), torch.tensor([list(labels)]), positions, layout, extras or {})
 
 
 def no_labels(n: int) -> list[int]:

@@ -10,6 +10,11 @@ the verbalizer log-probabilities over the label set (optionally divided by their
 
 Whitespace: when the text before the blank ends in whitespace, that whitespace moves into the
 verbalizer (``"Answer: {blank}"`` fills ``" Yes"``), which is how the word is tokenised in running text.
+
+Equal blanks: verbalizers of different token counts are padded with EOS to the longest (``" yes"`` may be
+two tokens where ``" no"`` is one: ``" no" EOS``), in training and at prediction. Otherwise the number of
+[MASK] tokens in the blank tells the label in training, and a model learns that instead of the task: it
+fits the training set and stays at chance on new text (measured: README, "Fine-tuning that learns").
 """
 
 from __future__ import annotations
@@ -80,11 +85,16 @@ class ClozeTask(TaskBase):
         self.before, self.after = parse_template(o.template)
         # Each verbalizer as it reads after whitespace and directly after text.
         words = list(o.verbalizer.values())
-        self.spaced = self.tokenize([" " + w.strip() for w in words])
-        self.joined = self.tokenize([w.strip() for w in words])
+        self.spaced = self.blank_fillers(self.tokenize([" " + w.strip() for w in words]))
+        self.joined = self.blank_fillers(self.tokenize([w.strip() for w in words]))
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         return base
+
+    def blank_fillers(self, verbalizers: list[list[int]]) -> list[list[int]]:
+        """Every verbalizer padded with EOS to the longest, so that the blank's width never tells the label."""
+        width = max(len(v) for v in verbalizers)
+        return [v + [self.ids.eos] * (width - len(v)) for v in verbalizers]
 
     def _render(self, pieces: list[tuple[str, str | None]], record: Record) -> str:
         return "".join(lit + ("" if name is None else str(record.get(name, (str, int, float), "text")))
@@ -103,8 +113,12 @@ class ClozeTask(TaskBase):
             if labelled:
                 value = str(record.get(self.fields.label_field, (str, int, float), "a label"))
                 if value not in self.labels:
+                    # YAML 1.1 reads unquoted yes/no/on/off as booleans: say so when that is what happened.
+                    yaml = ("; YAML reads unquoted yes/no/on/off as True/False: quote the labels in the "
+                            "config ('yes': ...)" if value.lower() in ("yes", "no", "on", "off")
+                            and {"True", "False"} & set(self.labels) else "")
                     raise BiglmError(f"{record.where}: label {value!r} is not in the verbalizer "
-                                     f"(labels: {', '.join(self.labels)})")
+                                     f"(labels: {', '.join(self.labels)}){yaml}")
                 label = self.labels.index(value)
             before, after = [self.ids.bos, *before_ids[i]], after_ids[i]
             room = self.max_seq_len - longest

@@ -56,6 +56,10 @@ class GLMClozeTask(ClozeTask):
         self.glm = GLMTokens.from_tokenizer(self.tokenizer)
         self.max_seq_len -= 3  # the blank, EOS and [sop] besides the text and the verbalizer
 
+    def blank_fillers(self, verbalizers: list[list[int]]) -> list[list[int]]:
+        """As they are: part A holds one [MASK] whatever the verbalizer's length, so nothing leaks."""
+        return verbalizers
+
     def part_a(self, ex: ClozeExample) -> tuple[list[int], int]:
         return [*ex.before, self.glm.mask, *ex.after, self.glm.eos], len(ex.before)
 

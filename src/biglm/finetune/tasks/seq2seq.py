@@ -2,7 +2,13 @@
 
 Training row: X = ``BOS source`` (optionally a fixed share of its tokens masked), Y = the target with a
 ratio ~ U(min_mask_ratio, 1) of its tokens masked (at least one), under the prefix-blind layout (X never
-sees Y), as in BiGLM's fine-tuning code. The output length is decided one of two ways:
+sees Y), as in BiGLM's fine-tuning code. Y's positions follow ``target_positions``: ``aligned`` (the default)
+starts Y at the source's first position, so target token j and source token j share a position and "the
+source token at my place" is one fixed relative offset; ``continue`` (the paper's code) counts on after X,
+where that offset changes with the source's length and a small model does not learn to copy (see the
+README, "Fine-tuning that learns"). The fine-tuned model records it (``ModelConfig.suffix_positions``) for
+decoding and scoring. Source and target are tokenised as running text (``source_space``/``target_space``).
+The output length is decided one of two ways:
 
 - ``length: head`` trains the length head on the mean-pooled X (every X token, BOS included: the tokens
   the engine pools at decoding) to predict |Y|, with weight ``length_loss_weight`` (0.1). Prediction
@@ -39,6 +45,7 @@ from biglm.finetune.tasks.base import TaskBase, chunks, one_row
 from biglm.generate.api import banned_ids
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
+from biglm.model import suffix_position_ids
 from biglm.objectives import IGNORE_INDEX, Batch, LossParts, masked_lm_loss
 from biglm.objectives.base import apply_mask
 from biglm.train.batches import RowSeeds, concat_batches
@@ -78,22 +85,28 @@ class Seq2SeqTask(TaskBase):
             raise BiglmError(f"task {self.kind}: no training rows for model family {base.family!r} (known: "
                              f"{', '.join(FAMILY_ROWS)})")
         self.family = base.family
-        if self.options.length == "eos" or base.is_autoregressive:
+        if base.is_autoregressive:
+            return base
+        # The fine-tuned model carries where its targets sit, so that decoding and scoring place them alike.
+        base = dataclasses.replace(base, suffix_positions=self.options.target_positions)
+        if self.options.length == "eos":
             return base
         # Classes 0..max_target_length; a pretrained head of another size is replaced (a fresh head).
         return dataclasses.replace(base, length_head=True, max_target_length=self.max_target + 1)
 
     # --- data ---------------------------------------------------------------------------------------------
     def encode(self, records: Sequence[Record], labelled: bool = True) -> list[Seq2SeqExample]:
-        f = self.fields
-        sources = self.tokenize([r.get(f.source_field) for r in records])
+        f, o = self.fields, self.options
+        # A byte-level BPE word has one form after a space and another at a text's start ("Ġprocessing" vs
+        # "process"+"ing"). Source and target both read as running text, so that a word copied from any place
+        # of the source, its first word included, is the same tokens in the target.
+        space = lambda text, on: " " + text.strip() if on else text
+        sources = self.tokenize([space(r.get(f.source_field), o.source_space) for r in records])
         targets: list[list[int] | None] = [None] * len(records)
         texts: list[str | None] = [None] * len(records)
         if labelled:
             texts = [r.get(f.target_field) for r in records]
-            # A byte-level BPE word has one token after a space and another at a text's start: as in the
-            # source, so that copying is copying tokens.
-            targets = self.tokenize([" " + t.strip() if self.options.target_space else t for t in texts])
+            targets = self.tokenize([space(t, o.target_space) for t in texts])
         cut_sources = cut_targets = 0
         out = []
         for i, (record, src, tgt) in enumerate(zip(records, sources, targets)):
@@ -219,7 +232,9 @@ def masked_row(task: Seq2SeqTask, ex: Seq2SeqExample, g: torch.Generator) -> Bat
     inputs, labels = apply_mask(tokens, torch.cat([hide_x, hide_y]), ids.mask)
     extras = {"length_targets": torch.tensor([len(ex.target or [])]),
               "length_mask": torch.tensor([[True] * len(x) + [False] * len(y)])}
-    return one_row(inputs.tolist(), labels.tolist(), [0] * len(x) + [1] * len(y), extras=extras)
+    y_positions = suffix_position_ids(o.target_positions, torch.tensor([len(x)]), len(y))[0]
+    return one_row(inputs.tolist(), labels.tolist(), [0] * len(x) + [1] * len(y), extras=extras,
+                   position_ids=[*range(len(x)), *y_positions.tolist()])
 
 
 def causal_row(task: Seq2SeqTask, ex: Seq2SeqExample, g: torch.Generator) -> Batch:
