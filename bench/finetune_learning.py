@@ -11,8 +11,9 @@ Parts (``--parts``):
 - ``copy`` / ``reverse``: 3-6 real words (multi-token), 3,000 training pairs; validation exact match and
   ROUGE-L after every epoch until 90% exact match or ``--max-steps``; the table gives steps to 90%. The
   masked model also runs the diagnosis's ablations (one change each from the recipe: the target positions
-  continuing after the source, the source tokenised at a text's start, a lower learning rate, the mask
-  ratio of the paper's code); reversal is decoded with Mask-Predict, threshold and blocks of one token (T = L).
+  continuing after the source, the source tokenised at a text's start, a lower learning rate, no rows
+  masked whole; ``--ablation-steps`` each); reversal is decoded with Mask-Predict, threshold and blocks of
+  one token (T = L).
 - ``titles``: the main job's task (an article's name from its first sentence) as seq2seq, against lead-k.
 - ``cloze``: "does this sentence contain a number?" (500 training sentences) as a verbalizer cloze with
   yes/no (" yes" is two tokens, " no" one) and Yes/No (one token each), against a linear probe on the
@@ -22,8 +23,8 @@ Parts (``--parts``):
     python bench/finetune_learning.py --pretrain          # everything (about 90 minutes on 2 CPU cores)
     python bench/finetune_learning.py --quick             # masked copy + cloze, 1,000 steps at most (5 minutes)
 
-Prints Markdown tables; writes ``bench/results/finetune_learning[_quick].json`` (parts run separately add up
-there: a run replaces only the parts it ran).
+Prints Markdown tables; writes ``bench/results/finetune_learning[_quick].json`` (runs of other parts or
+``--families`` add up there: a run replaces only what it ran).
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ WORD_TASK = ["--task.kind", "seq2seq", "--task.seq2seq.max_target_length", "16",
 ABLATIONS = {
     "targets continue after the source": ["--task.seq2seq.target_positions", "continue"],
     "source at a text's start (first word tokenised apart)": ["--task.seq2seq.source_space", "false"],
-    "both of the above (the recipe before the fix)": ["--task.seq2seq.target_positions", "continue",
-                                                      "--task.seq2seq.source_space", "false"],
+    "the recipe before the fix (all three changes undone)": [
+        "--task.seq2seq.target_positions", "continue", "--task.seq2seq.source_space", "false",
+        "--task.seq2seq.full_mask_fraction", "0"],
     "lr 1e-3": ["--train.lr", "1e-3"],
+    "no rows masked whole (all ~U(0,1))": ["--task.seq2seq.full_mask_fraction", "0"],
 }
 CLOZE = ["--task.kind", "cloze-classification", "--task.cloze_classification.template",
          "{text} Does it contain a number? {blank}", "--train.global_batch_size", "32", "--train.lr", "3e-3",
@@ -113,14 +116,14 @@ def eval_with(run: str, split_file: str, **options: Any) -> dict[str, Any]:
 def words_part(args: argparse.Namespace, task: str, data: Path, out: Path) -> dict[str, Any]:
     files = ["--data.train", str(data / f"{task}_train.jsonl"), "--data.valid", str(data / f"{task}_valid.jsonl")]
     res: dict[str, Any] = {"families": {}, "ablations": {}}
-    inits = {"masked": args.masked} if args.quick else {"masked": args.masked, "glm": args.glm, "causal": args.causal}
-    for family, init in inits.items():
+    inits = {"masked": args.masked, "glm": args.glm, "causal": args.causal}
+    for family, init in ((f, inits[f]) for f in args.families.split(",")):
         res["families"][family] = finetune(f"{task} {family}", out, init, [*WORD_TASK, *files], args.max_steps, 90.0)
-    if task == "copy":
+    if task == "copy" and "masked" in args.families:
         for name, extra in ({} if args.quick else ABLATIONS).items():
             res["ablations"][name] = finetune(f"copy masked, {name}", out, args.masked, [*WORD_TASK, *files, *extra],
-                                              args.max_steps, 90.0)
-    if task == "reverse" and not args.quick:
+                                              args.ablation_steps, 90.0)
+    if task == "reverse" and "masked" in args.families:
         run = res["families"]["masked"]["run"]
         valid = str(data / "reverse_valid.jsonl")
         res["strategies"] = {
@@ -253,6 +256,14 @@ def report(results: dict[str, Any]) -> None:
             print(f"| targets {name} | {run['test']['rougeL']:.1f} | {run['test']['exact_match']:.1f} |")
 
 
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` updated with ``new``, mapping by mapping (a part's families and ablations one by one)."""
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--masked", default="runs/demo")
@@ -263,13 +274,15 @@ def main() -> int:
     p.add_argument("--out", default="runs/bench-finetune-learning")
     p.add_argument("--parts", default="copy,reverse,titles,cloze,instruct")
     p.add_argument("--max-steps", type=int, default=5000)
-    p.add_argument("--title-steps", type=int, default=600)
+    p.add_argument("--ablation-steps", type=int, default=1000, help="copy: steps of each ablation run at most")
+    p.add_argument("--title-steps", type=int, default=3000)
     p.add_argument("--instruct-steps", type=int, default=600)
+    p.add_argument("--families", default="masked,glm,causal", help="copy / reverse: the families to fine-tune")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.quick:
-        args.parts, args.max_steps = "copy,cloze", min(args.max_steps, 1000)
+        args.parts, args.families, args.max_steps = "copy,cloze", "masked", min(args.max_steps, 1000)
     if args.pretrain:
         pretrain_missing(args)
     out, data = Path(args.out), Path(args.out) / "wordtasks"
@@ -287,8 +300,8 @@ def main() -> int:
         results["instruct"] = instruct_part(args, out)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"finetune_learning{'_quick' if args.quick else ''}.json"
-    if path.is_file():  # parts run separately add up: this run's parts replace their earlier results
-        results = {**json.loads(path.read_text()), **results}
+    if path.is_file():  # runs of other parts or families add up: this run replaces only what it ran
+        results = merged(json.loads(path.read_text()), results)
     report(results)
     path.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {path}")

@@ -106,6 +106,10 @@ class Seq2SeqConfig:
     """Fraction of source tokens masked in training (0 in BiGLM's code; Instruct-XMLR used 0.15)."""
     min_mask_ratio: float = 0.0
     """Target masking ratio ~ U(min_mask_ratio, 1), at least one token."""
+    full_mask_fraction: float = 0.3
+    """Share of training rows whose whole target is masked (what Mask-Predict's first pass sees); the others
+    are masked at a ratio ~ U(min_mask_ratio, 1). 0: the paper's code. On the demo's title task 0.3 reached
+    ROUGE-L 31 in 1,200 steps where 0 reached 24 (README, "Fine-tuning that learns")."""
     label_smoothing: float = 0.0
     """Label smoothing of the token loss (0.1 in Instruct-XMLR)."""
     length_loss_weight: float = 0.1
@@ -145,6 +149,8 @@ class Seq2SeqConfig:
         check(self.max_source_length >= 0, f"{w}.max_source_length={self.max_source_length}: must be >= 0")
         check(0.0 <= self.source_mask_ratio < 1.0, f"{w}.source_mask_ratio={self.source_mask_ratio}: must be in [0, 1)")
         check(0.0 <= self.min_mask_ratio <= 1.0, f"{w}.min_mask_ratio={self.min_mask_ratio}: must be in [0, 1]")
+        check(0.0 <= self.full_mask_fraction <= 1.0,
+              f"{w}.full_mask_fraction={self.full_mask_fraction}: must be in [0, 1]")
         check(0.0 <= self.label_smoothing < 1.0, f"{w}.label_smoothing={self.label_smoothing}: must be in [0, 1)")
         check(self.length_loss_weight >= 0, f"{w}.length_loss_weight={self.length_loss_weight}: must be >= 0")
         check(self.steps > 0 and self.length_candidates > 0, f"{w}.steps and length_candidates: must be > 0")
@@ -179,6 +185,10 @@ class InstructionConfig(Seq2SeqConfig):
     """A system message put first in every conversation that has none (also at chat time)."""
     all_turns: bool = False
     """Train every assistant turn (each with the history before it as X); false: only the last one."""
+    target_positions: Literal["aligned", "continue"] = "continue"
+    """Where the reply sits (``ModelConfig.suffix_positions``): after the conversation (``continue``, the default:
+    a reply answers the end of the prompt, not its start; on the demo instruction set ROUGE-L 9.5 against 8.2 for
+    ``aligned`` after 600 steps) or ``aligned`` as seq2seq's default."""
     mixture: list[dict[str, Any]] = field(default_factory=list)
     """Several training sets mixed by weight, ``[{path: a.jsonl, weight: 0.7}, {path: hf:NAME, weight: 0.3,
     split: train, config: null}]`` (instead of ``data.train``): each set's share of an epoch's examples is

@@ -1,8 +1,9 @@
 """``seq2seq``: source X -> target Y with Mask-Predict (summarisation, question generation, copy tasks).
 
-Training row: X = ``BOS source`` (optionally a fixed share of its tokens masked), Y = the target with a
-ratio ~ U(min_mask_ratio, 1) of its tokens masked (at least one), under the prefix-blind layout (X never
-sees Y), as in BiGLM's fine-tuning code. Y's positions follow ``target_positions``: ``aligned`` (the default)
+Training row: X = ``BOS source`` (optionally a fixed share of its tokens masked), Y = the target, masked
+whole in a share ``full_mask_fraction`` of the rows (the case Mask-Predict's first pass meets) and otherwise
+at a ratio ~ U(min_mask_ratio, 1) (at least one token), under the prefix-blind layout (X never sees Y), as
+in BiGLM's fine-tuning code. Y's positions follow ``target_positions``: ``aligned`` (the default)
 starts Y at the source's first position, so target token j and source token j share a position and "the
 source token at my place" is one fixed relative offset; ``continue`` (the paper's code) counts on after X,
 where that offset changes with the source's length and a small model does not learn to copy (see the
@@ -222,8 +223,8 @@ def masked_row(task: Seq2SeqTask, ex: Seq2SeqExample, g: torch.Generator) -> Bat
     o, ids = task.options, task.ids
     x = [ids.bos, *ex.source]
     y = task.target_ids(ex)
-    u = float(torch.rand((), generator=g, dtype=torch.float64))
-    ratio = o.min_mask_ratio + (1.0 - o.min_mask_ratio) * u
+    u, whole = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+    ratio = 1.0 if whole < o.full_mask_fraction else o.min_mask_ratio + (1.0 - o.min_mask_ratio) * u
     hide_y = _choose(len(y), max(1, round(ratio * len(y))), g)
     hide_x = torch.zeros(len(x), dtype=torch.bool)
     if o.source_mask_ratio > 0:
