@@ -161,7 +161,7 @@ def test_pretrain_help_lists_every_config_field(capsys):
         elif line.startswith(" " * 20) and lines:
             lines[key] += line
     fields = [kv for name, cls in run_sections().items() for kv in config_keys(cls, name)]
-    assert len(fields) == 107  # every leaf field of model, objective, data and train
+    assert len(fields) == 108  # every leaf field of model, objective, data and train
     for key, doc in fields:
         assert f"--{key}" in lines, key
         assert doc, f"{key} has no docstring"
