@@ -187,8 +187,8 @@ class InstructionConfig(Seq2SeqConfig):
     """Train every assistant turn (each with the history before it as X); false: only the last one."""
     target_positions: Literal["aligned", "continue"] = "continue"
     """Where the reply sits (``ModelConfig.suffix_positions``): after the conversation (``continue``, the default:
-    a reply answers the end of the prompt, not its start; on the demo instruction set ROUGE-L 9.5 against 8.2 for
-    ``aligned`` after 600 steps) or ``aligned`` as seq2seq's default."""
+    a reply answers the end of the prompt, not its start) or ``aligned`` as seq2seq's default. On the demo
+    instruction set the two measured level (test ROUGE-L 10.3 and 10.5 after 600 steps)."""
     mixture: list[dict[str, Any]] = field(default_factory=list)
     """Several training sets mixed by weight, ``[{path: a.jsonl, weight: 0.7}, {path: hf:NAME, weight: 0.3,
     split: train, config: null}]`` (instead of ``data.train``): each set's share of an epoch's examples is
