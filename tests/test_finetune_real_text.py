@@ -153,3 +153,24 @@ def test_cloze_on_a_surface_feature_generalises_to_new_sentences(tokenizer_dir, 
     trainer.close()
     scores, _, _ = evaluate_split(load_predictor(tmp_path / "run"), "test")
     assert scores["accuracy"] >= 90.0, scores
+
+
+def test_word_tasks_hold_out_their_sequences_and_reverse_words(tmp_path):
+    """make_wordtasks: validation and test sequences never occur in training, reversal reverses words (not
+    tokens), the number set is balanced and labelled by digits, and --out may not be the corpus it reads."""
+    from biglm.finetune.make_wordtasks import main as make
+
+    corpus = tmp_path / "wiki.jsonl"
+    docs = [json.dumps({"text": f"Title {i}\n{r['text']}"}) + "\n" for i, r in enumerate(sentences())]
+    corpus.write_text("".join(docs))
+    assert make([str(corpus), "--out", str(corpus)]) == 2
+    assert make([str(corpus), "--out", str(tmp_path / "t"), "--vocab", "300", "--sizes", "400", "50", "50",
+                 "--number-sizes", "100", "40", "40"]) == 0
+    rows = {name: [json.loads(line) for line in (tmp_path / "t" / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("copy_train", "copy_valid", "copy_test", "reverse_valid", "number_train")}
+    train = {r["source"] for r in rows["copy_train"]}
+    assert not train & {r["source"] for r in rows["copy_valid"] + rows["copy_test"]}
+    assert all(r["target"].split() == r["source"].split()[::-1] for r in rows["reverse_valid"])
+    labels = [r["label"] for r in rows["number_train"]]
+    assert labels.count("yes") == labels.count("no") == 50
+    assert all((r["label"] == "yes") == any(c.isdigit() for c in r["text"]) for r in rows["number_train"])

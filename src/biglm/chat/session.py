@@ -166,6 +166,14 @@ class ChatModel:
                                            system_prompt=getattr(o, "system_prompt", ""))
         return cls(loaded.model, loaded.tokenizer, settings)
 
+    @property
+    def decoder(self) -> str:
+        """Which decoder writes a reply: ``ar`` (causal, bidirectional-ar), ``glm`` (the blank's part B) or
+        ``mask-predict`` (the engine, for masked models)."""
+        if self.model.config.is_autoregressive:
+            return "ar"
+        return "glm" if self.family == "glm" else "mask-predict"
+
     def prompt_budget(self, settings: ChatSettings) -> int:
         """Prompt tokens that fit beside BOS and the reply (a GLM reply also needs [gMASK] and [sop])."""
         extra = 2 if self.family == "glm" else 0
@@ -210,7 +218,7 @@ class ChatModel:
         if self.prompt_budget(settings) < 1:
             raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
                              f"max_seq_len={self.model.config.max_seq_len}")
-        if self.model.config.is_autoregressive or self.family == "glm":
+        if self.decoder != "mask-predict":
             self._ar_options(settings, SamplingConfig(settings.temperature, settings.top_k, settings.top_p))
         elif settings.strategy:
             get_strategy(settings.strategy)
@@ -257,9 +265,9 @@ class ChatModel:
         """Replies after prompt ids (without BOS; with the turns dropped to fit), decoded in one batch."""
         sampling = SamplingConfig(s.temperature, s.top_k, s.top_p)
         ids_list = [p for p, _ in prompts]
-        if self.model.config.is_autoregressive:
+        if self.decoder == "ar":
             return self._reply_ar(prompts, s, sampling, on_update)
-        if self.family == "glm":
+        if self.decoder == "glm":
             return self._reply_glm(prompts, s, sampling, on_update)
         length = s.length if getattr(self.model.config, "length_head", False) else "fixed"
         if length == "predict" and self.model.config.max_target_length - 1 < s.max_new_tokens:

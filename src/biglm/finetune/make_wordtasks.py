@@ -25,6 +25,8 @@ from pathlib import Path
 
 from biglm.errors import BiglmError
 from biglm.evaluate.make_tasks import sentences
+from biglm.files import atomic_write_text
+from biglm.outputs import RESULTS, check_output
 
 _WORD = re.compile(r"\b[a-z]{2,}\b")
 
@@ -99,7 +101,7 @@ def number_task(texts: Iterable[str], sizes: tuple[int, int, int], seed: int = 0
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
+        out = check_output(args.out, RESULTS, [args.source])  # never over the corpus it reads
         texts = corpus_texts(args.source)
         words = vocabulary(texts, args.vocab)
         splits = sequence_tasks(words, tuple(args.sizes), args.seed)
@@ -121,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     except BiglmError as e:
         print(f"make_wordtasks: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         write_jsonl(out / f"{name}.jsonl", rows)
