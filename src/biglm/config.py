@@ -14,11 +14,12 @@ from typing import Any, Literal
 
 from biglm.configurable import from_dict, load_yaml, to_dict
 from biglm.errors import ConfigError, check
+from biglm.families import FAMILIES, Family
 
 # SmolLM's 49152-token vocabulary plus [MASK], rounded up to a multiple of 64 (the added token counts).
 PAPER_VOCAB = 49216
 
-MODEL_FAMILIES: tuple[str, ...] = ("masked", "causal", "bidirectional-ar", "glm")
+MODEL_FAMILIES: dict[str, Family] = FAMILIES  # the registry (``biglm.families``), by name
 """How a model is meant to be used; generation, evaluation, export and fine-tuning dispatch on it.
 
 - ``masked``: BiGLM / MLM, predicts [MASK]ed tokens (Mask-Predict decoding, masked scoring);
@@ -92,8 +93,9 @@ class ModelConfig:
     """Add a span head (start and end logits per token) for extractive question answering."""
     reward_head: bool = False
     """Add a reward head (one scalar per token; a reward model pools it: ``biglm.finetune.tasks.reward``)."""
-    family: Literal["masked", "causal", "bidirectional-ar", "glm"] = "masked"
-    """How the model is trained and used (see ``MODEL_FAMILIES``); checkpoints without it are ``masked``.
+    family: str = "masked"
+    """How the model is trained and used: a family of ``biglm.families.FAMILIES`` (``masked``, ``causal``,
+    ``bidirectional-ar``, ``glm``); checkpoints without it are ``masked``.
     A run config whose model section does not set it takes it from the objective."""
     attn_backend: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel: ``sdpa`` (dense layout mask, the reference) or ``flex`` (FlexAttention with a
@@ -144,16 +146,17 @@ class ModelConfig:
               f"{', '.join(POSITION_ENCODINGS)}")
         check(self.suffix_positions in SUFFIX_POSITIONS,
               f"ModelConfig.suffix_positions={self.suffix_positions!r}: expected one of {', '.join(SUFFIX_POSITIONS)}")
-        check(self.family != "glm" or self.position_encoding != "rope",
-              "ModelConfig.position_encoding='rope': a glm model needs 2D positions ('rope-2d' or 'learned-2d')")
+        check(not FAMILIES[self.family].positions_2d or self.positions_2d,
+              f"ModelConfig.position_encoding={self.position_encoding!r}: a {self.family} model needs 2D positions "
+              "('rope-2d' or 'learned-2d')")
         check(self.position_encoding != "rope-2d" or self.rotary_dim % 4 == 0,
               f"ModelConfig.position_encoding='rope-2d': needs a multiple of 4 rotated dimensions per head "
               f"(rotary_dim={self.rotary_dim})")
 
     @property
     def is_autoregressive(self) -> bool:
-        """True for the families decoded token by token left to right (``causal``, ``bidirectional-ar``)."""
-        return self.family in ("causal", "bidirectional-ar")
+        """True for the families decoded by the autoregressive loop (``causal``, ``bidirectional-ar``)."""
+        return FAMILIES[self.family].decoder == "autoregressive"
 
     @property
     def positions_2d(self) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from biglm.errors import ConfigError, check
+from biglm.families import objective_families
 
 
 @dataclass
@@ -165,13 +166,8 @@ class GLMObjectiveConfig:
 # Every objective has a section named after it (``-`` as ``_``) below and an entry in
 # ``biglm.objectives.OBJECTIVES``; ``OBJECTIVE_FAMILIES`` says which model families it trains.
 OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm", "causal", "bidirectional-ar", "glm")
-OBJECTIVE_FAMILIES: dict[str, tuple[str, ...]] = {
-    "biglm": ("masked",),
-    "mlm": ("masked",),
-    "causal": ("causal", "bidirectional-ar"),  # first: the family a run gets when the model section is silent
-    "bidirectional-ar": ("bidirectional-ar",),
-    "glm": ("glm",),
-}
+OBJECTIVE_FAMILIES: dict[str, tuple[str, ...]] = {name: objective_families(name) for name in OBJECTIVE_NAMES}
+"""Objective -> the model families it trains (from each family's ``objectives``), the default first."""
 
 
 def section_name(objective: str) -> str:

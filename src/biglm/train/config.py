@@ -27,6 +27,7 @@ from biglm.config import ModelConfig
 from biglm.configurable import apply_overrides, check_keys, from_dict, load_yaml, to_dict
 from biglm.data.config import DataConfig
 from biglm.errors import ConfigError, check
+from biglm.families import FAMILIES
 from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
 
 SECTIONS = ("model", "objective", "data", "train")
@@ -273,8 +274,9 @@ class RunConfig:
             model["vocab_size"] = vocab
         objective = _objective(dict(data.get("objective") or {}))
         model.setdefault("family", objective.families[0])  # the objective decides unless the model section does
-        if model["family"] == "glm":
-            model.setdefault("position_encoding", "rope-2d")  # GLM needs 2D positions; RoPE form by default
+        family = FAMILIES.get(model["family"])  # an unknown name is ModelConfig's error, below
+        if family is not None and family.positions_2d:
+            model.setdefault("position_encoding", "rope-2d")  # the RoPE form of 2D positions by default
         return cls(model=ModelConfig.from_dict(model), objective=objective,
                    data=DataConfig.from_dict(dict(data.get("data") or {})),
                    train=from_dict(TrainConfig, dict(data.get("train") or {}), "train"),
