@@ -114,7 +114,9 @@ def test_text_api_and_cli(tmp_path):
 
 def test_prompt_blanks_are_single_tokens_and_keep_no_space(tmp_path):
     from biglm.data.tokenizer import ensure_glm_tokens, train_tokenizer
-    from biglm.generate.glm import encode_prompt
+    from biglm.families import get_family
+
+    encode_prompt = get_family("glm").encode_prompt
 
     (tmp_path / "t.txt").write_text("The cat sat on the mat. A dog ran in the park.\n" * 50)
     tok = train_tokenizer([tmp_path / "t.txt"], 300, tmp_path / "tok")

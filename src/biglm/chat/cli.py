@@ -69,7 +69,7 @@ def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
 
     messages: list[dict[str, str]] = []
     settings = chat.settings
-    kind = "tokens" if chat.model.config.is_autoregressive or chat.family == "glm" else "passes"
+    kind = "passes" if chat.decoder == "mask-predict" else "tokens"
     print(f"biglm chat: {chat.family} model, {chat.model.config.max_seq_len}-token context; the reply forms over its "
           f"{kind}. {HELP}", file=out)
 

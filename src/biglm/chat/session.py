@@ -25,11 +25,12 @@ import torch
 
 from biglm.data.chat import Message, check_messages, fit_history, set_chat_template
 from biglm.errors import BiglmError
-from biglm.generate.api import MASK_SYMBOL, banned_ids, special_ids
+from biglm.families import get_family
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
 from biglm.generate.glm import GLMTokens, infill_ids
 from biglm.generate.sampling import SamplingConfig, check_seed
+from biglm.generate.specials import MASK_SYMBOL, banned_ids, special_ids
 from biglm.generate.strategies import get_strategy
 
 
@@ -139,7 +140,8 @@ class ChatModel:
 
     @property
     def family(self) -> str:
-        return str(self.model.config.family)
+        """The model family's name (``biglm.families``)."""
+        return get_family(self.model).name
 
     @classmethod
     def load(cls, ckpt: str | Path, device: str = "cpu") -> ChatModel:
@@ -168,15 +170,13 @@ class ChatModel:
 
     @property
     def decoder(self) -> str:
-        """Which decoder writes a reply: ``ar`` (causal, bidirectional-ar), ``glm`` (the blank's part B) or
-        ``mask-predict`` (the engine, for masked models)."""
-        if self.model.config.is_autoregressive:
-            return "ar"
-        return "glm" if self.family == "glm" else "mask-predict"
+        """Which decoder writes a reply (the family's): ``autoregressive``, ``blank-infilling`` (GLM's part B) or
+        ``mask-predict`` (the engine)."""
+        return get_family(self.model).decoder
 
     def prompt_budget(self, settings: ChatSettings) -> int:
         """Prompt tokens that fit beside BOS and the reply (a GLM reply also needs [gMASK] and [sop])."""
-        extra = 2 if self.family == "glm" else 0
+        extra = get_family(self.model).prompt_overhead
         return self.model.config.max_seq_len - 1 - extra - settings.max_new_tokens
 
     def prompt_ids(self, messages: Sequence[Message], settings: ChatSettings) -> tuple[list[int], int]:
@@ -264,11 +264,14 @@ class ChatModel:
                      on_update: Callable[[ReplyUpdate], None] | None = None) -> list[Reply]:
         """Replies after prompt ids (without BOS; with the turns dropped to fit), decoded in one batch."""
         sampling = SamplingConfig(s.temperature, s.top_k, s.top_p)
+        reply = {"autoregressive": self._reply_ar, "blank-infilling": self._reply_glm,
+                 "mask-predict": self._reply_masked}[self.decoder]
+        return reply(prompts, s, sampling, on_update)
+
+    def _reply_masked(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
+                      on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
+        """Mask-Predict (or the chosen parallel strategy): the reply's passes are shown as they refine it."""
         ids_list = [p for p, _ in prompts]
-        if self.decoder == "ar":
-            return self._reply_ar(prompts, s, sampling, on_update)
-        if self.decoder == "glm":
-            return self._reply_glm(prompts, s, sampling, on_update)
         length = s.length if getattr(self.model.config, "length_head", False) else "fixed"
         if length == "predict" and self.model.config.max_target_length - 1 < s.max_new_tokens:
             s = dataclasses.replace(s, max_new_tokens=self.model.config.max_target_length - 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from biglm.errors import BiglmError, check
+from biglm.families.glm import GLM
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -28,7 +29,7 @@ DEFAULT_SPECIALS = {"bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[P
 TRAINED_SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "[MASK]"]
 # GLM's extra tokens (added only for GLM models): sentence and generation blanks, and the start / end of a
 # span in part B (the paper's [START] / [END]; the authors' code calls them sop / eop).
-GLM_SPECIALS = {"smask": "[sMASK]", "gmask": "[gMASK]", "sop": "[sop]", "eop": "[eop]"}
+GLM_SPECIALS = dict(GLM.special_tokens)
 SENTENCE_END_CHARS = ".!?"
 
 

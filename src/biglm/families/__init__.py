@@ -6,6 +6,7 @@ line in ``FAMILIES``; ``docs/architecture.md`` walks through an example.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from biglm.errors import ConfigError
@@ -36,6 +37,18 @@ def get_family(of: Any) -> Family:
     return family
 
 
+def family_names(where: Callable[[Family], bool]) -> str:
+    """The families for which ``where`` holds, for a message: ``causal or bidirectional-ar``."""
+    return " or ".join(f.name for f in FAMILIES.values() if where(f)) or "no"
+
+
+def check_direction(family: Family, direction: str, what: str = "direction") -> None:
+    """One-line refusal of a reading direction ``family`` does not have, naming the families that do."""
+    if direction not in family.directions:
+        have = family_names(lambda f: direction in f.directions)
+        raise ConfigError(f"{what}={direction!r} needs a {have} model (this one is {family.name!r})")
+
+
 def objective_families(objective: str) -> tuple[str, ...]:
     """The families an objective trains, the default (the family listing it first) first."""
     fams = [f for f in FAMILIES.values() if objective in f.objectives]
@@ -43,4 +56,5 @@ def objective_families(objective: str) -> tuple[str, ...]:
     return tuple(f.name for f in fams)
 
 
-__all__ = ["FAMILIES", "Family", "get_family", "objective_families", "register_family"]
+__all__ = ["FAMILIES", "Family", "check_direction", "family_names", "get_family", "objective_families",
+           "register_family"]

@@ -45,8 +45,9 @@ class Family:
     positions_2d: bool = False
     """Takes two position ids per token (GLM's; a ``rope-2d`` or ``learned-2d`` encoding, ``rope-2d`` for a run
     that sets none)."""
-    special_tokens: tuple[str, ...] = ()
-    """Special tokens beyond BOS/EOS/PAD/MASK that its runs add to the tokenizer (GLM's blanks and span marks)."""
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
+    """Special tokens beyond BOS/EOS/PAD/MASK that its runs add to the tokenizer, by name (GLM's blanks and
+    span marks)."""
     prompt_overhead: int = 0
     """Tokens a reply needs beside ``BOS prompt`` and the reply itself (GLM: ``[gMASK]`` and ``[sop]``)."""
     length_head: bool = False
@@ -68,12 +69,6 @@ class Family:
     def scoring_directions(self) -> tuple[str, ...]:
         """Directions lm-eval may ask for: the reading directions, plus ``mean`` when there are two."""
         return (*self.directions, "mean") if len(self.directions) > 1 else self.directions
-
-    def check_direction(self, direction: str, what: str = "direction") -> None:
-        """One-line refusal of a direction this family does not read in."""
-        if direction not in self.directions:
-            have = " or ".join(repr(d) for d in self.directions) or "none (not autoregressive)"
-            raise BiglmError(f"{what}={direction!r}: a {self.name} model reads {have}")
 
     def check_task(self, kind: str) -> None:
         """One-line refusal of a fine-tuning kind this family cannot take."""

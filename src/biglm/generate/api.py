@@ -1,6 +1,7 @@
 """Text in, text out: ``biglm.generate.generate(model_or_ckpt, prompts, ...)``.
 
-The model's family decides how: ``causal`` and ``bidirectional-ar`` models decode autoregressively
+The model's family decides how (``Family.encode_prompt`` reads the prompt, ``Family.decoder`` picks the
+decoder of ``biglm.generate.decoders``): ``causal`` and ``bidirectional-ar`` models decode autoregressively
 with the KV cache (``biglm.generate.autoregressive``; ``direction='r2l'`` writes the text that comes
 before the prompt); ``glm`` models fill the prompt's ``[MASK]`` / ``[sMASK]`` / ``[gMASK]`` blanks left to
 right on the same loop (``biglm.generate.glm``; a prompt without a blank is continued); ``masked`` models
@@ -21,12 +22,17 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from biglm.checkpoint import load_model
+from biglm.devices import resolve_device
 from biglm.errors import BiglmError
-from biglm.generate.autoregressive import AR_STRATEGIES, AROptions, generate_ar_ids
-from biglm.generate.engine import GenerationOutput, generate_ids
+from biglm.families import get_family
+from biglm.generate.decoders import DECODERS, DecodeRequest, ar_options, resolve_ar_strategy
+from biglm.generate.engine import GenerationOutput
 from biglm.generate.sampling import SamplingConfig
+from biglm.generate.specials import MASK_SYMBOL, banned_ids, render_step, special_ids
 
-MASK_SYMBOL = "▢"
+__all__ = ["MASK_SYMBOL", "GenerationResult", "ar_options", "banned_ids", "generate", "render_step",
+           "resolve_ar_strategy", "special_ids"]
 
 
 @dataclass
@@ -46,50 +52,8 @@ class GenerationResult:
         return self.output.forward_passes
 
 
-def special_ids(tokenizer: Any) -> dict[str, int]:
-    """BOS, EOS, [MASK] and PAD ids of ``tokenizer``; one clear error when one is missing."""
-    ids = {}
-    for name in ("bos", "eos", "mask"):
-        value = getattr(tokenizer, f"{name}_token_id", None)
-        if value is None:
-            raise BiglmError(f"tokenizer has no {name} token; generation needs BOS, EOS and [MASK] "
-                             "(load it with biglm.data.tokenizer.load_tokenizer)")
-        ids[name] = int(value)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    ids["pad"] = int(pad) if pad is not None else ids["eos"]
-    return ids
-
-
-def banned_ids(tokenizer: Any, vocab_size: int, allow: Sequence[int] = ()) -> list[int]:
-    """Ids generation never emits: [MASK], BOS, PAD (unless it is EOS) and the vocabulary's padding rows;
-    ``allow`` keeps some (R2L decoding ends at BOS)."""
-    ids = special_ids(tokenizer)
-    banned = ({ids["mask"], ids["bos"]} | ({ids["pad"]} - {ids["eos"]})) - set(allow)
-    banned |= set(range(len(tokenizer), vocab_size))
-    return sorted(i for i in banned if 0 <= i < vocab_size)
-
-
-def render_step(tokenizer: Any, ids: Sequence[int], mask_token_id: int, mask_symbol: str = MASK_SYMBOL) -> str:
-    """Text of a partly decoded suffix with ``mask_symbol`` at every [MASK]."""
-    parts: list[str] = []
-    run: list[int] = []
-    for i in ids:
-        if i == mask_token_id:
-            if run:
-                parts.append(tokenizer.decode(run, skip_special_tokens=True))
-                run = []
-            parts.append(mask_symbol)
-        else:
-            run.append(i)
-    if run:
-        parts.append(tokenizer.decode(run, skip_special_tokens=True))
-    return "".join(parts)
-
-
 def _resolve(model_or_ckpt: Any, tokenizer: Any, device: str | torch.device | None) -> tuple[nn.Module, Any]:
     if isinstance(model_or_ckpt, str | Path):
-        from biglm.checkpoint import load_model
-
         loaded = load_model(model_or_ckpt, device=device or "cpu")
         model_or_ckpt = loaded
     if hasattr(model_or_ckpt, "model") and hasattr(model_or_ckpt, "tokenizer") and not isinstance(
@@ -102,8 +66,6 @@ def _resolve(model_or_ckpt: Any, tokenizer: Any, device: str | torch.device | No
     if tokenizer is None:
         raise BiglmError("generate: no tokenizer (pass tokenizer=..., or a checkpoint saved with one)")
     if device is not None:
-        from biglm.devices import resolve_device
-
         model_or_ckpt = model_or_ckpt.to(resolve_device(device, "device"))
     return model_or_ckpt.eval(), tokenizer
 
@@ -133,19 +95,7 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
     ``GenerationResult`` with ids, per-pass partial texts and forward-pass counts.
     """
     model, tokenizer = _resolve(model_or_ckpt, tokenizer, device)
-    ar = {"direction": direction, "num_beams": num_beams, "length_penalty": length_penalty,
-          "no_repeat_ngram_size": no_repeat_ngram_size, "min_new_tokens": min_new_tokens,
-          "early_stopping": early_stopping}
-    decodes_ar = model.config.is_autoregressive or model.config.family == "glm"
-    if model.config.family == "glm" and direction != "l2r":
-        raise BiglmError("direction='r2l' is for bidirectional-ar models; a glm model fills blanks left to right")
-    if not decodes_ar:
-        changed = [k for k, v in ar.items() if v != {"direction": "l2r", "num_beams": 1, "length_penalty": 1.0,
-                                                      "no_repeat_ngram_size": 0, "min_new_tokens": 0,
-                                                      "early_stopping": False}[k]]
-        if changed:
-            raise BiglmError(f"{changed[0]} is an option of autoregressive decoding; this model is "
-                             f"{model.config.family!r} (Mask-Predict and parallel strategies)")
+    family = get_family(model)
     single = isinstance(prompts, str)
     prompt_list = [prompts] if single else list(prompts)
     if not prompt_list:
@@ -159,102 +109,19 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
         if not text.strip():
             raise BiglmError(f"prompt {i} is {'blank (only whitespace)' if text else 'empty'}: give some text "
                              "to continue")
-        if model.config.family == "glm":  # blanks as single tokens, the space before one left to its span
-            from biglm.generate.glm import encode_prompt
-
-            encoded.append(encode_prompt(tokenizer, text))
-        else:
-            encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = special_ids(tokenizer)
-    if model.config.family == "glm":
-        if strategy_options:
-            raise BiglmError(f"blank infilling has no option '{sorted(strategy_options)[0]}'")
-        ar.pop("direction")
-        output = _generate_glm(model, encoded, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy,
-                               sampling=(temperature, top_k, top_p), seed=seed, use_cache=prefix_cache, **ar)
-    elif model.config.is_autoregressive:
-        if strategy_options:
-            raise BiglmError(f"autoregressive decoding has no option '{sorted(strategy_options)[0]}'")
-        output = _generate_ar(model, encoded, ids, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy,
-                              sampling=(temperature, top_k, top_p), seed=seed, use_cache=prefix_cache, **ar)
-    else:
-        output = generate_ids(
-        model, encoded, bos_token_id=ids["bos"], eos_token_id=ids["eos"], mask_token_id=ids["mask"],
-            pad_token_id=ids["pad"], max_new_tokens=max_new_tokens, steps=steps, strategy=strategy or "mask-predict",
-            sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, prefix_cache=prefix_cache,
-            length=length, length_candidates_k=length_candidates, length_rule=length_rule,
-            banned_token_ids=banned_ids(tokenizer, model.config.vocab_size),
-            record_trajectory=return_trajectory, **strategy_options)
+        encoded.append(family.encode_prompt(tokenizer, text))
+    request = DecodeRequest(
+        max_new_tokens=max_new_tokens, steps=steps, strategy=strategy, seed=seed, prefix_cache=prefix_cache,
+        sampling=SamplingConfig(temperature, top_k, top_p), length=length, length_candidates=length_candidates,
+        length_rule=length_rule, return_trajectory=return_trajectory, direction=direction, num_beams=num_beams,
+        length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+        early_stopping=early_stopping, strategy_options=strategy_options)
+    output = DECODERS[family.decoder](model, family, encoded, tokenizer, request)
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in output.token_ids]
     if not return_trajectory:
         return texts[0] if single else texts
     if output.trajectories is None:
         return GenerationResult(texts, output.token_ids, output, None)
-    steps_text = [[render_step(tokenizer, s, ids["mask"]) for s in traj] for traj in output.trajectories or []]
+    mask = special_ids(tokenizer)["mask"]
+    steps_text = [[render_step(tokenizer, s, mask) for s in traj] for traj in output.trajectories or []]
     return GenerationResult(texts, output.token_ids, output, steps_text)
-
-
-def resolve_ar_strategy(strategy: str | None, temperature: float, num_beams: int) -> str:
-    """``greedy``, ``sample`` or ``beam`` (default: beam when ``num_beams > 1``, sample when
-    ``temperature > 0``, else greedy), checked against the other options."""
-    if strategy is None:
-        strategy = "beam" if num_beams > 1 else ("sample" if temperature > 0 else "greedy")
-    if strategy not in AR_STRATEGIES:
-        raise BiglmError(f"unknown strategy {str(strategy)[:40]!r} for an autoregressive model: expected one of "
-                         f"{', '.join(AR_STRATEGIES)}")
-    if strategy == "beam" and num_beams < 2:
-        raise BiglmError(f"strategy 'beam' needs num_beams >= 2 (got {num_beams})")
-    if strategy != "beam" and num_beams > 1:
-        raise BiglmError(f"num_beams={num_beams} needs strategy 'beam' (got '{strategy}')")
-    if strategy == "greedy" and temperature > 0:
-        raise BiglmError(f"strategy 'greedy' takes no temperature (got {temperature}); use 'sample'")
-    return strategy
-
-
-def _ar_options(model: nn.Module, tokenizer: Any, *, max_new_tokens: int, strategy: str | None,
-                sampling: tuple[float, int, float], num_beams: int, length_penalty: float, no_repeat_ngram_size: int,
-                min_new_tokens: int, early_stopping: bool, allow: Sequence[int] = ()) -> AROptions:
-    """The options of the autoregressive loop from ``generate``'s arguments (strategy checked)."""
-    temperature, top_k, top_p = sampling
-    strategy = resolve_ar_strategy(strategy, temperature, num_beams)
-    if strategy == "sample" and temperature == 0:
-        temperature = 1.0
-    return AROptions(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                     sampling=SamplingConfig(temperature, top_k, top_p), num_beams=num_beams,
-                     length_penalty=length_penalty, early_stopping=early_stopping,
-                     no_repeat_ngram_size=no_repeat_ngram_size,
-                     banned_token_ids=tuple(banned_ids(tokenizer, model.config.vocab_size, allow=allow)))
-
-
-def _generate_glm(model: nn.Module, encoded: list[list[int]], tokenizer: Any, *, max_new_tokens: int,
-                  seed: int | None, use_cache: bool, **options: Any) -> GenerationOutput:
-    """Blank infilling: a prompt with blanks gives the whole text with them filled, one without a blank
-    its continuation (the fill of the ``[gMASK]`` appended)."""
-    from biglm.generate.glm import GLMTokens, infill_ids
-
-    tokens = GLMTokens.from_tokenizer(tokenizer)
-    opts = _ar_options(model, tokenizer, max_new_tokens=max_new_tokens, **options)
-    result = infill_ids(model, encoded, tokens, options=opts, use_cache=use_cache, seed=seed)
-    out = [result.filled(tokens, i) if any(t in tokens.blanks for t in p) else result.fills[i][0]
-           for i, p in enumerate(encoded)]
-    return GenerationOutput(token_ids=out, full_token_ids=out, lengths=[len(t) for t in out],
-                            scores=[sum(s) for s in result.scores], prompt_lengths=[len(a) for a in result.part_a],
-                            forward_passes=result.forward_passes)
-
-
-def _generate_ar(model: nn.Module, encoded: list[list[int]], ids: dict[str, int], tokenizer: Any, *,
-                 max_new_tokens: int, strategy: str | None, sampling: tuple[float, int, float], seed: int | None,
-                 use_cache: bool, direction: str, num_beams: int, length_penalty: float,
-                 no_repeat_ngram_size: int, min_new_tokens: int, early_stopping: bool) -> GenerationOutput:
-    options = _ar_options(model, tokenizer, max_new_tokens=max_new_tokens, strategy=strategy, sampling=sampling,
-                          num_beams=num_beams, length_penalty=length_penalty,
-                          no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-                          early_stopping=early_stopping, allow=[ids["bos"]] if direction == "r2l" else ())
-    result = generate_ar_ids(model, encoded, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
-                             pad_token_id=ids["pad"], direction=direction, options=options, use_cache=use_cache,
-                             seed=seed)
-    return GenerationOutput(token_ids=result.token_ids, full_token_ids=result.token_ids,
-                            lengths=[len(t) for t in result.token_ids], scores=result.scores,
-                            prompt_lengths=[min(len(p), model.config.max_seq_len - max_new_tokens - 1) + 1
-                                            for p in encoded],
-                            forward_passes=result.forward_passes)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from biglm.attention import AttentionLayout, LayoutKind
 from biglm.errors import BiglmError, check
+from biglm.families import check_direction, family_names, get_family
 from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
 from biglm.model import KVCache
 
@@ -327,12 +328,12 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
     The start marker is added; a prompt too long for ``max_seq_len - max_new_tokens`` keeps the tokens
     nearest to the generation (its end for L2R, its beginning for R2L). The stop token is EOS for L2R
     and BOS for R2L, added to ``options.stop_token_ids``."""
-    if not model.config.is_autoregressive:
-        raise BiglmError(f"autoregressive generation needs a causal or bidirectional-ar model, not "
-                         f"family {model.config.family!r}")
-    if direction == "r2l" and model.config.family != "bidirectional-ar":
-        raise BiglmError(f"direction='r2l' needs a bidirectional-ar model (this one is {model.config.family!r})")
+    family = get_family(model)
+    if family.decoder != "autoregressive":
+        raise BiglmError(f"autoregressive generation needs a {family_names(lambda f: f.decoder == 'autoregressive')} "
+                         f"model, not family {family.name!r}")
     start, stop = direction_markers(direction, bos_token_id, eos_token_id)
+    check_direction(family, direction)
     opts = options or AROptions()
     opts = replace(opts, stop_token_ids=tuple(sorted({*opts.stop_token_ids, stop})))
     budget = model.config.max_seq_len - opts.max_new_tokens - 1

@@ -17,17 +17,18 @@ logits up to float rounding: the test of the cache).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from biglm.data.tokenizer import glm_token_ids
 from biglm.errors import BiglmError
+from biglm.families import family_names, get_family
 from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode, model_device
 from biglm.generate.sampling import seeded_generator
+from biglm.generate.specials import special_ids
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,6 @@ class GLMTokens:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: object) -> GLMTokens:
-        from biglm.data.tokenizer import glm_token_ids
-        from biglm.generate.api import special_ids
-
         return cls(**special_ids(tokenizer), **glm_token_ids(tokenizer))
 
 
@@ -76,27 +74,6 @@ class InfillResult:
             elif t not in (tokens.bos, tokens.eos):
                 out.append(t)
         return out
-
-
-BLANK_TEXT = re.compile(r"(\[MASK\]|\[sMASK\]|\[gMASK\])")
-
-
-def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt with blanks written as ``[MASK]`` / ``[sMASK]`` / ``[gMASK]``. Whitespace right
-    before a blank belongs to the span (as in training, where a span's first token carries its leading
-    space), so it is dropped from part A: ``"The [MASK] sat"`` reads ``The [MASK] ␣sat``, not
-    ``The ␣ [MASK] ␣sat``."""
-    pieces = BLANK_TEXT.split(text)
-    ids: list[int] = []
-    for i, piece in enumerate(pieces):
-        if i % 2:  # a blank
-            ids.append(int(tokenizer.convert_tokens_to_ids(piece)))
-            continue
-        if i + 1 < len(pieces):
-            piece = piece.rstrip()
-        if piece:
-            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
-    return ids
 
 
 def part_a(prompt: Sequence[int], tokens: GLMTokens) -> list[int]:
@@ -144,8 +121,10 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
     blank, ``[sop]``, BOS and PAD tokens are never generated. ``on_token`` (greedy / sampling) sees each
     step's chosen ids as ``decode`` gives them, blank after blank.
     """
-    if getattr(model.config, "family", None) != "glm":
-        raise BiglmError(f"blank infilling needs a glm model, not family {model.config.family!r}")
+    family = get_family(model)
+    if family.decoder != "blank-infilling":
+        raise BiglmError(f"blank infilling needs a {family_names(lambda f: f.decoder == 'blank-infilling')} model, "
+                         f"not family {family.name!r}")
     if not prompts:
         raise BiglmError("no prompts given")
     opts = options or AROptions()
@@ -205,4 +184,4 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
     return InfillResult(fills, rows, finished, scores, state.forward_passes)
 
 
-__all__ = ["GLMTokens", "InfillResult", "encode_prompt", "infill_ids", "part_a"]
+__all__ = ["GLMTokens", "InfillResult", "infill_ids", "part_a"]

@@ -13,20 +13,16 @@ from biglm.attention import AttentionLayout
 from biglm.checkpoint import load_model, model_state_dict, resolve_checkpoint, verify_model, write_checkpoint
 from biglm.data.records import Record, json_object, text_lines
 from biglm.errors import BiglmError
+from biglm.families import get_family
 from biglm.grow.expand import ExpandSpec, Plan, expand_state, make_plan
 from biglm.model import BiGLM
 from biglm.outputs import CHECKPOINT, check_output
 
-FAMILY_LAYOUTS = {"masked": "prefix_blind", "causal": "causal", "bidirectional-ar": "causal", "glm": "prefix_lm"}
-"""The attention layout each family is used with (where the function check runs)."""
-
 
 def family_layout(family: str, rows: Tensor) -> AttentionLayout:
-    """The family's layout over ``rows`` (B, T): prefix-blind with the second half as suffix (masked),
-    prefix-LM with the second half as part B (GLM), causal (autoregressive)."""
-    kind = FAMILY_LAYOUTS.get(family)
-    if kind is None:
-        raise BiglmError(f"expand: no check layout for model family {family!r}")
+    """The family's layout (``Family.layout``) over ``rows`` (B, T), where the function check runs: with
+    regions (prefix-blind, prefix-LM), the second half is the suffix / part B."""
+    kind = get_family(family).layout
     if kind in ("prefix_blind", "prefix_lm"):
         regions = torch.zeros(rows.shape, dtype=torch.int8)
         regions[:, rows.shape[1] // 2:] = 1

@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 
 from biglm.checkpoint import MODEL_FORMAT_VERSION, LoadedModel, model_state_dict
 from biglm.config import ModelConfig
-
-WEIGHTS = "model.safetensors"
-REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
+from biglm.families import get_family
+from biglm.generate.specials import banned_ids
+from biglm.hf.common import REMOTE_CODE, WEIGHTS, hf_config
 
 
 def loading_code(auto_class: str, remote_code: bool) -> str:
@@ -75,8 +75,6 @@ def suppressed_ids(tokenizer: Any, vocab_size: int) -> list[int]:
     """What biglm's decoding bans: [MASK], BOS, PAD (unless EOS) and the vocabulary's padding rows."""
     if tokenizer is None:
         return []
-    from biglm.generate.api import banned_ids
-
     return banned_ids(tokenizer, vocab_size)
 
 
@@ -91,8 +89,6 @@ def write_causal_lm(loaded: LoadedModel, folder: Path) -> None:
         (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         remote_code = False
     else:
-        from biglm.hf.convert import hf_config
-
         cfg = hf_config(config, tok, dtype, step)
         cfg.auto_map = {"AutoConfig": "configuration_biglm.BiGLMConfig",
                         "AutoModelForCausalLM": "modeling_biglm.BiGLMForCausalLM"}
@@ -114,7 +110,7 @@ def write_causal_lm(loaded: LoadedModel, folder: Path) -> None:
 def _readme(config: ModelConfig, load: str) -> str:
     """The model card; its Python blocks run as written once ``PATH`` names the folder (tested)."""
     r2l = ""
-    if config.family == "bidirectional-ar":
+    if "r2l" in get_family(config).directions:
         r2l = ("\nIt was trained left to right *and* right to left (BatGPT's bidirectional autoregressive "
                "objective). To write the text that comes before an ending, feed EOS and the ending's ids "
                "reversed, stop at BOS, and reverse what comes out:\n\n```python\n"

@@ -30,6 +30,8 @@ class BiGLMConfig(PretrainedConfig):
     classifier on the mean-pooled prefix), ``max_target_length`` (its number of classes), ``span_head``
     (start/end logits for extractive question answering, ``BiGLMForQuestionAnswering``) and ``family``
     (``masked``, ``causal``, ``bidirectional-ar`` or ``glm``: how the model is meant to be used);
+    ``attention_layout`` (the family's layout, written by ``biglm export-hf``: ``prefix_blind`` where ``regions``
+    mark prefix X and suffix Y, ``prefix_lm`` where they mark GLM's part A and part B, or ``causal``);
     ``position_encoding`` (``rope``, or GLM's 2D positions ``rope-2d`` / ``learned-2d``), ``suffix_positions``
     (where a fine-tuned seq2seq model's target Y sits after ``BOS prompt``: ``continue`` at positions |X|, |X|+1,
     ... or ``aligned`` at 1, 2, ...: pass those ``position_ids``) and, for GLM
@@ -71,6 +73,7 @@ class BiGLMConfig(PretrainedConfig):
         span_head: bool = False,
         reward_head: bool = False,
         family: str = "masked",
+        attention_layout: str = "prefix_blind",
         attn_backend: str = "sdpa",
         attn_block_size: int = 128,
         position_encoding: str = "rope",
@@ -91,6 +94,9 @@ class BiGLMConfig(PretrainedConfig):
         if position_encoding not in ("rope", "rope-2d", "learned-2d"):
             raise ValueError(f"BiGLMConfig.position_encoding={position_encoding!r}: expected rope, rope-2d or "
                              "learned-2d")
+        if attention_layout not in ("prefix_blind", "prefix_lm", "causal"):
+            raise ValueError(f"BiGLMConfig.attention_layout={attention_layout!r}: expected prefix_blind, prefix_lm "
+                             "or causal")
         if suffix_positions not in ("continue", "aligned"):
             raise ValueError(f"BiGLMConfig.suffix_positions={suffix_positions!r}: expected continue or aligned")
         if not 0.0 < rotary_fraction <= 1.0:
@@ -115,6 +121,7 @@ class BiGLMConfig(PretrainedConfig):
         self.span_head = span_head
         self.reward_head = reward_head
         self.family = family
+        self.attention_layout = attention_layout
         self.attn_backend = attn_backend
         self.attn_block_size = attn_block_size
         self.position_encoding = position_encoding

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 
 from biglm.checkpoint import (
@@ -36,40 +36,19 @@ from biglm.checkpoint import (
     write_checkpoint,
 )
 from biglm.config import PRESETS, ModelConfig
-from biglm.data.tokenizer import ensure_special_tokens
+from biglm.data.tokenizer import ensure_special_tokens, glm_token_ids
 from biglm.errors import BiglmError
+from biglm.families import get_family
 from biglm.files import install_folder, temp_folder
-from biglm.hf.causal import loading_code
-from biglm.hf.configuration_biglm import BiGLMConfig
+from biglm.hf.causal import loading_code, write_causal_lm
+from biglm.hf.common import AUTO_MAP, REMOTE_CODE, WEIGHTS, hf_config
 from biglm.loaders import load_pickle, load_tokenizer_folder
 from biglm.model import BiGLM
 from biglm.outputs import CHECKPOINT, HF_FOLDER, check_output
 from biglm.sizes import WeightsSize, check_memory, check_parameters, weights_size
 from biglm.textio import parse_json
 
-WEIGHTS = "model.safetensors"
-REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_biglm.BiGLMConfig",
-    "AutoModel": "modeling_biglm.BiGLMModel",
-    "AutoModelForMaskedLM": "modeling_biglm.BiGLMForMaskedLM",
-}
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-_V5 = int(transformers.__version__.split(".")[0]) >= 5
-
-
-def hf_config(config: ModelConfig, tokenizer: Any = None, dtype: torch.dtype = torch.float32,
-              step: int = 0) -> BiGLMConfig:
-    """The ``BiGLMConfig`` of ``config`` (same fields), with the tokenizer's special ids and ``auto_map``."""
-    ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id", None) for t in ("pad", "bos", "eos", "mask")}
-    cfg = BiGLMConfig(**config.to_dict(), **ids, biglm_format_version=MODEL_FORMAT_VERSION, biglm_step=step)
-    cfg.auto_map = dict(AUTO_MAP)
-    cfg.architectures = ["BiGLMForMaskedLM"]
-    if config.span_head:  # a model fine-tuned for extractive QA loads as a question-answering model too
-        cfg.auto_map["AutoModelForQuestionAnswering"] = "modeling_biglm.BiGLMForQuestionAnswering"
-        cfg.architectures = ["BiGLMForQuestionAnswering"]
-    setattr(cfg, "dtype" if _V5 else "torch_dtype", dtype)
-    return cfg
 
 
 def model_config(raw: dict[str, Any], where: Path | str) -> ModelConfig:
@@ -196,14 +175,7 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if loaded.config.is_autoregressive:
-        from biglm.hf.causal import write_causal_lm
-
-        write_causal_lm(loaded, tmp)
-    elif loaded.config.family == "glm":
-        _write_glm(loaded, tmp)
-    else:
-        _write_masked_lm(loaded, tmp)
+    EXPORTERS[get_family(loaded.config).export](loaded, tmp)
     install_folder(out)  # --force: the old folder goes only once the new one is whole
     return out
 
@@ -236,8 +208,6 @@ def _write_masked_lm(loaded: Any, tmp: Path) -> None:
 def _write_glm(loaded: Any, tmp: Path) -> None:
     """A GLM model: remote code ``BiGLMForBlankInfilling`` (``AutoModelForSeq2SeqLM``, as GLM's own
     releases map it) with GLM's special ids in the config."""
-    from biglm.data.tokenizer import glm_token_ids
-
     def glm_config(cfg: Any) -> None:
         cfg.glm_token_ids = glm_token_ids(loaded.tokenizer)
         cfg.auto_map = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
@@ -253,6 +223,14 @@ def _write_glm(loaded: Any, tmp: Path) -> None:
         "Rows are part A (text with [MASK]/[sMASK]/[gMASK] blanks) then part B ([sop] span per blank); pass "
         "`regions` (0 = A, 1 = B) and `position_ids` (B, T, 2): (position in A or the blank's, position in "
         "the span).\n"), glm_config)
+
+
+EXPORTERS: dict[str, Callable[[Any, Path], None]] = {
+    "masked-lm": _write_masked_lm,
+    "causal-lm": write_causal_lm,
+    "blank-infilling": _write_glm,
+}
+"""``Family.export`` -> the writer of that kind of transformers folder (into an empty temporary folder)."""
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:

@@ -15,7 +15,7 @@ Attention (one boolean mask shared by all layers, given to ``scaled_dot_product_
   padding (biglm's document id -1), so padded rows give the same outputs as unpadded ones;
 - ``regions`` (B, T) with 0 = prefix X, 1 = suffix Y: BiGLM's prefix-blind mask, X attends X only and
   Y attends X and Y (``AttentionLayout("prefix_blind", ...)``);
-- for GLM models (``config.family == "glm"``) ``regions`` mean part A (0) and part B (1): A attends A;
+- for GLM models (``config.attention_layout == "prefix_lm"``) ``regions`` mean part A (0) and part B (1): A attends A;
   a B token attends A and the B tokens up to itself (GLM's ``prefix_lm`` layout);
 - a 4D ``attention_mask`` (B, 1, T, T) (bool, True = may attend, or additive float) is used as given.
 
@@ -273,7 +273,7 @@ class BiGLMModel(BiGLMPreTrainedModel):
         if causal:
             mask = build_causal_mask(attention_mask, B, T, past, x.device)
         else:
-            mask = build_attention_mask(attention_mask, regions, prefix_lm=self.config.family == "glm")
+            mask = build_attention_mask(attention_mask, regions, prefix_lm=self.config.attention_layout == "prefix_lm")
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(x.dtype)
         output_hidden_states = output_hidden_states if output_hidden_states is not None \

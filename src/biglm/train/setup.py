@@ -20,7 +20,9 @@ import torch.distributed as dist
 
 from biglm.checkpoint import check_state_dict, resolve_checkpoint, verify_model
 from biglm.configurable import save_yaml
+from biglm.data.tokenizer import ensure_glm_tokens, glm_token_ids, padded_vocab_size, sentence_end_ids
 from biglm.errors import BiglmError, ConfigError
+from biglm.families import get_family
 from biglm.files import HeldLock, hold_lock
 from biglm.model import BiGLM
 from biglm.objectives import Criterion, build_criterion, build_objective
@@ -64,10 +66,8 @@ def load_data(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
     specials = {"bos": info.bos_token_id, "eos": info.eos_token_id, "pad": info.pad_token_id,
                 "mask": info.mask_token_id}
     vocab_size, n_tokens = info.vocab_size, info.n_tokens
-    if cfg.model.family == "glm":
+    if get_family(cfg.model).special_tokens:
         # Added after the data is tokenised (the cache stays shared with other recipes): new ids only.
-        from biglm.data.tokenizer import ensure_glm_tokens, glm_token_ids, padded_vocab_size, sentence_end_ids
-
         ensure_glm_tokens(tokenizer)
         specials.update(glm_token_ids(tokenizer), sentence_ends=sentence_end_ids(tokenizer))
         vocab_size, n_tokens = padded_vocab_size(tokenizer), len(tokenizer)
