@@ -139,8 +139,8 @@ class ModelConfig:
               f"ModelConfig.attn_backend={self.attn_backend!r}: expected one of {', '.join(ATTN_BACKENDS)}")
         check(self.attn_backend != "flex" or self.dropout == 0.0,
               f"ModelConfig.dropout={self.dropout}: attn_backend 'flex' has no attention dropout; use 'sdpa'")
-        check(self.family in MODEL_FAMILIES,
-              f"ModelConfig.family={self.family!r}: expected one of {', '.join(MODEL_FAMILIES)}")
+        check(isinstance(self.family, str) and FAMILIES.get(self.family) is not None,
+              f"ModelConfig.family={str(self.family)[:40]!r}: expected one of {', '.join(FAMILIES)}")
         check(self.position_encoding in POSITION_ENCODINGS,
               f"ModelConfig.position_encoding={self.position_encoding!r}: expected one of "
               f"{', '.join(POSITION_ENCODINGS)}")

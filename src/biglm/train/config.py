@@ -234,7 +234,7 @@ class RunConfig:
         check(self.data.seq_len <= self.model.max_seq_len,
               f"data.seq_len={self.data.seq_len}: exceeds model.max_seq_len={self.model.max_seq_len}")
         families = self.objective.families
-        check(self.model.family in families,
+        check(self.objective.name in FAMILIES[self.model.family].objectives,
               f"model.family={self.model.family!r} does not fit objective '{self.objective.name}' (it trains "
               f"{' or '.join(repr(f) for f in families)}); set model.family or leave it out to take "
               f"{families[0]!r}")
