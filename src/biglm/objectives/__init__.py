@@ -17,7 +17,6 @@ from biglm.objectives.autoregressive import AutoregressiveObjective
 from biglm.objectives.base import IGNORE_INDEX, Batch
 from biglm.objectives.biglm import BiGLMObjective
 from biglm.objectives.config import (
-    OBJECTIVE_FAMILIES,
     OBJECTIVE_NAMES,
     OBJECTIVE_PRESETS,
     BidirectionalARObjectiveConfig,
@@ -73,7 +72,6 @@ def build_objective(config: ObjectiveConfig, mask_token_id: int, vocab_size: int
 __all__ = [
     "IGNORE_INDEX",
     "OBJECTIVES",
-    "OBJECTIVE_FAMILIES",
     "OBJECTIVE_PRESETS",
     "AutoregressiveObjective",
     "Batch",

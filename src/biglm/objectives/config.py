@@ -164,10 +164,8 @@ class GLMObjectiveConfig:
 
 
 # Every objective has a section named after it (``-`` as ``_``) below and an entry in
-# ``biglm.objectives.OBJECTIVES``; ``OBJECTIVE_FAMILIES`` says which model families it trains.
+# ``biglm.objectives.OBJECTIVES``; each model family lists the objectives that train it (``biglm.families``).
 OBJECTIVE_NAMES: tuple[str, ...] = ("biglm", "mlm", "causal", "bidirectional-ar", "glm")
-OBJECTIVE_FAMILIES: dict[str, tuple[str, ...]] = {name: objective_families(name) for name in OBJECTIVE_NAMES}
-"""Objective -> the model families it trains (from each family's ``objectives``), the default first."""
 
 
 def section_name(objective: str) -> str:
@@ -213,7 +211,7 @@ class ObjectiveConfig:
     @property
     def families(self) -> tuple[str, ...]:
         """The model families this objective trains; the first is the default of a run."""
-        return OBJECTIVE_FAMILIES[self.name]
+        return objective_families(self.name)
 
 
 def _biglm(**kw: object) -> ObjectiveConfig:
