@@ -17,6 +17,7 @@ from biglm.errors import BiglmError, ConfigError
 from biglm.families import FAMILIES, Family, get_family, objective_families, register_family
 from biglm.generate import generate
 from conftest import make_checkpoint, word_tokenizer
+from test_train_cli import corpus, pretrain  # noqa: F401  (fixture re-used)
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "biglm"
 
@@ -126,3 +127,12 @@ def test_growth_checks_the_new_family_under_its_layout(toy):
 def test_word_tokenizer_prompts_encode_as_plain_text(toy):
     tok = word_tokenizer()
     assert toy.encode_prompt(tok, "a b") == tok("a b", add_special_tokens=False)["input_ids"]
+
+
+def test_pretraining_a_new_family_runs_and_records_it(tmp_path, corpus, toy):  # noqa: F811
+    run = tmp_path / "run"
+    assert pretrain(run, corpus, "--model.family", "toy-lr", "--objective.preset", "causal",
+                    "--train.steps", "6", "--train.eval_every", "3", "--train.save_every", "6") == 0
+    loaded = load_model(run)
+    assert loaded.config.family == "toy-lr"
+    assert isinstance(generate(loaded, "the cat", max_new_tokens=4), str)
