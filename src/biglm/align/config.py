@@ -2,7 +2,8 @@
 
 Sections::
 
-    method:  ppo | grpo | dpo (top level), init: the policy to start from (also the frozen reference π_ref),
+    method:  ppo | grpo | dpo (top level; ``biglm.align.methods``),
+             init: the policy to start from (also the frozen reference π_ref),
              reward: a reward-model checkpoint or ``py:module:function``
     data:    prompts (train / valid), the pretraining corpus of the λ_PT term, preference pairs for dpo
     rollout: how responses are sampled (tokens, temperature, prompts per rollout buffer)
@@ -22,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from biglm.align.methods import get_method
 from biglm.config import ModelConfig
 from biglm.configurable import apply_overrides, from_dict, to_dict
 from biglm.errors import ConfigError, check
 from biglm.finetune.config import DPOConfig
 from biglm.train.config import TrainConfig, read_config_file
 
-METHODS: tuple[str, ...] = ("ppo", "grpo", "dpo")
 SECTIONS = ("method", "init", "reward", "data", "rollout", "ppo", "grpo", "dpo", "ptx", "train", "model")
 
 
@@ -199,7 +200,7 @@ class AlignConfig:
     """The resolved configuration of one alignment run."""
 
     method: str = "ppo"
-    """ppo, grpo or dpo."""
+    """A method of ``biglm.align.methods.METHODS``: ppo, grpo or dpo."""
     init: str = ""
     """The policy to start from (an instruction-tuned checkpoint); also the frozen reference policy π_ref."""
     reward: str = ""
@@ -220,7 +221,7 @@ class AlignConfig:
     sections: ClassVar[tuple[str, ...]] = ("data", "rollout", "ppo", "grpo", "dpo", "ptx", "train")
 
     def __post_init__(self) -> None:
-        check(self.method in METHODS, f"method={self.method!r}: expected one of {', '.join(METHODS)}")
+        get_method(self.method)  # one-line refusal of an unknown method
 
     @property
     def seq_len(self) -> int:

@@ -1,13 +1,15 @@
-"""The alignment losses as a criterion of the shared trainer: PPO and GRPO terms, and the λ_PT pretraining term.
+"""The alignment losses as a criterion of the shared trainer: the terms a method on rollouts asks for
+(``biglm.align.methods``: PPO, GRPO) and the λ_PT pretraining term.
 
 Terms (summed here, divided by their count over the global batch and weighted by the trainer):
 
 - ``policy``: the clipped surrogate -min(ρA, clip(ρ, 1-ε, 1+ε)A), ρ = π/π_old, per response token
   (autoregressive policies) or per sequence (masked policies, ρ from the sequence score);
-- ``value`` (PPO): ½·max((V - R)², (V_clip - R)²) per response token, V_clip = V_old + clip(V - V_old, ±ε_V);
-  weight ``ppo.vf_coef``;
-- ``kl`` (GRPO with β > 0): exp(d) - d - 1 with d = log π_ref - log π (an unbiased, non-negative estimate of
-  KL(π || π_ref)); weight β. PPO folds its KL penalty into the rewards instead (``biglm.align.setup``);
+- ``value`` (a method with a value head: PPO): ½·max((V - R)², (V_clip - R)²) per response token,
+  V_clip = V_old + clip(V - V_old, ±ε_V); weight ``ppo.vf_coef``;
+- ``kl`` (a method with the KL in its loss: GRPO, β > 0): exp(d) - d - 1 with d = log π_ref - log π (an
+  unbiased, non-negative estimate of KL(π || π_ref)); weight β. PPO folds its KL penalty into the rewards
+  instead (``biglm.align.methods.ppo``);
 - ``ptx`` (λ_PT > 0): the policy's pretraining loss on the micro-batch's pretraining rows (BatGPT's
   λ_PT·E[log π(x)], maximised, is this cross-entropy minimised); weight λ_PT.
 
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from biglm.align.methods import get_method
 from biglm.attention import AttentionLayout
 from biglm.objectives import IGNORE_INDEX, Batch, Criterion, LossParts
 
@@ -47,16 +50,20 @@ def kl_estimate(logp: Tensor, ref: Tensor) -> Tensor:
 
 
 class AlignCriterion:
-    """PPO (``method='ppo'``) or GRPO (``'grpo'``) on rollout batches, with the pretraining term; ``policy`` is an
-    ``ARPolicy`` or ``MaskedPolicy`` (how log π is computed), ``pretrain`` the policy's pretraining criterion
-    and the layout kind of its rows."""
+    """A policy-gradient method's loss on rollout batches (``method``: its name in ``biglm.align.methods``, which
+    says which terms it adds), with the pretraining term; ``policy`` is an ``ARPolicy`` or ``MaskedPolicy`` (how
+    log π is computed), ``pretrain`` the policy's pretraining criterion and the layout kind of its rows."""
 
     metric_parts = ("reward", "kl", "response_len", "clip_frac", "approx_kl", "entropy")
 
     def __init__(self, method: str, policy: Any, *, clip: float, value_clip: float = 0.2, vf_coef: float = 0.1,
                  beta: float = 0.0, ptx_coef: float = 0.0, pretrain: tuple[Criterion, str] | None = None) -> None:
-        self.method, self.policy, self.clip, self.value_clip = method, policy, clip, value_clip
+        self.method, self.policy, self.clip, self.value_clip = get_method(method), policy, clip, value_clip
         self.beta, self.pretrain = beta, pretrain
+        self.value = self.method.value_head
+        """The value term (and V from the policy's value head)."""
+        self.kl = self.method.kl_in_loss and beta > 0
+        """The β·KL term (a method that folds its KL penalty into the rewards has none)."""
         self.weights = {"policy": 1.0, "value": vf_coef, "kl": beta, "ptx": ptx_coef}
 
     @property
@@ -66,9 +73,9 @@ class AlignCriterion:
     def counts(self, batch: Batch) -> dict[str, float]:
         items = float(len(batch.extras["score"])) if self.sequence_level else float(batch.num_targets)
         out = {"policy": items}
-        if self.method == "ppo":
+        if self.value:
             out["value"] = items
-        if self.method == "grpo" and self.beta > 0:
+        if self.kl:
             out["kl"] = items
         if "pt_labels" in batch.extras and self.pretrain is not None:
             out["ptx"] = float((batch.extras["pt_labels"] != IGNORE_INDEX).sum())
@@ -86,20 +93,20 @@ class AlignCriterion:
             old, adv, ref = x["old_seq"], x["advantages_seq"], x["ref_seq"]
         else:
             value: Tensor | None
-            logp, entropy, value = self.policy.batch_logps(model, batch, values=self.method == "ppo")
+            logp, entropy, value = self.policy.batch_logps(model, batch, values=self.value)
             mask = batch.labels != IGNORE_INDEX
             old, adv, ref = x["old"][mask], x["advantages"][mask], x["ref"][mask]
             parts["entropy"] = (entropy.detach().sum(), torch.tensor(float(len(entropy)), device=logp.device))
-            if self.method == "ppo":
+            if self.value:
                 if value is None:
-                    raise RuntimeError("PPO needs the policy's value head (ModelConfig.reward_head)")
+                    raise RuntimeError(f"{self.method.name} needs the policy's value head (ModelConfig.reward_head)")
                 terms["value"] = clipped_value_loss(value, x["values"][mask], x["returns"][mask], self.value_clip).sum()
         loss, clipped = clipped_surrogate(logp, old, adv, self.clip)
         terms["policy"] = loss.sum()
         n = torch.tensor(float(len(logp)), device=logp.device)
         parts["clip_frac"] = (clipped.sum(), n)
         parts["approx_kl"] = (0.5 * (logp.detach() - old).square().sum(), n)
-        if self.method == "grpo" and self.beta > 0:
+        if self.kl:
             terms["kl"] = kl_estimate(logp, ref).sum()
         if "pt_labels" in x and self.pretrain is not None:
             criterion, kind = self.pretrain

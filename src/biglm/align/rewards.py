@@ -88,10 +88,14 @@ class ModelReward:
         return [p["reward"] for p in task.predict(self.model, examples)]
 
 
+NO_REWARD = "give a reward-model checkpoint or py:module:function (--reward)"
+"""What to give where a reward is needed and none is."""
+
+
 def build_reward(spec: str, device: torch.device | str = "cpu") -> RewardSource:
     """The reward source named by ``spec`` (``py:module:function`` or a reward-model checkpoint)."""
     if not spec:
-        raise ConfigError("reward: give a reward-model checkpoint or py:module:function (--reward)")
+        raise ConfigError(f"reward: {NO_REWARD}")
     if spec.startswith("py:"):
         return RuleReward(spec)
     return ModelReward(spec, device)

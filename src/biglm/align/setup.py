@@ -1,10 +1,12 @@
 """From an ``AlignConfig`` to a ready ``Trainer`` (the shared one): policy, reference, reward, rollouts, losses.
 
-Order: ``method: dpo`` is handed to the fine-tuning task kind ``dpo`` → the policy checkpoint (``init``): its
-tokenizer and model config (PPO adds the value head: ``reward_head``) → family checks → prompts (and pretraining
-rows for λ_PT) read → the reward source → ``assemble`` (model from ``init``, optimizer, loggers; or the run's
-newest checkpoint with ``--resume``) → the frozen reference policy (a second copy of ``init``) → the rollout
-stream's ``collect``, which samples with the trainer's own model object.
+Order: the method's inputs checked (``biglm.align.methods``); a method without a rollout (DPO) is handed to
+its fine-tuning task kind → the policy checkpoint (``init``): its tokenizer and model config (a method with a
+value head, PPO, adds ``reward_head``) → family checks (the method's, and a sampler for the family's decoder:
+``POLICIES``) → prompts (and pretraining rows for λ_PT) read → the reward source → ``assemble`` (model from
+``init``, optimizer, loggers; or the run's newest checkpoint with ``--resume``) → the frozen reference policy
+(a second copy of ``init``) → the rollout stream's ``collect``, which samples with the trainer's own model
+object and asks the method for the advantages.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from torch import nn
 
 from biglm.align.config import AlignConfig
 from biglm.align.losses import AlignCriterion
+from biglm.align.methods import get_method
 from biglm.align.policy import ARPolicy, MaskedPolicy
 from biglm.align.pretrain import PretrainObjective, read_rows
 from biglm.align.rewards import RewardSource, build_reward
-from biglm.align.rollout import RolloutBatcher, RolloutStream, Sample, chunked, gae, group_advantages, whiten
+from biglm.align.rollout import RolloutBatcher, RolloutStream, Sample, chunked
 from biglm.checkpoint import resolve_checkpoint, verify_model
 from biglm.config import ModelConfig
-from biglm.configurable import load_yaml, to_dict
+from biglm.configurable import load_yaml
 from biglm.data.records import read_records
 from biglm.errors import BiglmError, ConfigError
+from biglm.families import get_family
 from biglm.finetune.tasks.base import TokenIds
 from biglm.generate.engine import cut_at_eos
 from biglm.train.batches import VAL_SALT, row_seed
@@ -65,49 +69,22 @@ def read_prompts(spec: str, cfg: AlignConfig, tokenizer: Any, policy: Any) -> li
     return [Prompt(v, policy.truncate(list(i))) for v, i in zip(values, ids)]
 
 
-def dpo_config(cfg: AlignConfig) -> Any:
-    """The fine-tuning config of ``method: dpo`` (task kind ``dpo`` on the preference pairs)."""
-    from biglm.finetune.config import FinetuneConfig
-
-    if not cfg.data.preferences:
-        raise ConfigError("data.preferences: method dpo needs judged pairs (--preferences FILE)")
-    return FinetuneConfig.from_dict({
-        "init": cfg.init, "task": {"kind": "dpo", "dpo": to_dict(cfg.dpo)},
-        "data": {"train": cfg.data.preferences, "valid": cfg.data.valid_preferences,
-                 "max_examples": cfg.data.max_examples},
-        "train": to_dict(cfg.train), "model": dict(cfg.model_overrides)})
-
-
 def make_collect(cfg: AlignConfig, model: nn.Module, reference: nn.Module, policy: Any, reward: RewardSource,
                  tokenizer: Any) -> Callable[[list[Prompt], int, int], list[Sample]]:
-    """The rollout: sample responses to ``prompts`` with the policy, score them, record log π, log π_ref (and V)
-    and the advantages (PPO: GAE over per-token rewards with the KL penalty; GRPO: group-normalised)."""
-    group = cfg.grpo.group_size if cfg.method == "grpo" else 1
+    """The rollout: sample the method's group of responses to each of ``prompts`` with the policy, score them,
+    record log π, log π_ref (and V, for a method with a value head) and the method's advantages."""
+    method = get_method(cfg.method)
+    group = method.group_size(cfg)
 
     def collect(prompts: list[Prompt], seed: int, micro: int) -> list[Sample]:
         was_training = model.training
         model.eval()
         try:
             samples = sample_and_score(model, reference, policy, reward, tokenizer, prompts, group, seed, micro,
-                                       cfg.rollout.temperature, values=cfg.method == "ppo")
+                                       cfg.rollout.temperature, values=method.value_head)
         finally:
             model.train(was_training)
-        if cfg.method == "ppo":
-            p = cfg.ppo
-            for s in samples:
-                rewards = [-p.kl_coef * (o - r) for o, r in zip(s.old, s.ref)]
-                rewards[-1] += s.score
-                s.advantages, s.returns = gae(rewards, s.values, p.gamma, p.lam)
-            if p.whiten_advantages:
-                flat = whiten(torch.tensor([a for s in samples for a in s.advantages]))
-                k = 0
-                for s in samples:
-                    s.advantages = flat[k:k + len(s.advantages)].tolist()
-                    k += len(s.advantages)
-        else:
-            adv = group_advantages(torch.tensor([s.score for s in samples]).view(-1, group), cfg.grpo.scale_rewards)
-            for s, a in zip(samples, adv.flatten().tolist()):
-                s.advantages = [a] * len(s.old)
+        method.advantages(cfg, samples)
         return samples
 
     return collect
@@ -160,6 +137,15 @@ def make_validator(cfg: AlignConfig, reference: nn.Module, policy: Any, reward: 
     return validate
 
 
+POLICIES: dict[str, Callable[[AlignConfig, TokenIds, int, Sequence[int]], Any]] = {
+    "autoregressive": lambda cfg, ids, n, banned: ARPolicy(ids, cfg.rollout, n, banned),
+    "mask-predict": lambda cfg, ids, n, banned: MaskedPolicy(ids, cfg.rollout, n, banned, cfg.grpo.score,
+                                                             cfg.grpo.score_samples),
+}
+"""How a policy samples and is scored, by its family's decoder (``Family.decoder``): (config, token ids,
+max_seq_len, banned ids) -> policy. A family whose decoder has none here cannot be aligned."""
+
+
 def resolve_policy(cfg: AlignConfig, source: Path | None) -> tuple[Path, Any, ModelConfig]:
     """(init checkpoint, tokenizer, model config with the heads the method needs), with the family checked."""
     from biglm.data.tokenizer import load_tokenizer
@@ -171,12 +157,12 @@ def resolve_policy(cfg: AlignConfig, source: Path | None) -> tuple[Path, Any, Mo
     if not (own / "tokenizer").is_dir():
         raise BiglmError(f"{own}: the checkpoint has no tokenizer/ folder; alignment needs the policy's tokenizer")
     model = ModelConfig.from_dict({**load_yaml(own / "model_config.yaml"), **cfg.model_overrides})
-    if cfg.method == "ppo" and not model.is_autoregressive:
-        raise ConfigError(f"method=ppo: needs an autoregressive policy (family causal or bidirectional-ar), {cfg.init} "
-                          f"is {model.family}; use --method grpo or --method dpo for it")
-    if model.family == "glm":
-        raise ConfigError(f"method={cfg.method}: GLM policies are not supported by biglm align ({cfg.init})")
-    if cfg.method == "ppo":
+    method, family = get_method(cfg.method), get_family(model)
+    method.check_family(family, cfg.init)
+    if family.decoder not in POLICIES:
+        raise ConfigError(f"method={cfg.method}: {family.name} policies are not supported by biglm align "
+                          f"({cfg.init}): no sampler for its {family.decoder} decoder")
+    if method.value_head:
         model = dataclasses.replace(model, reward_head=True)  # the value head on the policy's trunk
     return init, load_tokenizer(own / "tokenizer"), model
 
@@ -212,10 +198,7 @@ def build_parts(cfg: AlignConfig, device: torch.device | str = "cpu", source: Pa
     cfg = dataclasses.replace(cfg, model=model_cfg)
     ids = TokenIds.of(tokenizer)
     banned = banned_ids(tokenizer, model_cfg.vocab_size)
-    if model_cfg.is_autoregressive:
-        policy: Any = ARPolicy(ids, cfg.rollout, model_cfg.max_seq_len, banned)
-    else:
-        policy = MaskedPolicy(ids, cfg.rollout, model_cfg.max_seq_len, banned, cfg.grpo.score, cfg.grpo.score_samples)
+    policy = POLICIES[get_family(model_cfg).decoder](cfg, ids, model_cfg.max_seq_len, banned)
     valid = read_prompts(cfg.data.valid_prompts, cfg, tokenizer, policy) if cfg.data.valid_prompts else []
     objective = PretrainObjective(cfg.ptx.objective, model_cfg.family, ids, model_cfg.vocab_size)
     seq_len = cfg.ptx.seq_len or model_cfg.max_seq_len
@@ -243,14 +226,14 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
     """A ``Trainer`` that aligns ``cfg.init`` with ``cfg.method`` into ``run_dir`` (``resume``: continue it)."""
     from biglm.finetune.setup import setup_finetune
 
-    if cfg.method == "dpo":
-        return setup_finetune(dpo_config(cfg), run_dir, resume)
+    method = get_method(cfg.method)
+    method.check_inputs(cfg)
+    if not method.rollout:  # e.g. DPO: its fine-tuning task kind on the same trainer
+        return setup_finetune(method.finetune_config(cfg), run_dir, resume)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     env = init_distributed(cfg.train.device)
     own = find_resume_checkpoint(run_dir, note=lambda _: None) if resume else None
-    if not cfg.data.prompts:
-        raise ConfigError("data.prompts: give the training prompts (--prompts FILE)")
     parts = build_parts(cfg, env.device, own)
     cfg, policy, tokenizer, ids, objective = parts.cfg, parts.policy, parts.tokenizer, parts.ids, parts.objective
     model_cfg = cfg.model
@@ -261,8 +244,7 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
             raise ConfigError(f"ptx.coef={cfg.ptx.coef}: needs pretraining text (--pretrain FILE, data.pretrain)")
         pretrain_rows = read_rows(cfg.data.pretrain, cfg.data.text_field, tokenizer,
                                   cfg.ptx.seq_len or model_cfg.max_seq_len, ids, cfg.data.max_examples)
-    group = cfg.grpo.group_size if cfg.method == "grpo" else 1
-    epochs = cfg.ppo.epochs if cfg.method == "ppo" else cfg.grpo.epochs
+    group, epochs = method.group_size(cfg), method.epochs(cfg)
     t = cfg.train
     buffer = cfg.rollout.prompts_per_rollout * group
     micro = t.micro_batch(env.world_size)
@@ -272,9 +254,7 @@ def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> 
                           f"responses must split into steps of train.global_batch_size={t.global_batch_size}{per_rank}")
     stream = RolloutStream(prompts, cfg.rollout.prompts_per_rollout, group, epochs, t.seed, pretrain_rows,
                            cfg.ptx.rows, env.rank, env.world_size)
-    criterion = AlignCriterion(cfg.method, policy, clip=cfg.ppo.clip if cfg.method == "ppo" else cfg.grpo.clip,
-                               value_clip=cfg.ppo.value_clip, vf_coef=cfg.ppo.vf_coef,
-                               beta=cfg.grpo.beta if cfg.method == "grpo" else 0.0, ptx_coef=cfg.ptx.coef,
+    criterion = AlignCriterion(method.name, policy, **method.loss_options(cfg), ptx_coef=cfg.ptx.coef,
                                pretrain=(objective.criterion, objective.kind))
     batcher = RolloutBatcher(ids.bos, policy.sequence_level, objective.batcher if pretrain_rows else None)
     if not t.init_from:

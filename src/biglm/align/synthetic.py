@@ -164,7 +164,8 @@ def pretrain_policy(folder: str | Path, family: str = "causal", steps: int = 100
     trainer; returns its run folder."""
     import dataclasses
 
-    from biglm.align.pretrain import DEFAULT_OBJECTIVE, pack
+    from biglm.align.pretrain import pack
+    from biglm.families import get_family
     from biglm.finetune.tasks.base import TokenIds
     from biglm.train.config import RunConfig
     from biglm.train.setup import setup
@@ -174,7 +175,7 @@ def pretrain_policy(folder: str | Path, family: str = "causal", steps: int = 100
     ids = TokenIds.of(tok)
     docs = tok([d["text"] for d in corpus(2000, 0)], add_special_tokens=False)["input_ids"]
     rows = pack(docs, 32, ids.bos, ids.eos, ids.pad)
-    objective = DEFAULT_OBJECTIVE[family]
+    objective = get_family(family).objectives[0]  # the family's default objective
     # the documents are short: BiGLM's objective takes a loss on pieces of 4 tokens and more
     sections = {"biglm": {"min_loss_tokens": 4}} if objective == "biglm" else {}
     model = {"name": "align-demo", "vocab_size": 64, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
