@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from biglm.align import held_out_metrics, load_align_config, setup_align, synthetic
+from biglm.align.methods import get_method
 from biglm.align.setup import log_start
 from biglm.checkpoint import load_model
 
@@ -70,7 +71,7 @@ def run(name: str, tmp: Path, args: list[str], extra: list[str]) -> dict[str, An
     cfg = load_align_config(None, args + extra)
     start = time.perf_counter()
     trainer = setup_align(cfg, out)
-    before = {k[4:]: v for k, v in log_start(trainer).items()} if cfg.method != "dpo" else {}
+    before = {k[4:]: v for k, v in log_start(trainer).items()} if get_method(cfg.method).rollout else {}
     trainer.fit()
     trainer.close()
     seconds = time.perf_counter() - start

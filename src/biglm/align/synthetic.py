@@ -25,6 +25,18 @@ from typing import Any
 
 import torch
 
+from biglm.align.config import load_align_config
+from biglm.align.pretrain import pack
+from biglm.align.setup import POLICIES, build_parts, read_prompts
+from biglm.checkpoint import load_model
+from biglm.families import FAMILIES, get_family
+from biglm.finetune.data import ExampleStream
+from biglm.finetune.tasks.base import TokenIds
+from biglm.generate.engine import cut_at_eos
+from biglm.train.config import RunConfig
+from biglm.train.setup import setup
+from biglm.train.streams import DataBundle
+
 LETTERS = [chr(c) for c in range(ord("a"), ord("p") + 1)]
 WORDS = ["yes", "no", "maybe", "way", "so", "?", "@", "find"]
 REWARD = "py:biglm.align.synthetic:contains_a"
@@ -70,10 +82,6 @@ def sample_pairs(init: str | Path, prompts_file: str, seeds: tuple[int, int],
                  max_new_tokens: int = 2) -> list[tuple[str, str, str]]:
     """(prompt, response A, response B) for every prompt of ``prompts_file``: the policy ``init`` sampled with
     two seeds (temperature 1, as ``biglm align`` samples it)."""
-    from biglm.align.config import load_align_config
-    from biglm.align.setup import build_parts, read_prompts
-    from biglm.checkpoint import load_model
-    from biglm.generate.engine import cut_at_eos
 
     cfg = load_align_config(None, ["--init", str(init), "--reward", REWARD,
                                    "--rollout.max_new_tokens", str(max_new_tokens)])
@@ -141,7 +149,6 @@ class _Rows:
     """Packed rows as a pre-training row stream."""
 
     def __init__(self, rows: list) -> None:
-        from biglm.finetune.data import ExampleStream
 
         self.examples = ExampleStream(rows, None, 0)
 
@@ -164,12 +171,6 @@ def pretrain_policy(folder: str | Path, family: str = "causal", steps: int = 100
     trainer; returns its run folder."""
     import dataclasses
 
-    from biglm.align.pretrain import pack
-    from biglm.families import get_family
-    from biglm.finetune.tasks.base import TokenIds
-    from biglm.train.config import RunConfig
-    from biglm.train.setup import setup
-    from biglm.train.streams import DataBundle
 
     tok = tokenizer()
     ids = TokenIds.of(tok)
@@ -197,7 +198,8 @@ def pretrain_policy(folder: str | Path, family: str = "causal", steps: int = 100
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m biglm.align.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path)
-    p.add_argument("--family", default="causal", choices=("causal", "bidirectional-ar", "masked"))
+    p.add_argument("--family", default="causal", choices=[name for name, family in FAMILIES.items()
+                                                           if family.decoder in POLICIES])
     p.add_argument("--steps", type=int, default=100, help="pre-training steps of the start policy")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
