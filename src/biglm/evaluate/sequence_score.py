@@ -41,16 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from biglm.data.tokenizer import TokenIds
 from biglm.errors import BiglmError
 from biglm.evaluate.scoring import _masked, _pad, _PrefixGroup, fit_request, position_rows
-
-if TYPE_CHECKING:  # evaluation does not import the fine-tuning layer at run time
-    from biglm.finetune.tasks.base import TokenIds
 
 MASKED_SCORES: tuple[str, ...] = ("chain", "elbo", "one-step")
 Generators = torch.Generator | Sequence[torch.Generator] | None

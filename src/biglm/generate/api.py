@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from biglm.data.tokenizer import special_ids
 from biglm.errors import BiglmError
 from biglm.generate.autoregressive import AR_STRATEGIES, AROptions, generate_ar_ids
 from biglm.generate.engine import GenerationOutput, generate_ids
@@ -44,20 +45,6 @@ class GenerationResult:
     @property
     def forward_passes(self) -> int:
         return self.output.forward_passes
-
-
-def special_ids(tokenizer: Any) -> dict[str, int]:
-    """BOS, EOS, [MASK] and PAD ids of ``tokenizer``; one clear error when one is missing."""
-    ids = {}
-    for name in ("bos", "eos", "mask"):
-        value = getattr(tokenizer, f"{name}_token_id", None)
-        if value is None:
-            raise BiglmError(f"tokenizer has no {name} token; generation needs BOS, EOS and [MASK] "
-                             "(load it with biglm.data.tokenizer.load_tokenizer)")
-        ids[name] = int(value)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    ids["pad"] = int(pad) if pad is not None else ids["eos"]
-    return ids
 
 
 def banned_ids(tokenizer: Any, vocab_size: int, allow: Sequence[int] = ()) -> list[int]:

@@ -43,9 +43,10 @@ from torch import Tensor, nn
 from biglm.config import ModelConfig
 from biglm.data.preferences import preference_pair
 from biglm.data.records import Record
+from biglm.data.tokenizer import TokenIds
 from biglm.errors import ConfigError
 from biglm.evaluate.sequence_score import masked_sequence_logps
-from biglm.finetune.tasks.base import TaskBase, TokenIds, chunks, one_row
+from biglm.finetune.tasks.base import TaskBase, chunks, one_row
 from biglm.finetune.tasks.reward import prompt_text
 from biglm.objectives import IGNORE_INDEX, Batch, LossParts
 from biglm.train.batches import RowSeeds, concat_batches
