@@ -15,8 +15,8 @@ from biglm.cli import main
 from biglm.data.records import read_records
 from biglm.errors import BiglmError, ConfigError
 from biglm.finetune import ExampleStream, build_task, load_finetune_config
-from biglm.finetune.metrics import bleu, exact_match, rouge, squad_normalize, squad_scores
 from biglm.finetune.tasks.cloze import parse_template
+from biglm.metrics import bleu, exact_match, rouge, squad_normalize, squad_scores
 from conftest import make_checkpoint, word_tokenizer
 
 
@@ -89,7 +89,7 @@ def test_rouge_bleu_and_squad_reference_values():
 
 
 def test_meteor_says_when_it_cannot_be_computed(monkeypatch):
-    from biglm.finetune import metrics
+    from biglm import metrics
 
     monkeypatch.setattr(metrics, "wordnet_available", lambda: False)
     out = metrics.meteor(["a b"], ["a b"])

@@ -22,7 +22,7 @@ from typing import Any
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
 from biglm.files import atomic_write_text
-from biglm.finetune.metrics import bleu2, distinct
+from biglm.metrics import bleu2, distinct
 
 
 def _wiki_auto(r: dict[str, Any]) -> dict[str, str] | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from biglm.errors import BiglmError
 from biglm.evaluate.make_tasks import run_held_out, sentences, split_documents
-from biglm.finetune.metrics import exact_match, rouge, squad_scores
+from biglm.metrics import exact_match, rouge, squad_scores
 
 QUESTION = "Which article does this sentence open?"
 

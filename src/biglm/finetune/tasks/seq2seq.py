@@ -41,11 +41,11 @@ from torch import nn
 from biglm.config import ModelConfig
 from biglm.data.records import Record
 from biglm.errors import BiglmError
-from biglm.finetune.metrics import generation_metrics
 from biglm.finetune.tasks.base import TaskBase, chunks, one_row
 from biglm.generate.api import banned_ids
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
+from biglm.metrics import generation_metrics
 from biglm.model import suffix_position_ids
 from biglm.objectives import IGNORE_INDEX, Batch, LossParts, masked_lm_loss
 from biglm.objectives.base import apply_mask
