@@ -342,8 +342,8 @@ def test_extractive_qa_model_exports_to_transformers(init, tmp_path, capsys):
 
 
 def test_make_titles_uses_the_runs_held_out_documents(tmp_path, capsys):
-    from biglm.evaluate.make_tasks import split_documents
-    from biglm.finetune.make_titles import main as make_titles
+    from biglm.data.builders.make_titles import main as make_titles
+    from biglm.data.held_out import split_documents
 
     docs = [f"Title {i}\nTitle {i} is a thing number {i} of the list. It has more text." for i in range(60)]
     docs[5] = "Short\nToo short."  # fewer than 4 words in its first sentence: skipped
