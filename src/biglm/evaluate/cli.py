@@ -127,7 +127,7 @@ def run_tasks(args: argparse.Namespace, out: Path) -> int:
     if results is None:
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    how = lm.direction if lm.autoregressive else lm.scoring.method
+    how = lm.scored_by
     name = f"results_{how}"
     keep = {k: results[k] for k in ("results", "groups", "configs", "versions", "n-shot", "config", "n-samples")
             if k in results}
