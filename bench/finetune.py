@@ -56,10 +56,10 @@ import torch.nn.functional as F
 from biglm import BiGLM, ModelConfig
 from biglm.finetune import load_finetune_config, load_predictor, setup_finetune
 from biglm.finetune.config import FinetuneConfig, Seq2SeqConfig, TaskConfig
-from biglm.finetune.metrics import generation_metrics
 from biglm.finetune.setup import read_split
 from biglm.finetune.tasks.seq2seq import Seq2SeqExample, Seq2SeqTask
 from biglm.generate import generate_ids
+from biglm.metrics import generation_metrics
 from biglm.train.batches import RowSeeds
 from biglm.train.optim import build_optimizer, set_learning_rate
 from biglm.train.schedule import learning_rate

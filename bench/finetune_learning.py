@@ -3,7 +3,7 @@
 Every run goes through ``biglm.finetune`` (the shared trainer, the task kinds, the engine), from models
 pre-trained by the demo recipe (``--masked``, ``--glm``, ``--causal``; ``--pretrain`` makes missing ones with
 ``configs/demo.yaml`` and the family's objective preset). Data from the bundled corpus
-(``python -m biglm.finetune.make_wordtasks``, ``make_titles``, ``make_instructions``); every score is on held-out
+(``python -m biglm.data.builders.make_wordtasks``, ``make_titles``, ``make_instructions``); every score is on held-out
 examples.
 
 Parts (``--parts``):
@@ -136,7 +136,7 @@ def words_part(args: argparse.Namespace, task: str, data: Path, out: Path) -> di
 
 def titles_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     titles = out / "titles"
-    sh("-m", "biglm.finetune.make_titles", args.corpus, "--run", args.masked, "--out", str(titles))
+    sh("-m", "biglm.data.builders.make_titles", args.corpus, "--run", args.masked, "--out", str(titles))
     files = [x for s in ("train", "valid", "test") for x in (f"--data.{s}", str(titles / f"{s}.jsonl"))]
     run = finetune("titles masked", out, args.masked, [
         "--task.kind", "seq2seq", "--task.seq2seq.max_source_length", "64", "--task.seq2seq.max_target_length",
@@ -212,7 +212,7 @@ def cloze_part(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any
 
 def instruct_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = out / "instruct"
-    sh("-m", "biglm.finetune.make_instructions", args.corpus, "--run", args.masked, "--out", str(data))
+    sh("-m", "biglm.data.builders.make_instructions", args.corpus, "--run", args.masked, "--out", str(data))
     files = [x for s in ("train", "valid", "test") for x in (f"--data.{s}", str(data / f"{s}.jsonl"))]
     res = {}
     for name, extra in (("aligned", []), ("continue", ["--task.instruction.target_positions", "continue"])):
@@ -286,7 +286,7 @@ def main() -> int:
     if args.pretrain:
         pretrain_missing(args)
     out, data = Path(args.out), Path(args.out) / "wordtasks"
-    sh("-m", "biglm.finetune.make_wordtasks", args.corpus, "--out", str(data))
+    sh("-m", "biglm.data.builders.make_wordtasks", args.corpus, "--out", str(data))
     results: dict[str, Any] = {"machine": machine_info(), "args": vars(args)}
     parts = args.parts.split(",")
     for task in ("copy", "reverse"):

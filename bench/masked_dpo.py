@@ -37,9 +37,9 @@ from typing import Any
 import torch
 
 from biglm.checkpoint import load_model
+from biglm.data.tokenizer import TokenIds
 from biglm.evaluate.sequence_score import masked_sequence_scores
 from biglm.finetune import load_finetune_config, setup_finetune
-from biglm.finetune.tasks.base import TokenIds
 from biglm.generate.engine import generate_ids
 from common import machine_info
 

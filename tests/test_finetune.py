@@ -15,8 +15,8 @@ from biglm.cli import main
 from biglm.data.records import read_records
 from biglm.errors import BiglmError, ConfigError
 from biglm.finetune import ExampleStream, build_task, load_finetune_config
-from biglm.finetune.metrics import bleu, exact_match, rouge, squad_normalize, squad_scores
 from biglm.finetune.tasks.cloze import parse_template
+from biglm.metrics import bleu, exact_match, rouge, squad_normalize, squad_scores
 from conftest import make_checkpoint, word_tokenizer
 
 
@@ -89,7 +89,7 @@ def test_rouge_bleu_and_squad_reference_values():
 
 
 def test_meteor_says_when_it_cannot_be_computed(monkeypatch):
-    from biglm.finetune import metrics
+    from biglm import metrics
 
     monkeypatch.setattr(metrics, "wordnet_available", lambda: False)
     out = metrics.meteor(["a b"], ["a b"])
@@ -342,8 +342,8 @@ def test_extractive_qa_model_exports_to_transformers(init, tmp_path, capsys):
 
 
 def test_make_titles_uses_the_runs_held_out_documents(tmp_path, capsys):
-    from biglm.evaluate.make_tasks import split_documents
-    from biglm.finetune.make_titles import main as make_titles
+    from biglm.data.builders.make_titles import main as make_titles
+    from biglm.data.held_out import split_documents
 
     docs = [f"Title {i}\nTitle {i} is a thing number {i} of the list. It has more text." for i in range(60)]
     docs[5] = "Short\nToo short."  # fewer than 4 words in its first sentence: skipped

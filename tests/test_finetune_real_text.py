@@ -16,9 +16,9 @@ import torch
 
 from biglm import BiGLM, ModelConfig
 from biglm.checkpoint import model_state_dict, write_checkpoint
+from biglm.data.builders.make_wordtasks import vocabulary, word_sequences
 from biglm.data.records import Record
 from biglm.finetune import build_task, evaluate_split, load_finetune_config, load_predictor, setup_finetune
-from biglm.finetune.make_wordtasks import vocabulary, word_sequences
 
 ASSET = Path(__file__).parent / "assets" / "wiki_sentences.jsonl"
 
@@ -158,7 +158,7 @@ def test_cloze_on_a_surface_feature_generalises_to_new_sentences(tokenizer_dir, 
 def test_word_tasks_hold_out_their_sequences_and_reverse_words(tmp_path):
     """make_wordtasks: validation and test sequences never occur in training, reversal reverses words (not
     tokens), the number set is balanced and labelled by digits, and --out may not be the corpus it reads."""
-    from biglm.finetune.make_wordtasks import main as make
+    from biglm.data.builders.make_wordtasks import main as make
 
     corpus = tmp_path / "wiki.jsonl"
     docs = [json.dumps({"text": f"Title {i}\n{r['text']}"}) + "\n" for i, r in enumerate(sentences())]

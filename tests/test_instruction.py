@@ -200,7 +200,7 @@ def test_instruction_records_read_through_the_record_readers(tmp_path):
 
 
 def test_demo_instruction_set_reads_answers_off_the_text(tmp_path):
-    from biglm.finetune.make_instructions import NUMBERS, WORDS, records
+    from biglm.data.builders.make_instructions import NUMBERS, WORDS, records
 
     docs = [f"Alpha Beta\nAlpha Beta is a town in the north of the land number {i}. It is small." for i in range(60)]
     rows = records(docs, "t", 0)

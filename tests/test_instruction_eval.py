@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from biglm.cli import main
+from biglm.data.builders.genset import GENSET_SOURCES
 from biglm.finetune import load_finetune_config, setup_finetune
-from biglm.finetune.genset import GENSET_SOURCES
-from biglm.finetune.metrics import bleu2, distinct
+from biglm.metrics import bleu2, distinct
 from test_instruction import checkpoint, write_jsonl
 
 

@@ -12,7 +12,7 @@ import torch
 from biglm import BiGLM, ModelConfig
 from biglm.checkpoint import model_state_dict, write_checkpoint
 from biglm.finetune import evaluate_split, load_finetune_config, load_predictor, setup_finetune
-from biglm.finetune.metrics import generation_metrics
+from biglm.metrics import generation_metrics
 from instruction_data import instruction_tokenizer, rows
 
 

@@ -11,9 +11,9 @@ import torch
 
 from biglm import BiGLM, ModelConfig
 from biglm.attention import AttentionLayout
+from biglm.data.tokenizer import TokenIds
 from biglm.errors import BiglmError
 from biglm.evaluate.sequence_score import elbo_masks, masked_sequence_logps, masked_sequence_scores
-from biglm.finetune.tasks.base import TokenIds
 
 IDS = TokenIds(bos=1, eos=2, mask=3, pad=0)
 PROMPTS = [[10, 11, 12, 13], [14, 15], [16, 17, 18]]

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("biglm.chat.cli", "serve a model: OpenAI-compatible API and a live web page"),
     "annotate": ("biglm.annotate.cli", "judge pairs of responses on a local web page (preference data)"),
     "judge": ("biglm.annotate.cli", "AI feedback: a judge model labels pairs of responses (preference data)"),
-    "evaluate": ("biglm.evaluate.cli", "zero-shot evaluation through lm-evaluation-harness"),
+    "evaluate": ("biglm.finetune.evaluate_cli", "zero-shot evaluation through lm-evaluation-harness"),
     "export-hf": ("biglm.hf.cli", "export a checkpoint as a transformers model folder (masked or causal LM)"),
     "import-hf": ("biglm.hf.cli", "import a transformers (BiGLM or Llama) folder as a checkpoint"),
     "compare": ("biglm.compare.cli", "train and score several recipes side by side (table + plot)"),

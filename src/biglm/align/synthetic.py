@@ -198,8 +198,8 @@ def pretrain_policy(folder: str | Path, family: str = "causal", steps: int = 100
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m biglm.align.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path)
-    p.add_argument("--family", default="causal", choices=[name for name, family in FAMILIES.items()
-                                                           if family.decoder in POLICIES])
+    p.add_argument("--family", default="causal", choices=[name for name, fam in FAMILIES.items()
+                                                           if fam.decoder in POLICIES])
     p.add_argument("--steps", type=int, default=100, help="pre-training steps of the start policy")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -14,7 +14,7 @@ row's steps, tokens and training FLOPs). Steps:
 2. **Tasks**: ``biglm.evaluate.make_tasks`` builds ``compare_continuation``, ``compare_next_sentence``
    and ``compare_perplexity`` from the documents the runs held out (their ``data.val_fraction`` /
    ``val_seed``) of the ``tasks_from`` files.
-3. **Score** every recipe through lm-evaluation-harness with its family's scorers (``FAMILY_SCORERS``:
+3. **Score** every recipe through lm-evaluation-harness with its family's scorers (``Family.eval_settings``:
    masked models with a masked scoring method, causal ones by the chain rule left to right,
    bidirectional-ar ones left to right, right to left and by the mean of both, which also measures how
    far the two directions agree). Held-out likelihood: ``compare_perplexity``'s bits per byte; for the
@@ -37,18 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from biglm.errors import BiglmError
+from biglm.families import get_family
 from biglm.files import atomic_write_text
 from biglm.outputs import COMPARE, check_output
 
 TASKS = ("compare_continuation", "compare_next_sentence", "compare_perplexity")
-FAMILY_SCORERS: dict[str, Callable[[str], list[tuple[str, dict[str, Any]]]]] = {
-    "masked": lambda scoring: [(scoring, {"scoring": scoring})],
-    "causal": lambda scoring: [("l2r", {"direction": "l2r"})],
-    "bidirectional-ar": lambda scoring: [(d, {"direction": d}) for d in ("l2r", "r2l", "mean")],
-    # the chain rule over part B after [gMASK], and after [MASK] (what a short-blank-only model was trained on)
-    "glm": lambda scoring: [("gMASK", {"glm_blank": "gmask"}), ("MASK", {"glm_blank": "mask"})],
-}
-"""family -> the (label, BiGLMEvalModel arguments) each recipe of that family is scored with."""
 
 
 @dataclass
@@ -191,7 +184,8 @@ def score_settings(recipes: list[Recipe], opts: CompareOptions) -> dict[str, Any
 def build_tasks(recipes: list[Recipe], opts: CompareOptions) -> Path:
     """The held-out tasks (see the module docstring), written into ``OUT/tasks`` (again when the settings
     they were written with, ``tasks/settings.json``, differ)."""
-    from biglm.evaluate.make_tasks import held_out_documents, write_tasks
+    from biglm.data.held_out import held_out_documents
+    from biglm.evaluate.make_tasks import write_tasks
 
     folder = opts.out / "tasks"
     settings = {k: v for k, v in score_settings(recipes, opts).items() if k != "limit"}
@@ -230,12 +224,10 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
 
     run_dir = recipe.run_dir(opts.out)
     loaded = load_model(run_dir)
-    family = loaded.config.family
-    if family not in FAMILY_SCORERS:
-        raise BiglmError(f"compare: no scorer for model family {family!r}")
+    family = get_family(loaded.config)
     rows = []
     torch.set_num_threads(max(1, opts.threads * max(1, opts.jobs)))
-    for label, kwargs in FAMILY_SCORERS[family](opts.scoring):
+    for label, kwargs in family.eval_settings(opts.scoring):
         cache = run_dir / f"compare_{label}.json"
         settings = score_settings([recipe], opts)
         if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
@@ -247,11 +239,11 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
         lm = BiGLMEvalModel(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=opts.batch_size, **kwargs)
         res = simple_evaluate(model=lm, tasks=list(TASKS), task_manager=task_manager(list(TASKS), [str(tasks)]),
                               limit=opts.limit, log_samples=False)
-        row = {"recipe": recipe.name, "family": family, "scoring": label, "objective": recipe.cfg.objective.name,
+        row = {"recipe": recipe.name, "family": family.name, "scoring": label, "objective": recipe.cfg.objective.name,
                "params": loaded.model.num_parameters(), "results": res["results"],
                "agreement": getattr(lm, "direction_agreement", {}), "eval_seconds": round(time.time() - start, 1),
                "settings": settings}
-        if family == "masked":
+        if family.scoring == "masked":  # the β-grid masked loss, comparable among masked rows
             row["masked_val_loss"] = masked_validation(recipe, loaded.model, loaded.tokenizer.mask_token_id)
         row["train"] = _train_summary(run_dir, recipe.cfg)
         atomic_write_text(cache, json.dumps(row, indent=1, default=float))

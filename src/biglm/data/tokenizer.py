@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from biglm.errors import BiglmError, check
 from biglm.families.glm import GLM
@@ -58,6 +58,36 @@ def ensure_glm_tokens(tokenizer: PreTrainedTokenizerFast) -> list[str]:
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     return missing
+
+
+def special_ids(tokenizer: Any) -> dict[str, int]:
+    """BOS, EOS, [MASK] and PAD ids of ``tokenizer``; one clear error when one is missing (PAD: EOS if absent)."""
+    ids = {}
+    for name in ("bos", "eos", "mask"):
+        value = getattr(tokenizer, f"{name}_token_id", None)
+        if value is None:
+            raise BiglmError(f"tokenizer has no {name} token; generation needs BOS, EOS and [MASK] "
+                             "(load it with biglm.data.tokenizer.load_tokenizer)")
+        ids[name] = int(value)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    ids["pad"] = int(pad) if pad is not None else ids["eos"]
+    return ids
+
+
+@dataclass
+class TokenIds:
+    """The special token ids that fine-tuning, alignment and sequence scores need (from the checkpoint's
+    tokenizer)."""
+
+    bos: int
+    eos: int
+    mask: int
+    pad: int
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TokenIds:
+        """The ids of ``tokenizer`` (one clear error when BOS, EOS or [MASK] is missing)."""
+        return cls(**special_ids(tokenizer))
 
 
 def glm_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:

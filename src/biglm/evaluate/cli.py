@@ -11,6 +11,9 @@ the network).
 Causal and bidirectional-ar checkpoints are scored by the exact chain rule (``--direction``).
 Writes ``OUT/results_<scoring or direction>.json`` (lm-eval's results and config) and ``OUT/results_<scoring>.md``
 (a Markdown table, also printed); ``OUT`` defaults to ``CKPT/eval``.
+
+This module holds the verb's options and its lm-eval half; the verb is wired in ``biglm.finetune.evaluate_cli``,
+above both packages it drives (``--generation`` scores a fine-tuned checkpoint: ``biglm.finetune.genset``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from biglm.evaluate import TASKS_DIR
 from biglm.files import atomic_write_text
 
 
-def register(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """The ``evaluate`` sub-parser with all its options (the caller sets its handler)."""
     from biglm.evaluate.scoring import METHODS
 
     p = subparsers.add_parser("evaluate", help="zero-shot evaluation through lm-evaluation-harness",
@@ -55,7 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", default=None, help="output folder (default CKPT/eval)")
-    p.set_defaults(func=run)
+    return p
 
 
 def task_manager(tasks: list[str], include_paths: list[str]) -> Any:
@@ -91,18 +95,8 @@ def results_table(results: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    from biglm.outputs import RESULTS, check_output
-
-    out = check_output(args.out or Path(args.ckpt) / "eval", RESULTS, [args.ckpt, args.generation, *args.include_path])
-    if args.generation:
-        from biglm.finetune.genset import evaluate_generation  # generation uses the fine-tuned task's decoding
-
-        limit = int(args.limit) if args.limit else 0
-        evaluate_generation(args.ckpt, args.generation, out, device=args.device or "cpu", limit=limit)
-        print((out / "genset_scores.md").read_text())
-        print(f"wrote {out / 'genset_predictions.jsonl'} and {out / 'genset_scores.json'}")
-        return 0
+def run_tasks(args: argparse.Namespace, out: Path) -> int:
+    """``biglm evaluate --tasks``: score the checkpoint on lm-eval tasks and write the results into ``out``."""
     if not args.tasks:
         raise BiglmError("give --tasks NAMES (lm-eval) or --generation FILE")
     try:
@@ -133,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if results is None:
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    how = lm.direction if lm.autoregressive else lm.scoring.method
+    how = lm.scored_by
     name = f"results_{how}"
     keep = {k: results[k] for k in ("results", "groups", "configs", "versions", "n-shot", "config", "n-samples")
             if k in results}

@@ -1,6 +1,7 @@
 """lm-evaluation-harness model ``biglm``: zero-shot scoring and generation with a biglm checkpoint.
 
-The checkpoint's family decides the scorer. ``causal`` and ``bidirectional-ar`` models are scored by
+The checkpoint's family decides the scorer (``Family.scoring``, a scorer of ``biglm.evaluate.lm_scorers``).
+``causal`` and ``bidirectional-ar`` models are scored by
 the exact chain rule (``biglm.evaluate.ar_scoring``) in the direction given by ``direction`` (``l2r``,
 the default; ``r2l`` and ``mean`` for bidirectional-ar models), generate autoregressively, and with
 ``direction=mean`` record how far their two estimates agree (``direction_agreement``, also in the
@@ -46,7 +47,9 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from biglm.errors import BiglmError
-from biglm.evaluate.scoring import ScoringConfig, rolling_requests, score_requests
+from biglm.evaluate.lm_scorers import scorer_for
+from biglm.evaluate.scoring import ScoringConfig
+from biglm.families import get_family
 from biglm.model import BiGLM
 
 log = logging.getLogger("biglm.evaluate")
@@ -107,9 +110,11 @@ class BiGLMEvalModel(TemplateLM):
             raise BiglmError("BiGLMEvalModel(model=...) also needs tokenizer=...")
         self.model = model.to(self._device, torch_dtype).eval() if torch_dtype else model.to(self._device).eval()
         self.tokenizer = tokenizer
-        # GLM models are scored by the chain rule over part B (``biglm.evaluate.glm_scoring``)
-        self.autoregressive = bool(model.config.is_autoregressive or model.config.family == "glm")
-        self.direction = _check_direction(model.config.family, scoring, direction)
+        self.family = get_family(model)
+        self.scorer = scorer_for(self.family)
+        self.autoregressive = self.family.autoregressive
+        """Writes token by token (no Mask-Predict passes to set for ``generate_until``)."""
+        self.direction = self.scorer.check(self.family, scoring, direction)
         self.direction_agreement: dict[str, dict[str, float]] = {}
         """With ``direction=mean``: L2R/R2L agreement of the last ``loglikelihood`` and rolling calls."""
         for attr in ("bos_token_id", "mask_token_id"):
@@ -145,31 +150,20 @@ class BiGLMEvalModel(TemplateLM):
     def tokenizer_name(self) -> str:
         return str(getattr(self.tokenizer, "name_or_path", "biglm")).replace("/", "__")
 
+    @property
+    def scored_by(self) -> str:
+        """How requests are scored: the masked method or the reading direction (results files are named by it)."""
+        return self.scorer.label(self)
+
     def get_model_info(self) -> dict[str, Any]:
-        if self.autoregressive:
-            return {"biglm_family": self.model.config.family, "biglm_direction": self.direction,
-                    "biglm_direction_agreement": self.direction_agreement,
-                    "biglm_max_seq_len": self.max_length, "biglm_params": self.model.num_parameters()}
-        s = self.scoring
-        return {"biglm_scoring": s.method, "biglm_beam": s.beam, "biglm_samples": s.samples,
-                "biglm_rolling_scoring": self.rolling.method, "biglm_rolling_chunk": self.rolling_chunk,
-                "biglm_max_seq_len": self.max_length, "biglm_params": self.model.num_parameters()}
+        return {**self.scorer.info(self), "biglm_max_seq_len": self.max_length,
+                "biglm_params": self.model.num_parameters()}
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         """Token ids of ``string`` without special tokens (BOS is added by the scoring layout)."""
         return list(self.tokenizer.encode(string, add_special_tokens=False))
 
-    # ---- scoring ------------------------------------------------------------------------------------
-    def _score(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool, desc: str,
-               config: ScoringConfig | None = None) -> list[Any]:
-        bar = tqdm(total=len(pairs), desc=desc, disable=disable_tqdm)
-        try:
-            return score_requests(self.model, pairs, mask_token_id=int(self.tokenizer.mask_token_id),
-                                  pad_token_id=self.pad_token_id, config=config or self.scoring,
-                                  progress=bar.update)
-        finally:
-            bar.close()
-
+    # ---- scoring (by the family's scorer) ------------------------------------------------------------
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(log p(continuation | context), is_greedy) per request, under the chosen scoring method."""
         pairs = []
@@ -179,41 +173,24 @@ class BiGLMEvalModel(TemplateLM):
             ctx, cont = self._encode_pair(context, continuation) if context else ([], self.tok_encode(continuation))
             if not cont:  # the split merged the continuation into the context's last token
                 ctx, cont = self.tok_encode(context), self.tok_encode(continuation)
-            pairs.append(([self.prefix_token_id, *ctx], cont))
-        if self.autoregressive:
-            return self._ar_loglikelihood(requests, [(p[1:], c) for p, c in pairs], disable_tqdm)
-        scores = self._score(pairs, disable_tqdm, f"biglm {self.scoring.method}")
-        self.stderrs = [s.stderr for s in scores if s.stderr is not None]
-        if self.stderrs:
-            log.info("mc-elbo: mean standard error of the %d estimates %.4f nats", len(self.stderrs),
-                     sum(self.stderrs) / len(self.stderrs))
+            pairs.append((ctx, cont))
         out = []
-        for r, s in zip(requests, scores):
+        for r, s in zip(requests, self.scorer.continuations(self, pairs, disable_tqdm)):
             self.cache_hook.add_partial("loglikelihood", r.args, (s.logprob, s.is_greedy))
             out.append((s.logprob, s.is_greedy))
         return out
 
     def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        """TemplateLM's token-level entry point: contexts without BOS (it is added here)."""
-        if self.autoregressive:
-            return [(s.logprob, s.is_greedy) for s in self._ar_scores([(c, y) for _, c, y in requests], disable_tqdm)]
-        scores = self._score([([self.prefix_token_id, *c], y) for _, c, y in requests], disable_tqdm, "biglm")
+        """TemplateLM's token-level entry point: contexts without BOS (the scorer adds what it needs)."""
+        scores = self.scorer.continuations(self, [(list(c), list(y)) for _, c, y in requests], disable_tqdm)
         return [(s.logprob, s.is_greedy) for s in scores]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Sum of chunk scores over each whole text (see module doc); autoregressive models: the document
         likelihood in the chosen direction (``biglm.evaluate.ar_scoring``)."""
-        if self.autoregressive:
-            return self._ar_rolling(requests, disable_tqdm)
-        pairs, owner = [], []
-        for i, (text,) in enumerate(r.args for r in requests):
-            chunks = rolling_requests(self.tok_encode(text), self.prefix_token_id, self.max_length, self.rolling_chunk)
-            pairs += chunks
-            owner += [i] * len(chunks)
-        totals = [0.0] * len(requests)
-        for i, s in zip(owner, self._score(pairs, disable_tqdm, f"biglm rolling {self.rolling.method}", self.rolling)):
-            totals[i] += s.logprob
+        docs = [self.tok_encode(text) for (text,) in (r.args for r in requests)]
+        totals = self.scorer.documents(self, docs, disable_tqdm)
         for r, t in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", r.args, t)
         return totals
@@ -248,81 +225,6 @@ class BiGLMEvalModel(TemplateLM):
                 bar.update(len(part))
         bar.close()
         return out  # type: ignore[return-value]
-
-    # ---- autoregressive models ----------------------------------------------------------------------
-    def _glm_tokens(self) -> tuple[Any, int]:
-        from biglm.generate.glm import GLMTokens
-
-        tokens = GLMTokens.from_tokenizer(self.tokenizer)
-        return tokens, tokens.gmask if self.glm_blank == "gmask" else tokens.mask
-
-    def _ar_scores(self, pairs: list[tuple[list[int], list[int]]], disable_tqdm: bool) -> list[Any]:
-        from biglm.evaluate.ar_scoring import agreement, score_continuations
-        from biglm.evaluate.glm_scoring import score_glm_continuations
-
-        bar = tqdm(total=None, desc=f"biglm chain rule {self.direction}", disable=disable_tqdm)
-        try:
-            if self.model.config.family == "glm":
-                tokens, blank = self._glm_tokens()
-                return score_glm_continuations(self.model, pairs, tokens, blank=blank, progress=bar.update)
-            scores = score_continuations(self.model, pairs, bos_token_id=self.prefix_token_id,
-                                         eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
-                                         direction=self.direction, progress=bar.update)
-        finally:
-            bar.close()
-        if self.direction == "mean":
-            self.direction_agreement["loglikelihood"] = agreement(scores)
-        return scores
-
-    def _ar_loglikelihood(self, requests: list[Any], pairs: list[tuple[list[int], list[int]]],
-                          disable_tqdm: bool) -> list[tuple[float, bool]]:
-        out = []
-        for r, s in zip(requests, self._ar_scores(pairs, disable_tqdm)):
-            self.cache_hook.add_partial("loglikelihood", r.args, (s.logprob, s.is_greedy))
-            out.append((s.logprob, s.is_greedy))
-        return out
-
-    def _ar_rolling(self, requests: list[Any], disable_tqdm: bool) -> list[float]:
-        from biglm.evaluate.ar_scoring import agreement, score_documents
-        from biglm.evaluate.glm_scoring import score_glm_documents
-
-        docs = [self.tok_encode(text) for (text,) in (r.args for r in requests)]
-        bar = tqdm(total=None, desc=f"biglm rolling {self.direction}", disable=disable_tqdm)
-        try:
-            if self.model.config.family == "glm":
-                tokens, blank = self._glm_tokens()
-                scores = score_glm_documents(self.model, docs, tokens, blank=blank, progress=bar.update)
-            else:
-                scores = score_documents(self.model, docs, bos_token_id=self.prefix_token_id,
-                                         eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id,
-                                         direction=self.direction, progress=bar.update)
-        finally:
-            bar.close()
-        if self.direction == "mean":
-            self.direction_agreement["loglikelihood_rolling"] = agreement(scores)
-        for r, s in zip(requests, scores):
-            self.cache_hook.add_partial("loglikelihood_rolling", r.args, s.logprob)
-        return [s.logprob for s in scores]
-
-
-def _check_direction(family: str, scoring: str | None, direction: str | None) -> str | None:
-    """The scoring direction of an autoregressive family (None for masked models), checked."""
-    from biglm.evaluate.ar_scoring import AR_DIRECTIONS
-
-    if family in ("causal", "bidirectional-ar", "glm"):
-        if scoring not in (None, "chain-rule"):
-            raise BiglmError(f"scoring={scoring!r} is a masked-model method; a {family} model is scored by the "
-                             "exact chain rule (choose direction=l2r, r2l or mean)")
-        direction = direction or "l2r"
-        if direction not in AR_DIRECTIONS:
-            raise BiglmError(f"direction={direction!r}: expected one of {', '.join(AR_DIRECTIONS)}")
-        if direction != "l2r" and family != "bidirectional-ar":  # GLM writes part B left to right
-            raise BiglmError(f"direction={direction!r} needs a bidirectional-ar model (this one is {family})")
-        return direction
-    if direction is not None:
-        raise BiglmError(f"direction={direction!r} applies to causal and bidirectional-ar models; this one is "
-                         f"{family!r} (choose a scoring method)")
-    return None
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:

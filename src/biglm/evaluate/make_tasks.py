@@ -4,12 +4,12 @@
     python -m biglm.evaluate.make_tasks --synthetic 3000 --val-fraction 0.1 --max-items 200 \
         --out src/biglm/evaluate/tasks   # the shipped tasks
 
-Held-out documents: document ``i`` of the sources (numbered as ``biglm.data.iter_documents`` yields
-them, across the given files in order) is held out when ``biglm.data.shards.val_mask(i, val_seed,
-val_fraction)`` holds: the same seeded hash the data pipeline uses for its validation split, so with
-the training run's ``data.val_fraction`` / ``data.val_seed`` (defaults 0.005 / 0) and one source per
-call, these are exactly the documents the run never trained on. ``--all`` uses every document (a file
-that is held out as a whole).
+Held-out documents (``biglm.data.held_out``): document ``i`` of the sources (numbered as
+``biglm.data.iter_documents`` yields them, across the given files in order) is held out when
+``biglm.data.shards.val_mask(i, val_seed, val_fraction)`` holds: the same seeded hash the data pipeline uses
+for its validation split, so with the training run's ``data.val_fraction`` / ``data.val_seed`` (defaults
+0.005 / 0) and one source per call, these are exactly the documents the run never trained on. ``--all``
+uses every document (a file that is held out as a whole).
 
 Tasks written into ``--out`` (names ``{prefix}_…``, tag ``{prefix}_tasks``):
 
@@ -41,13 +41,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
+from biglm.data.held_out import held_out_documents, run_held_out, sentences
 from biglm.errors import BiglmError
 
 LOADER = '''"""Loads this folder's JSONL files for lm-eval (data_files are relative to this folder)."""
@@ -61,8 +59,6 @@ def load(data_files=None, **_):
     files = {split: str(here / name) for split, name in (data_files or {}).items()}
     return datasets.load_dataset("json", data_files=files)
 '''
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 # ---- synthetic templated text (for the shipped tasks and the tests) -----------------------------------
 TOPICS: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
@@ -112,43 +108,7 @@ def synthetic_documents(n: int, seed: int = 0) -> list[str]:
     return docs
 
 
-# ---- held-out selection ---------------------------------------------------------------------------
-def held_out_documents(sources: Iterable[str], val_fraction: float, val_seed: int, all_docs: bool = False,
-                       text_field: str = "text") -> list[str]:
-    """The documents of ``sources`` that the data pipeline holds out (see module doc)."""
-    if all_docs:
-        from biglm.data.config import SourceConfig
-        from biglm.data.sources import iter_documents
-
-        return [d for s in sources for d in iter_documents(SourceConfig(path=str(s), text_field=text_field))]
-    return split_documents(sources, val_fraction, val_seed, text_field)[1]
-
-
-def split_documents(sources: Iterable[str], val_fraction: float, val_seed: int,
-                    text_field: str = "text") -> tuple[list[str], list[str]]:
-    """(trained on, held out): the documents of ``sources`` split by the data pipeline's held-out rule."""
-    from biglm.data.config import SourceConfig
-    from biglm.data.shards import val_mask
-    from biglm.data.sources import iter_documents
-
-    if not 0.0 < val_fraction < 1.0:
-        raise BiglmError(f"val_fraction={val_fraction}: must be in (0, 1) (or use --all)")
-    # The data pipeline numbers each source's documents from 0, so the held-out rule applies per source.
-    trained, held = [], []
-    for source in sources:
-        docs = list(iter_documents(SourceConfig(path=str(source), text_field=text_field)))
-        keep = val_mask(np.arange(len(docs)), val_seed, val_fraction)
-        for doc, k in zip(docs, keep):
-            (held if k else trained).append(doc)
-    return trained, held
-
-
 # ---- items ----------------------------------------------------------------------------------------
-def sentences(text: str) -> list[str]:
-    """The sentences of ``text`` (split after . ! ? and whitespace; whitespace folded)."""
-    return [s for s in _SENTENCE.split(" ".join(text.split())) if s]
-
-
 def _tail_words(sentences: list[str], max_words: int) -> str:
     """The last whole sentences that fit in ``max_words`` words (the last words if one does not fit)."""
     kept: list[str] = []
@@ -301,18 +261,6 @@ def write_jsonl(path: str | Path, docs: Iterable[str]) -> Path:
     with open(path, "w") as f:
         f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
     return path
-
-
-def run_held_out(run: str) -> tuple[float, int]:
-    """``data.val_fraction`` / ``data.val_seed`` of a training run, so its held-out rule is used exactly."""
-    from biglm.configurable import load_yaml
-    from biglm.data.config import DataConfig
-
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise BiglmError(f"--run {run}: no config.yaml there (expected a folder written by biglm pretrain)")
-    data = load_yaml(path).get("data") or {}
-    return (float(data.get("val_fraction", DataConfig.val_fraction)), int(data.get("val_seed", DataConfig.val_seed)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,16 +41,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from biglm.data.tokenizer import TokenIds
 from biglm.errors import BiglmError
 from biglm.evaluate.scoring import _masked, _pad, _PrefixGroup, fit_request, position_rows
-
-if TYPE_CHECKING:  # evaluation does not import the fine-tuning layer at run time
-    from biglm.finetune.tasks.base import TokenIds
+from biglm.families import get_family
 
 MASKED_SCORES: tuple[str, ...] = ("chain", "elbo", "one-step")
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -91,7 +89,7 @@ def masked_sequence_scores(model: nn.Module, prompts: Sequence[Sequence[int]], r
                            prompt_mask: float = 0.3, max_rows: int = 1024) -> SequenceScores:
     """``masked_sequence_logps`` with the per-sample estimates and the cost in rows and tokens."""
     config = getattr(model, "module", model).config  # a DDP/FSDP-wrapped policy is called through its wrapper
-    if config.family != "masked":
+    if get_family(config).scoring != "masked":
         raise BiglmError(f"masked sequence scores need a masked (BiGLM) model, got family {config.family!r}")
     if method not in MASKED_SCORES:
         raise BiglmError(f"unknown sequence score {method!r}: expected one of {', '.join(MASKED_SCORES)}")

@@ -5,64 +5,20 @@ seq2seq) checkpoint, through its task's encoding and the shared engine, and writ
 ``OUT/genset_predictions.jsonl`` (id, group, prompt, prediction, reference), ``OUT/genset_scores.json`` and
 ``OUT/genset_scores.md``: BLEU-2 (sacrebleu, ``13a``) and Distinct-1/2 per group (the record field ``task``)
 and over all records. ``biglm evaluate --generation FILE --ckpt CKPT`` runs it.
-
-``build_genset(out, per_task=100)`` samples the paper's three sets from the hub (WikiAuto simplification,
-QQP paraphrase, PersonaChat dialogue) into one FLAN-style JSONL (fields task / instruction / input / output);
-``GENSET_SOURCES`` says which datasets and how each record is turned into an instruction.
+The set itself is built by ``biglm.data.builders.genset.build_genset``.
 """
 
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
 from biglm.files import atomic_write_text
-from biglm.finetune.metrics import bleu2, distinct
-
-
-def _wiki_auto(r: dict[str, Any]) -> dict[str, str] | None:
-    return {"instruction": "Simplify this sentence.", "input": r["source"], "output": r["target"]}
-
-
-def _qqp(r: dict[str, Any]) -> dict[str, str] | None:
-    if int(r.get("label", 0)) != 1:  # only duplicates are paraphrases
-        return None
-    return {"instruction": "Paraphrase this question.", "input": r["question1"], "output": r["question2"]}
-
-
-def _personachat(r: dict[str, Any]) -> dict[str, str] | None:
-    persona = " ".join(r.get("personality") or [])
-    history = "\n".join(r.get("history") or [])
-    if not history or not r.get("candidates"):
-        return None
-    return {"instruction": f"Continue the dialogue as this person: {persona}", "input": history,
-            "output": r["candidates"][-1]}  # the last candidate is the true reply
-
-
-GENSET_SOURCES: dict[str, tuple[str, str | None, str, Callable[[dict[str, Any]], dict[str, str] | None]]] = {
-    "wiki_auto": ("GEM/wiki_auto_asset_turk", None, "validation", _wiki_auto),
-    "qqp": ("nyu-mll/glue", "qqp", "validation", _qqp),
-    "personachat": ("bavard/personachat_truecased", None, "validation", _personachat),
-}
-"""Group -> (hub dataset, config, split, record -> FLAN record or None to skip)."""
-
-
-def build_genset(out: str | Path, per_task: int = 100, seed: int = 0) -> int:
-    """Sample ``per_task`` records of each ``GENSET_SOURCES`` set (hub access needed) into ``out`` (JSONL)."""
-    rng = random.Random(seed)
-    rows = []
-    for group, (name, config, split, convert) in GENSET_SOURCES.items():
-        records = read_records(f"hf:{name}", split=split, hf_config=config)
-        kept = [c for c in (convert(r.fields) for r in records) if c]
-        for i, row in enumerate(rng.sample(kept, min(per_task, len(kept)))):
-            rows.append({"id": f"{group}-{i}", "task": group, **row})
-    atomic_write_text(Path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return len(rows)
+from biglm.finetune.predict import load_predictor
+from biglm.metrics import bleu2, distinct
 
 
 def genset_scores(predictions: list[str], references: list[str]) -> dict[str, Any]:
@@ -73,8 +29,6 @@ def genset_scores(predictions: list[str], references: list[str]) -> dict[str, An
 def evaluate_generation(ckpt: str | Path, data: str, out: str | Path, group_field: str = "task",
                         device: str = "cpu", limit: int = 0) -> dict[str, Any]:
     """Predict and score ``data`` with ``ckpt`` (see the module docstring); returns the scores."""
-    from biglm.finetune.predict import load_predictor
-
     predictor = load_predictor(ckpt, device=device, hint="--generation needs an instruction or seq2seq fine-tune "
                                "(biglm finetune --task instruction ...); score a pretrained model with --tasks")
     task = predictor.task
@@ -110,4 +64,4 @@ def evaluate_generation(ckpt: str | Path, data: str, out: str | Path, group_fiel
     return scores
 
 
-__all__ = ["GENSET_SOURCES", "build_genset", "evaluate_generation", "genset_scores"]
+__all__ = ["evaluate_generation", "genset_scores"]

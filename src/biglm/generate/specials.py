@@ -1,27 +1,14 @@
-"""Special token ids every decoder needs, the ids generation never emits, and partly decoded text."""
+"""The ids generation never emits and partly decoded text; ``special_ids`` (BOS, EOS, [MASK], PAD) comes
+from ``biglm.data.tokenizer``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from biglm.errors import BiglmError
+from biglm.data.tokenizer import special_ids
 
 MASK_SYMBOL = "▢"
-
-
-def special_ids(tokenizer: Any) -> dict[str, int]:
-    """BOS, EOS, [MASK] and PAD ids of ``tokenizer``; one clear error when one is missing."""
-    ids = {}
-    for name in ("bos", "eos", "mask"):
-        value = getattr(tokenizer, f"{name}_token_id", None)
-        if value is None:
-            raise BiglmError(f"tokenizer has no {name} token; generation needs BOS, EOS and [MASK] "
-                             "(load it with biglm.data.tokenizer.load_tokenizer)")
-        ids[name] = int(value)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    ids["pad"] = int(pad) if pad is not None else ids["eos"]
-    return ids
 
 
 def banned_ids(tokenizer: Any, vocab_size: int, allow: Sequence[int] = ()) -> list[int]:
@@ -48,3 +35,6 @@ def render_step(tokenizer: Any, ids: Sequence[int], mask_token_id: int, mask_sym
     if run:
         parts.append(tokenizer.decode(run, skip_special_tokens=True))
     return "".join(parts)
+
+
+__all__ = ["MASK_SYMBOL", "banned_ids", "render_step", "special_ids"]

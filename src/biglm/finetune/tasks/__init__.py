@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from biglm.config import MODEL_FAMILIES
+from biglm.data.tokenizer import TokenIds
 from biglm.errors import ConfigError
+from biglm.families import FAMILIES, get_family
 from biglm.finetune.config import TASK_KINDS, FinetuneConfig
-from biglm.finetune.tasks.base import FinetuneTask, TaskBase, TokenIds
+from biglm.finetune.tasks.base import FinetuneTask, TaskBase
 from biglm.finetune.tasks.cloze import ClozeTask
 from biglm.finetune.tasks.dpo import DPOTask
 from biglm.finetune.tasks.glm import GLMClozeTask, GLMInstructionTask, GLMSeq2SeqTask
@@ -25,20 +26,20 @@ TASKS: dict[str, type[TaskBase]] = {
     "dpo": DPOTask,
 }
 assert set(TASKS) == set(TASK_KINDS), "every task kind needs a config section and a registry entry"
-FAMILY_TASKS: dict[str, dict[str, type[TaskBase] | None]] = {
-    # A left-to-right model cannot fill a blank with the text after it in view: no cloze (as yet).
-    "causal": {"cloze-classification": None},
-    "bidirectional-ar": {"cloze-classification": None},
-    "glm": {"cloze-classification": GLMClozeTask, "seq2seq": GLMSeq2SeqTask, "instruction": GLMInstructionTask,
-            "dpo": None},
+LAYOUT_TASKS: dict[str, dict[str, type[TaskBase]]] = {
+    # part A read whole, the blank written in part B: GLM's cloze, seq2seq and instruction rows and decoding
+    "prefix_lm": {"cloze-classification": GLMClozeTask, "seq2seq": GLMSeq2SeqTask, "instruction": GLMInstructionTask},
 }
-"""Task kinds a model family does its own way (GLM fills blanks in part B), or not at all (None: refused
-in one line); the others use ``TASKS``."""
+"""Task kinds done their own way for a model family's attention layout (``Family.layout``); the others use
+``TASKS``. The kinds a family cannot take at all are its ``Family.refused_tasks``."""
 
 
 def task_class(kind: str, family: str) -> type[TaskBase] | None:
     """The class of task ``kind`` for a ``family`` model (None: the family cannot be fine-tuned for it)."""
-    return FAMILY_TASKS.get(family, {}).get(kind, TASKS[kind])
+    fam = get_family(family)
+    if kind in fam.refused_tasks:
+        return None
+    return LAYOUT_TASKS.get(fam.layout, {}).get(kind, TASKS[kind])
 
 
 def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: str = "masked") -> FinetuneTask:
@@ -46,7 +47,7 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: st
     kind = cfg.task.kind
     cls = task_class(kind, family)
     if cls is None:
-        takes = [f for f in MODEL_FAMILIES if task_class(kind, f) is not None]
+        takes = [f for f in FAMILIES if task_class(kind, f) is not None]
         fits = [k for k in TASKS if task_class(k, family) is not None]
         raise ConfigError(f"task.kind={kind}: needs a {', '.join(takes[:-1])} or {takes[-1]} model, the checkpoint "
                           f"is {family} (a {family} model fine-tunes with: {', '.join(fits)})")
@@ -55,6 +56,6 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: st
     return cls(cfg, tokenizer, max_seq_len)  # type: ignore
 
 
-__all__ = ["FAMILY_TASKS", "TASKS", "ClozeTask", "DPOTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask",
+__all__ = ["LAYOUT_TASKS", "TASKS", "ClozeTask", "DPOTask", "FinetuneTask", "GLMClozeTask", "GLMInstructionTask",
            "GLMSeq2SeqTask", "InstructionTask", "QATask", "RewardTask", "Seq2SeqTask", "TokenIds", "build_task",
            "task_class"]

@@ -15,7 +15,6 @@ A task kind is data + loss + metric on the shared trainer (no loop of its own):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -24,25 +23,10 @@ from torch import nn
 from biglm.attention import AttentionLayout
 from biglm.config import ModelConfig
 from biglm.data.records import Record
+from biglm.data.tokenizer import TokenIds
 from biglm.finetune.config import FinetuneConfig
-from biglm.generate.api import special_ids
 from biglm.objectives import IGNORE_INDEX, Batch, Criterion
 from biglm.train.batches import Batcher
-
-
-@dataclass
-class TokenIds:
-    """The special token ids tasks need (from the checkpoint's tokenizer)."""
-
-    bos: int
-    eos: int
-    mask: int
-    pad: int
-
-    @classmethod
-    def of(cls, tokenizer: Any) -> TokenIds:
-        """The ids of ``tokenizer`` (one clear error when BOS, EOS or [MASK] is missing)."""
-        return cls(**special_ids(tokenizer))
 
 
 class FinetuneTask(Protocol):

@@ -31,8 +31,8 @@ from biglm.config import ModelConfig
 from biglm.data.records import Record
 from biglm.errors import BiglmError, ConfigError
 from biglm.evaluate.scoring import ScoringConfig, score_requests
-from biglm.finetune.metrics import accuracy
 from biglm.finetune.tasks.base import TaskBase, no_labels, one_row
+from biglm.metrics import accuracy
 from biglm.objectives import Batch, MaskedLMCriterion
 from biglm.train.batches import RowSeeds, concat_batches
 

@@ -43,9 +43,11 @@ from torch import Tensor, nn
 from biglm.config import ModelConfig
 from biglm.data.preferences import preference_pair
 from biglm.data.records import Record
+from biglm.data.tokenizer import TokenIds
 from biglm.errors import ConfigError
 from biglm.evaluate.sequence_score import masked_sequence_logps
-from biglm.finetune.tasks.base import TaskBase, TokenIds, chunks, one_row
+from biglm.families import get_family
+from biglm.finetune.tasks.base import TaskBase, chunks, one_row
 from biglm.finetune.tasks.reward import prompt_text
 from biglm.objectives import IGNORE_INDEX, Batch, LossParts
 from biglm.train.batches import RowSeeds, concat_batches
@@ -71,12 +73,13 @@ class DPOTask(TaskBase):
     mode = "max"
 
     def __init__(self, *args: Any, family: str = "masked") -> None:
-        super().__init__(*args)  # the families it takes: ``FAMILY_TASKS`` (glm: refused by ``build_task``)
+        super().__init__(*args)  # the families that refuse it: ``Family.refused_tasks`` (glm, by ``build_task``)
         o = self.options
         if o.max_length > self.max_seq_len:
             raise ConfigError(f"task.dpo.max_length={o.max_length}: exceeds the model's max_seq_len={self.max_seq_len}")
         self.row_len = o.max_length or self.max_seq_len
-        self.masked = family == "masked"
+        self.masked = get_family(family).scoring == "masked"
+        """Scored by a masked sequence score (``evaluate/sequence_score.py``), else by the exact chain rule."""
         self.max_response = self.row_len - 2  # masked rows: BOS, at least one prompt token
         self.reference: nn.Module | None = None
         """Masked policies with a Monte-Carlo score: the frozen reference, scoring each training step's masks."""

@@ -32,6 +32,7 @@ from biglm.finetune.tasks.seq2seq import Seq2SeqExample, Seq2SeqTask
 from biglm.generate.autoregressive import AROptions
 from biglm.generate.glm import GLMTokens, infill_ids
 from biglm.generate.sampling import SamplingConfig
+from biglm.metrics import generation_metrics
 from biglm.objectives import Batch, LossParts, MaskedLMCriterion
 from biglm.train.batches import RowSeeds, concat_batches
 
@@ -163,8 +164,6 @@ class GLMSeq2SeqTask(Seq2SeqTask):
         return out
 
     def score(self, examples: Sequence[Seq2SeqExample], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        from biglm.finetune.metrics import generation_metrics
-
         scores = generation_metrics(self.options.metrics, [p["prediction"] for p in predictions],
                                     [ex.target_text or "" for ex in examples])
         tokens = sum(max(p["length"], 1) for p in predictions)

@@ -28,8 +28,8 @@ from torch import nn
 from biglm.config import ModelConfig
 from biglm.data.records import Record
 from biglm.errors import BiglmError, ConfigError
-from biglm.finetune.metrics import squad_scores
 from biglm.finetune.tasks.base import TaskBase, chunks, no_labels, one_row
+from biglm.metrics import squad_scores
 from biglm.objectives import Batch, LossParts
 from biglm.train.batches import RowSeeds, concat_batches
 

@@ -1,9 +1,10 @@
 """``reward``: a reward model r(x, y) on any biglm backbone, trained on judged pairs (BatGPT §3.3).
 
 A row is ``BOS prompt EOS response EOS``. The reward head (``ModelConfig.reward_head``: one scalar per
-token) is pooled into r(x, y): the mean over the row's tokens for masked (bidirectional) models, which
-see the whole row from every position, and the last token for causal / bidirectional-ar / glm models,
-whose last position is the one that has read everything left to right (``pooling`` overrides it).
+token) is pooled into r(x, y) as the family says (``Family.reward_pooling``): the mean over the row's tokens
+for masked (bidirectional) models, which see the whole row from every position, and the last token for
+causal / bidirectional-ar / glm models, whose last position is the one that has read everything left to
+right (``pooling`` overrides it).
 Masked models read the row bidirectionally, causal and bidirectional-ar ones causally, glm ones as part A
 (bidirectional).
 
@@ -34,6 +35,7 @@ from biglm.data.chat import render_prompt, set_chat_template
 from biglm.data.preferences import PreferencePair, preference_pairs
 from biglm.data.records import Record
 from biglm.errors import BiglmError, ConfigError
+from biglm.families import get_family
 from biglm.finetune.tasks.base import TaskBase, chunks, no_labels, one_row
 from biglm.objectives import Batch, LossParts
 from biglm.train.batches import RowSeeds, concat_batches
@@ -65,9 +67,10 @@ class RewardTask(TaskBase):
             raise ConfigError(f"task.reward.max_length={o.max_length}: exceeds the model's max_seq_len="
                               f"{self.max_seq_len}")
         self.row_len = o.max_length or self.max_seq_len
-        self.family = family
-        self.pooling = o.pooling if o.pooling != "auto" else ("mean" if family == "masked" else "last")
-        self.layout_kind = "causal" if family in ("causal", "bidirectional-ar") else "bidirectional"
+        self.family = get_family(family)
+        self.pooling = o.pooling if o.pooling != "auto" else self.family.reward_pooling
+        # a left-to-right model reads the row causally; every other family sees all of it from every position
+        self.layout_kind = "causal" if self.family.layout == "causal" else "bidirectional"
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         return dataclasses.replace(base, reward_head=True)

@@ -22,8 +22,9 @@ Both decode with the shared engine (``biglm.generate.generate_ids``, exact prefi
 
 Causal and bidirectional-ar models (``model.family``) read ``BOS source target EOS`` left to right under the
 causal layout with the loss on the target tokens and EOS only (the source is context, not a target), and
-predict with the KV-cached greedy decoder up to EOS; no length head. A family gets its rows from
-``FAMILY_ROWS`` (a new family adds its row builder there).
+predict with the KV-cached greedy decoder up to EOS; no length head (``Family.length_head``). A family's rows
+are built for its attention layout (``LAYOUT_ROWS`` by ``Family.layout``; a new layout adds its row builder
+there).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from torch import nn
 from biglm.config import ModelConfig
 from biglm.data.records import Record
 from biglm.errors import BiglmError
-from biglm.finetune.metrics import generation_metrics
+from biglm.families import FAMILIES, Family, get_family
 from biglm.finetune.tasks.base import TaskBase, chunks, one_row
 from biglm.generate.api import banned_ids
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
+from biglm.metrics import generation_metrics
 from biglm.model import suffix_position_ids
 from biglm.objectives import IGNORE_INDEX, Batch, LossParts, masked_lm_loss
 from biglm.objectives.base import apply_mask
@@ -78,19 +80,21 @@ class Seq2SeqTask(TaskBase):
                              f"model's max_seq_len={self.max_seq_len}")
         self.max_source = min(room, o.max_source_length) if o.max_source_length else room
 
-    family = "masked"
+    family: Family = get_family("masked")
     """The model family the rows are built for (set by ``model_config`` from the pretrained model)."""
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        if base.family not in FAMILY_ROWS:
-            raise BiglmError(f"task {self.kind}: no training rows for model family {base.family!r} (known: "
-                             f"{', '.join(FAMILY_ROWS)})")
-        self.family = base.family
-        if base.is_autoregressive:
+        family = get_family(base)
+        if family.layout not in LAYOUT_ROWS:
+            known = [f.name for f in FAMILIES.values() if f.layout in LAYOUT_ROWS]
+            raise BiglmError(f"task {self.kind}: no training rows for model family {family.name!r} (known: "
+                             f"{', '.join(known)})")
+        self.family = family
+        if family.autoregressive:
             return base
         # The fine-tuned model carries where its targets sit, so that decoding and scoring place them alike.
         base = dataclasses.replace(base, suffix_positions=self.options.target_positions)
-        if self.options.length == "eos":
+        if self.options.length == "eos" or not family.length_head:
             return base
         # Classes 0..max_target_length; a pretrained head of another size is replaced (a fresh head).
         return dataclasses.replace(base, length_head=True, max_target_length=self.max_target + 1)
@@ -143,14 +147,14 @@ class Seq2SeqTask(TaskBase):
 
     def criterion(self) -> Seq2SeqCriterion:
         o = self.options
-        head = o.length == "head" and self.family == "masked"
+        head = o.length == "head" and self.family.length_head
         return Seq2SeqCriterion(o.label_smoothing, o.length_loss_weight if head else 0.0)
 
     # --- prediction ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, model: nn.Module, examples: Sequence[Seq2SeqExample]) -> list[dict[str, Any]]:
         o = self.options
-        if model.config.is_autoregressive:
+        if get_family(model).autoregressive:
             return self._predict_ar(model, examples)
         head = o.length == "head"
         banned = banned_ids(self.tokenizer, model.config.vocab_size)
@@ -209,7 +213,7 @@ class Seq2SeqBatcher:
         self.task = task
 
     def __call__(self, examples: list[Seq2SeqExample], seeds: RowSeeds) -> Batch:
-        build = FAMILY_ROWS[self.task.family]
+        build = LAYOUT_ROWS[self.task.family.layout]
         g = torch.Generator()
         rows = []
         for j, ex in enumerate(examples):
@@ -251,8 +255,8 @@ def causal_row(task: Seq2SeqTask, ex: Seq2SeqExample, g: torch.Generator) -> Bat
     return one_row(inputs, labels, regions, kind="causal")
 
 
-FAMILY_ROWS = {"masked": masked_row, "causal": causal_row, "bidirectional-ar": causal_row}
-"""Model family -> ``(task, example, generator) -> one-row Batch``."""
+LAYOUT_ROWS = {"prefix_blind": masked_row, "causal": causal_row}
+"""``Family.layout`` -> ``(task, example, generator) -> one-row Batch`` (GLM's ``prefix_lm`` rows: ``tasks/glm.py``)."""
 
 
 def _choose(n: int, k: int, generator: torch.Generator) -> torch.Tensor:

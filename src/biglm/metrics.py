@@ -1,4 +1,4 @@
-"""Task metrics from the field's libraries: ``rouge-score``, ``sacrebleu``, ``nltk`` (METEOR), and the
+"""Text metrics from the field's libraries: ``rouge-score``, ``sacrebleu``, ``nltk`` (METEOR), and the
 official SQuAD v1.1 exact match / F1.
 
 Conventions (say them next to any number you publish; published XSUM figures use three pipelines):

@@ -1,6 +1,6 @@
 """A small instruction set from the bundled Wikipedia summaries, for instruction-tuning the demo model.
 
-    python -m biglm.finetune.make_instructions data/demo/wiki.jsonl --run runs/demo --out runs/demo/instruct
+    python -m biglm.data.builders.make_instructions data/demo/wiki.jsonl --run runs/demo --out runs/demo/instruct
 
 Each document is ``Title\\nSummary``. From the summary's first sentence (4 to 40 words) four instructions
 are asked, each in one of several phrasings, the answer always read off the real text:
@@ -24,9 +24,9 @@ import random
 import sys
 from pathlib import Path
 
+from biglm.data.builders.make_titles import write_split
+from biglm.data.held_out import run_held_out, sentences, split_documents
 from biglm.errors import BiglmError
-from biglm.evaluate.make_tasks import run_held_out, sentences, split_documents
-from biglm.finetune.make_titles import write_split
 
 NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five"}
 WORDS = {**NUMBERS, 6: "six"}
@@ -83,7 +83,8 @@ def records(docs: list[str], prefix: str, seed: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m biglm.finetune.make_instructions", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m biglm.data.builders.make_instructions",
+                                description=__doc__.split("\n")[0])
     p.add_argument("source", help="the bundled Wikipedia summaries (data/demo/wiki.jsonl)")
     p.add_argument("--run", required=True, metavar="DIR", help="the pre-training run whose held-out split to use")
     p.add_argument("--out", required=True, help="folder for train/valid/test.jsonl")

@@ -2,7 +2,7 @@
 as seq2seq (source: the summary's first sentence, target: the article's title) and as extractive QA (the
 title's span in that sentence, for the articles whose title occurs in it verbatim).
 
-    python -m biglm.finetune.make_titles data/demo/wiki.jsonl --run runs/demo --out runs/demo/titles
+    python -m biglm.data.builders.make_titles data/demo/wiki.jsonl --run runs/demo --out runs/demo/titles
 
 Each document of the bundled corpus is ``Title\\nSummary``. Training examples come from the documents a
 pre-training run trained on; validation and test examples from the documents it held out (its own
@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
+from biglm.data.held_out import run_held_out, sentences, split_documents
 from biglm.errors import BiglmError
-from biglm.evaluate.make_tasks import run_held_out, sentences, split_documents
-from biglm.finetune.metrics import exact_match, rouge, squad_scores
+from biglm.metrics import exact_match, rouge, squad_scores
 
 QUESTION = "Which article does this sentence open?"
 
@@ -68,7 +68,8 @@ def write_split(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m biglm.finetune.make_titles", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m biglm.data.builders.make_titles",
+                                description=__doc__.split("\n")[0])
     p.add_argument("source", help="the bundled Wikipedia summaries (data/demo/wiki.jsonl)")
     p.add_argument("--run", required=True, metavar="DIR", help="the pre-training run whose held-out split to use")
     p.add_argument("--out", required=True, help="folder for train/valid/test.jsonl and baseline.json")

@@ -1,7 +1,7 @@
 """Sequence tasks over real English words from the bundled corpus: copy and reverse 3-6 words, and a
 surface-feature cloze task ("does this sentence contain a number?") on real sentences.
 
-    python -m biglm.finetune.make_wordtasks data/demo/wiki.jsonl --out runs/wordtasks
+    python -m biglm.data.builders.make_wordtasks data/demo/wiki.jsonl --out runs/wordtasks
 
 The vocabulary is the corpus's ``--vocab`` most frequent lower-case alphabetic words (2+ letters): real
 words that a byte-level BPE tokenizer cuts into one to four pieces each, so that a model must move
@@ -23,8 +23,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from biglm.data.held_out import sentences
+from biglm.data.records import read_records
 from biglm.errors import BiglmError
-from biglm.evaluate.make_tasks import sentences
 from biglm.files import atomic_write_text
 from biglm.outputs import RESULTS, check_output
 
@@ -33,8 +34,6 @@ _WORD = re.compile(r"\b[a-z]{2,}\b")
 
 def corpus_texts(path: str | Path) -> list[str]:
     """The ``text`` field of every line of a JSONL corpus."""
-    from biglm.data.records import read_records
-
     return [str(r.get("text")) for r in read_records(str(path))]
 
 
@@ -105,7 +104,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m biglm.finetune.make_wordtasks", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m biglm.data.builders.make_wordtasks",
+                                description=__doc__.split("\n")[0])
     p.add_argument("source", help="the bundled Wikipedia summaries (data/demo/wiki.jsonl)")
     p.add_argument("--out", required=True, help="folder for the task files")
     p.add_argument("--vocab", type=int, default=2000, help="most frequent words to draw from")
