@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from biglm.attention import AttentionLayout
@@ -41,9 +40,12 @@ from biglm.train.metrics import MetricsLogger, Progress, flops_per_token, mfu, p
 from biglm.train.optim import set_learning_rate
 from biglm.train.parallel import (
     DistEnv,
+    all_gather_object,
+    all_reduce_max,
     all_reduce_sum,
     autocast,
     autocast_dtype,
+    barrier,
     gradient_sync,
 )
 from biglm.train.schedule import decay_start, learning_rate
@@ -252,8 +254,7 @@ class Trainer:
         if self.env.is_main:
             ckpt.save_checkpoint(self.run_dir, self.step, model_state, self.cfg.model, self.data.tokenizer,
                                  optimizer_state, state, self.cfg.to_dict(), self.tcfg.keep_last)
-        if self.env.distributed:
-            dist.barrier()
+        barrier(self.env)
 
     def finish_saves(self) -> None:
         """Complete an asynchronous checkpoint still being written (collective; a no-op when none is)."""
@@ -277,8 +278,7 @@ class Trainer:
         if self.env.is_main:
             ckpt.save_best(self.run_dir, self.step, model_state, self.cfg.model, self.data.tokenizer,
                            self.cfg.to_dict(), {"metric": name, "value": row[name]})
-        if self.env.distributed:
-            dist.barrier()
+        barrier(self.env)
 
     # --- the loop -----------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> dict[str, float]:
@@ -395,18 +395,3 @@ class _Best:
         self.value = float(state.get("value", math.nan))
         self.step, self.bad_evals = int(state.get("step", -1)), int(state.get("bad_evals", 0))
 
-
-def all_reduce_max(value: float, env: DistEnv) -> float:
-    if not env.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
-    if not env.distributed:
-        return [obj]
-    out: list[Any] = [None] * env.world_size
-    dist.all_gather_object(out, obj)
-    return out

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from biglm.checkpoint import check_state_dict, resolve_checkpoint, verify_model
 from biglm.configurable import save_yaml
@@ -33,7 +32,15 @@ from biglm.train.growth import config_at
 from biglm.train.loop import Trainer, TrainerConfig, Validator
 from biglm.train.metrics import JsonlLogger, MultiLogger, NullLogger, Progress, TensorBoardLogger, truncate_metrics
 from biglm.train.optim import build_optimizer
-from biglm.train.parallel import DistEnv, autocast_dtype, init_distributed, is_sharded, parallelize
+from biglm.train.parallel import (
+    DistEnv,
+    autocast_dtype,
+    barrier,
+    close_distributed,
+    init_distributed,
+    is_sharded,
+    parallelize,
+)
 from biglm.train.streams import DataBundle, DataFactory
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
@@ -47,8 +54,7 @@ def load_data(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if env.is_main:
         prepared = prepare_data(cfg.data, tokenizer, progress=cfg.train.progress)
-    if env.distributed:
-        dist.barrier()
+    barrier(env)
     if not env.is_main:
         prepared = prepare_data(cfg.data, tokenizer, progress=False)
     rows = dict(batch_size=micro_batch, rank=env.rank, world_size=env.world_size)
@@ -209,8 +215,7 @@ def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | N
         metrics = trainer.fit()
         trainer.close()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed()
         if lock is not None:
             lock.release()
             if new_folder and [p.name for p in Path(run_dir).iterdir()] == [LOCK]:
