@@ -33,6 +33,7 @@ from biglm.config import ModelConfig
 from biglm.objectives import IGNORE_INDEX, Batch, Criterion
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, Batcher, BatchProducer, RowSeeds, StepBatches
+from biglm.train.checkpointer import Checkpointer
 from biglm.train.config import TrainConfig
 from biglm.train.growth import maybe_grow
 from biglm.train.guard import NonFiniteGuard
@@ -45,7 +46,6 @@ from biglm.train.parallel import (
     all_reduce_sum,
     autocast,
     autocast_dtype,
-    barrier,
     gradient_sync,
 )
 from biglm.train.schedule import decay_start, learning_rate
@@ -98,10 +98,9 @@ class Trainer:
             if env.is_main else 0.0
         self.val_batches = self._prepare_val()
         self.last_metrics: dict[str, float] = {}
-        self.pending_save: Any = None
+        self.checkpointer = Checkpointer(run_dir, self.tcfg, env)
         self.guard = NonFiniteGuard(self.tcfg.nonfinite, self.tcfg.nonfinite_patience, env.distributed,
-                                    progress.write if env.is_main else None,
-                                    lambda: bool(ckpt.checkpoint_folders(self.run_dir)))
+                                    progress.write if env.is_main else None, self.checkpointer.exists)
 
     # --- batches ------------------------------------------------------------------------------------------
     def _prepare_val(self) -> list[Batch]:
@@ -239,28 +238,13 @@ class Trainer:
                                 "data position kept, dropout RNG streams not restored")
 
     def save(self) -> None:
-        """Gather the full state (collective) and let rank 0 write ``checkpoints/step_<step>``; with
-        ``train.checkpoint_format: sharded`` every rank writes its own shards instead."""
-        if self.tcfg.checkpoint_format == "sharded":
-            self.finish_saves()
-            self.pending_save = ckpt.save_sharded_checkpoint(
-                self.run_dir, self.step, self.model, self.optimizer, self.cfg.model, self.data.tokenizer,
-                self.state_dict(), self.cfg.to_dict(), self.tcfg.keep_last, self.env.is_main,
-                asynchronous=self.tcfg.async_checkpoint)
-            return
-        model_state = ckpt.gather_model_state(self.model)
-        optimizer_state = ckpt.gather_optimizer_state(self.model, self.optimizer)
-        state = self.state_dict()
-        if self.env.is_main:
-            ckpt.save_checkpoint(self.run_dir, self.step, model_state, self.cfg.model, self.data.tokenizer,
-                                 optimizer_state, state, self.cfg.to_dict(), self.tcfg.keep_last)
-        barrier(self.env)
+        """Save ``checkpoints/step_<step>`` through the checkpointer (collective; in ``train.checkpoint_format``)."""
+        self.checkpointer.save(self.step, self.model, self.optimizer, self.cfg.model, self.data.tokenizer,
+                               self.state_dict, self.cfg.to_dict())
 
     def finish_saves(self) -> None:
         """Complete an asynchronous checkpoint still being written (collective; a no-op when none is)."""
-        pending, self.pending_save = self.pending_save, None
-        if pending is not None:
-            pending.finish()
+        self.checkpointer.finish()
 
     def _track_best(self, row: dict[str, float]) -> None:
         """Keep ``RUN_DIR/best`` at the best ``train.best_metric`` so far; count evaluations without gain."""
@@ -274,11 +258,8 @@ class Trainer:
             return
         if not self.best.update(row[name], self.step):
             return
-        model_state = ckpt.gather_model_state(self.model)  # a collective under FSDP
-        if self.env.is_main:
-            ckpt.save_best(self.run_dir, self.step, model_state, self.cfg.model, self.data.tokenizer,
-                           self.cfg.to_dict(), {"metric": name, "value": row[name]})
-        barrier(self.env)
+        self.checkpointer.save_best(self.step, self.model, self.cfg.model, self.data.tokenizer, self.cfg.to_dict(),
+                                    {"metric": name, "value": row[name]})
 
     # --- the loop -----------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> dict[str, float]:

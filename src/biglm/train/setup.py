@@ -27,6 +27,7 @@ from biglm.outputs import RUN, check_output
 from biglm.sizes import check_memory
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import Batcher, ObjectiveBatcher
+from biglm.train.checkpointer import Checkpointer, read_model_state
 from biglm.train.config import RunConfig
 from biglm.train.growth import config_at
 from biglm.train.loop import Trainer, TrainerConfig, Validator
@@ -137,7 +138,7 @@ def initial_weights(cfg: TrainerConfig, path: Path, strict: bool, quiet: bool = 
     """The full state dict to start from: a checkpoint of this run (``strict``), or ``train.init_from``,
     where task heads the checkpoint lacks (e.g. a length head added for fine-tuning) start freshly
     initialised and heads this model does not have are dropped, each with a note."""
-    state = ckpt.read_model_state(path, cfg.model)
+    state = read_model_state(path, cfg.model)
     with torch.device("meta"):
         expected = BiGLM(cfg.model).state_dict()
     if not strict:
@@ -257,25 +258,16 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
     if resume_from is not None and env.is_main:
         check_nothing_unrun(cfg, run_dir, start_step)
     run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
-    from biglm.train.sharded import is_sharded_checkpoint, load_sharded_checkpoint
-
-    sharded_state = resume_from is not None and is_sharded_checkpoint(resume_from)
-    if resume_from is not None and not sharded_state:
-        model, train_model = build_model(cfg, env, resume_from)
-    elif sharded_state:
-        model, train_model = build_model(cfg, env, None, initialise=False)  # weights: from the shards below
+    if resume_from is not None:
+        model, train_model = build_model(cfg, env, None, initialise=False)  # weights: the checkpointer's, below
     else:
         init = resolve_checkpoint(cfg.train.init_from, check=verify_model) if cfg.train.init_from else None
         if init is not None:
             check_init_shapes(cfg, init)
         model, train_model = build_model(cfg, env, init, strict=False)
     optimizer = build_optimizer(model, cfg.train)
-    sharded = is_sharded(cfg.train, env)
-    if sharded_state:
-        load_sharded_checkpoint(resume_from, model, optimizer)
-    elif resume_from is not None:
-        state = ckpt.read_optimizer_state(resume_from) if (env.is_main or not sharded) else {}
-        ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
+    if resume_from is not None:
+        Checkpointer(run_dir, cfg.train, env).load(resume_from, model, optimizer)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
