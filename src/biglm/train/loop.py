@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +35,6 @@ from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, Batcher, BatchProducer, RowSeeds, StepBatches
 from biglm.train.checkpointer import Checkpointer
 from biglm.train.config import TrainConfig
-from biglm.train.growth import maybe_grow
 from biglm.train.guard import NonFiniteGuard
 from biglm.train.metrics import MetricsLogger, Progress, flops_per_token, mfu, peak_flops
 from biglm.train.optim import set_learning_rate
@@ -68,6 +67,15 @@ Validator = Callable[[nn.Module], dict[str, float]]
 """Task metrics of the model on held-out data (called on every rank; returns the same dict on each)."""
 
 
+class StepHook(Protocol):
+    """Something the trainer runs after every optimizer step (e.g. ``biglm.train.growth.GrowthHook``)."""
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        """Called on every rank right after step ``step`` (``trainer.step == step``), before its metrics and
+        checkpoint; a hook may replace ``trainer.model`` / ``train_model`` / ``optimizer`` / ``cfg``."""
+        ...
+
+
 def add_sums(total: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``total`` with ``new`` added key by key (missing keys start at ``new``'s value)."""
     for key, value in new.items():
@@ -81,12 +89,12 @@ class Trainer:
     def __init__(self, cfg: TrainerConfig, env: DistEnv, model: nn.Module, train_model: nn.Module,
                  optimizer: torch.optim.Optimizer, batcher: Batcher, criterion: Criterion, data: DataBundle,
                  run_dir: Path, logger: MetricsLogger, progress: Progress, validator: Validator | None = None,
-                 steps_per_epoch: int | None = None) -> None:
+                 steps_per_epoch: int | None = None, hooks: Sequence[StepHook] = ()) -> None:
         self.cfg, self.tcfg, self.env = cfg, cfg.train, env
         self.model, self.train_model, self.optimizer = model, train_model, optimizer
         self.batcher, self.criterion, self.validator = batcher, criterion, validator
         self.data, self.run_dir, self.logger, self.progress = data, run_dir, logger, progress
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.hooks = steps_per_epoch, tuple(hooks)
         self.grad_accum = self.tcfg.grad_accum(env.world_size)
         self.micro = self.tcfg.micro_batch(env.world_size)
         self.seq_len = cfg.seq_len
@@ -283,7 +291,8 @@ class Trainer:
                     self.progress.write(f"step {item.step}: LR decay starts; data switched to the anneal mixture")
                 stats = self.train_step(item)
                 self.step, self.data_state, self.annealing = item.step + 1, item.data_state, item.annealing
-                maybe_grow(self)  # train.growth: the model may grow between steps
+                for hook in self.hooks:  # e.g. train.growth: the model may grow between steps
+                    hook.on_step(self, self.step)
                 self.tokens_seen += int(stats["sums"]["tokens"]) * self.env.world_size
                 acc.add(stats)
                 done = self.step == t.steps
