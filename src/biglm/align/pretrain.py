@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
 from biglm.objectives import Criterion, ObjectiveConfig, build_criterion, build_objective
+from biglm.objectives.heldout import heldout_sums, mean_loss
 from biglm.train.batches import VAL_SALT, ObjectiveBatcher, RowSeeds
 
 DEFAULT_OBJECTIVE = {"causal": "causal", "bidirectional-ar": "bidirectional-ar", "masked": "biglm", "glm": "glm"}
@@ -74,17 +75,11 @@ class PretrainObjective:
         probe = objective(torch.full((1, 4), ids.pad), torch.zeros(1, 4, dtype=torch.int32), torch.Generator())
         self.kind = probe.layout.kind
 
-    @torch.no_grad()
     def loss(self, model: nn.Module, rows: Sequence[tuple[Tensor, Tensor]], batch_size: int = 8) -> float:
         """Mean per-target loss of ``rows`` (masked with fixed seeds: the same targets at every evaluation); NaN
         when the objective takes no loss on them (e.g. documents shorter than its ``min_loss_tokens``)."""
-        device = next(model.parameters()).device
-        total, count = 0.0, 0.0
-        for i in range(0, len(rows), batch_size):
-            part = rows[i:i + batch_size]
-            raw = {"input_ids": torch.stack([r[0] for r in part]), "document_ids": torch.stack([r[1] for r in part])}
-            batch = self.batcher(raw, RowSeeds(VAL_SALT, i)).to(device)
-            parts = self.criterion(model, batch)
-            total += float(sum(parts.terms.values()))
-            count += sum(self.criterion.counts(batch).values())
-        return total / count if count else float("nan")
+        batches = (self.batcher({"input_ids": torch.stack([r[0] for r in rows[i:i + batch_size]]),
+                                 "document_ids": torch.stack([r[1] for r in rows[i:i + batch_size]])},
+                                RowSeeds(VAL_SALT, i))
+                   for i in range(0, len(rows), batch_size))
+        return mean_loss(heldout_sums(model, self.criterion, batches), self.criterion.weights)

@@ -31,6 +31,7 @@ from torch import nn
 from biglm.attention import AttentionLayout
 from biglm.config import ModelConfig
 from biglm.objectives import IGNORE_INDEX, Batch, Criterion
+from biglm.objectives.heldout import add_sums, heldout_sums, mean_loss, term_means
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, Batcher, BatchProducer, RowSeeds, StepBatches
 from biglm.train.checkpointer import Checkpointer
@@ -74,13 +75,6 @@ class StepHook(Protocol):
         """Called on every rank right after step ``step`` (``trainer.step == step``), before its metrics and
         checkpoint; a hook may replace ``trainer.model`` / ``train_model`` / ``optimizer`` / ``cfg``."""
         ...
-
-
-def add_sums(total: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``total`` with ``new`` added key by key (missing keys start at ``new``'s value)."""
-    for key, value in new.items():
-        total[key] = total[key] + value if key in total else value
-    return total
 
 
 class Trainer:
@@ -180,14 +174,11 @@ class Trainer:
         self.model.eval()
         try:
             if count:
-                sums: dict[str, Any] = {}
-                for i in range(count):
-                    # FSDP forwards are collectives: every rank runs the same number, padding with a no-target batch.
-                    batch = self.val_batches[i] if i < len(self.val_batches) else self._empty_batch()
-                    add_sums(sums, {f"count:{k}": v for k, v in self.criterion.counts(batch).items()})
-                    with autocast(self.tcfg, self.env.device):
-                        parts = self.criterion(self.model, batch.to(self.env.device))
-                    add_sums(sums, parts.report())
+                # FSDP forwards are collectives: every rank runs the same number, padding with a no-target batch.
+                batches = (self.val_batches[i] if i < len(self.val_batches) else self._empty_batch()
+                           for i in range(count))
+                sums = heldout_sums(self.model, self.criterion, batches, self.env.device,
+                                    lambda: autocast(self.tcfg, self.env.device))
                 out["val_loss"] = self._reduce(sums)["loss"]
             if self.validator is not None:
                 out.update({f"val_{k}": float(v) for k, v in self.validator(self.model).items()})
@@ -205,13 +196,9 @@ class Trainer:
         part with no items is NaN."""
         keys = sorted(sums)
         values = dict(zip(keys, all_reduce_sum([float(sums[k]) for k in keys], self.env)))
-        terms = sorted(k[5:] for k in keys if k.startswith("term:"))
-        weights = self.criterion.weights
-        counts = {t: values.get(f"count:{t}", 0.0) for t in terms}
-        means = {t: values[f"term:{t}"] / counts[t] if counts[t] else math.nan for t in terms}
-        counted = [weights.get(t, 1.0) * means[t] for t in terms if counts[t]]
-        out = {"loss": sum(counted) if counted else math.nan}
-        if len(terms) > 1:
+        means = term_means(values)
+        out = {"loss": mean_loss(values, self.criterion.weights)}
+        if len(means) > 1:
             out.update({f"loss_{t}": m for t, m in means.items()})
         plain = set(getattr(self.criterion, "metric_parts", ()))  # parts that are no loss: train_<name>
         for k in keys:
