@@ -1,6 +1,7 @@
 """The training loop: ``Trainer.fit`` runs optimizer steps and calls out to the schedule, the batcher,
-the criterion, the validator, the metrics logger and the checkpointer. It never sees the parallelism,
-the objective or task, or the logger backend.
+the criterion, the validator, the metrics logger, the checkpointer (``biglm.train.checkpointer``) and its
+step hooks (``StepHook``, e.g. ``train.growth``). It never sees the parallelism (only the collectives of
+``biglm.train.parallel``), the checkpoint format, the objective or task, or the logger backend.
 
 Loss normalisation: a criterion returns named loss *sums* (e.g. ``mlm``: the masked-token
 cross-entropy; a fine-tuning task may add ``length``); each is divided by its count over the GLOBAL
