@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
+from biglm.families import get_family
 from biglm.objectives import Criterion, ObjectiveConfig, build_criterion, build_objective
+from biglm.objectives.heldout import heldout_sums, mean_loss
 from biglm.train.batches import VAL_SALT, ObjectiveBatcher, RowSeeds
-
-DEFAULT_OBJECTIVE = {"causal": "causal", "bidirectional-ar": "bidirectional-ar", "masked": "biglm", "glm": "glm"}
 
 
 def pack(docs: Sequence[Sequence[int]], seq_len: int, bos: int, eos: int, pad: int) -> list[tuple[Tensor, Tensor]]:
@@ -64,7 +64,7 @@ class PretrainObjective:
     """The policy's pretraining objective (batcher + criterion + layout kind), and its held-out loss."""
 
     def __init__(self, name: str, family: str, ids: Any, vocab_size: int) -> None:
-        name = DEFAULT_OBJECTIVE.get(family, "biglm") if name == "auto" else name
+        name = get_family(family).objectives[0] if name == "auto" else name  # the family's pre-training objective
         config = ObjectiveConfig(name=name)
         specials = {"bos": ids.bos, "eos": ids.eos, "pad": ids.pad, "mask": ids.mask}
         objective = build_objective(config, ids.mask, vocab_size, specials)
@@ -74,17 +74,11 @@ class PretrainObjective:
         probe = objective(torch.full((1, 4), ids.pad), torch.zeros(1, 4, dtype=torch.int32), torch.Generator())
         self.kind = probe.layout.kind
 
-    @torch.no_grad()
     def loss(self, model: nn.Module, rows: Sequence[tuple[Tensor, Tensor]], batch_size: int = 8) -> float:
         """Mean per-target loss of ``rows`` (masked with fixed seeds: the same targets at every evaluation); NaN
         when the objective takes no loss on them (e.g. documents shorter than its ``min_loss_tokens``)."""
-        device = next(model.parameters()).device
-        total, count = 0.0, 0.0
-        for i in range(0, len(rows), batch_size):
-            part = rows[i:i + batch_size]
-            raw = {"input_ids": torch.stack([r[0] for r in part]), "document_ids": torch.stack([r[1] for r in part])}
-            batch = self.batcher(raw, RowSeeds(VAL_SALT, i)).to(device)
-            parts = self.criterion(model, batch)
-            total += float(sum(parts.terms.values()))
-            count += sum(self.criterion.counts(batch).values())
-        return total / count if count else float("nan")
+        batches = (self.batcher({"input_ids": torch.stack([r[0] for r in rows[i:i + batch_size]]),
+                                 "document_ids": torch.stack([r[1] for r in rows[i:i + batch_size]])},
+                                RowSeeds(VAL_SALT, i))
+                   for i in range(0, len(rows), batch_size))
+        return mean_loss(heldout_sums(model, self.criterion, batches), self.criterion.weights)

@@ -19,13 +19,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from biglm.attention import AttentionLayout
 from biglm.errors import BiglmError
 from biglm.model import BiGLM
+from biglm.objectives import IGNORE_INDEX, Batch, MaskedLMCriterion
 from biglm.objectives.base import Documents
+from biglm.objectives.heldout import heldout_sums
 
 BETA_GRID: tuple[float, ...] = (0.15, 0.3, 0.5, 0.7, 0.9)
 
@@ -38,10 +39,6 @@ class ValidationResult:
     tokens: dict[float, int] = field(default_factory=dict)
     """Masked tokens scored at each β."""
     documents: int = 0
-
-    def as_dict(self, prefix: str = "val") -> dict[str, float]:
-        """Flat metrics for logging: ``val/loss`` and ``val/loss@β``."""
-        return {f"{prefix}/loss": self.loss, **{f"{prefix}/loss@{b:g}": v for b, v in self.per_beta.items()}}
 
 
 def _documents(doc_ids: Tensor) -> list[tuple[int, int, int]]:
@@ -59,6 +56,7 @@ def validation_loss(model: BiGLM, batches: Iterable[Mapping[str, Tensor]], mask_
     if not grid or any(not 0.0 < b <= 1.0 for b in grid):
         raise BiglmError(f"validation beta_grid={list(beta_grid)}: needs ratios in (0, 1]")
     device = model.lm_head.weight.device
+    criterion = MaskedLMCriterion()
     gen = torch.Generator().manual_seed(seed)
     sums = dict.fromkeys(grid, 0.0)
     counts = dict.fromkeys(grid, 0)
@@ -85,17 +83,18 @@ def validation_loss(model: BiGLM, batches: Iterable[Mapping[str, Tensor]], mask_
             if not y_spans:
                 continue
             rank = _rank_within_spans(priority, y_spans)
-            layout = AttentionLayout("prefix_blind", docs.to(device, torch.int32), regions.to(device))
+            layout = AttentionLayout("prefix_blind", docs.to(torch.int32), regions)
+            positions = torch.arange(ids.shape[1]).expand(ids.shape)
             for beta in grid:
                 masked = torch.zeros(ids.shape, dtype=torch.bool)
                 for r, split, n in y_spans:
                     k = max(1, round(beta * n))
                     masked[r, split:split + n] = rank[r, split:split + n] < k
-                inputs = torch.where(masked, mask_token_id, ids).to(device)
-                out = model(inputs, layout, logits_mask=masked.to(device))
-                loss = F.cross_entropy(out.logits.float(), ids[masked].to(device), reduction="sum")
-                sums[beta] += float(loss)
-                counts[beta] += int(masked.sum())
+                batch = Batch(torch.where(masked, mask_token_id, ids), torch.where(masked, ids, IGNORE_INDEX),
+                              positions, layout)
+                part = heldout_sums(model, criterion, [batch], device)
+                sums[beta] += float(part[f"term:{criterion.term}"])
+                counts[beta] += int(part[f"count:{criterion.term}"])
     finally:
         model.train(was_training)
     if not n_docs:

@@ -4,7 +4,8 @@
 by parameter name, gathered to full tensors, so a run may resume under another parallelism),
 ``trainer_state.pt`` (step, tokens seen, data-stream position, RNG states of every rank) and
 ``config.yaml`` (the resolved run config); with ``train.checkpoint_format: sharded`` the weights and
-optimizer state are instead ``state/`` shards written by every rank (``biglm.train.sharded``). Folders are
+optimizer state are instead ``state/`` shards written by every rank (``biglm.train.sharded``, built on this
+module; ``biglm.train.checkpointer`` saves and resumes in either format). Folders are
 written atomically (temporary name, then rename, ``meta.json`` last, with every file's size and checksum);
 weights or optimizer state holding NaN/Inf are never written. On resume the newest checkpoint that
 verifies is used, newer unfinished or damaged ones are skipped with a note, and a run whose checkpoints
@@ -22,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from biglm.checkpoint import (
@@ -112,26 +112,6 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     return folder
 
 
-def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                            model_config: ModelConfig, tokenizer: Any, trainer_state: dict[str, Any],
-                            run_config: dict[str, Any], keep_last: int, is_main: bool,
-                            asynchronous: bool = False) -> Any:
-    """Collective: ``checkpoints/step_<step>`` with weights and optimizer state sharded by rank
-    (``biglm.train.sharded``), finished atomically by rank 0, then pruned to ``keep_last``. Returns the
-    ``PendingSave`` of an ``asynchronous`` save (None otherwise)."""
-    from biglm.train.sharded import save_sharded_checkpoint as save_shards
-
-    folder = checkpoint_dir(run_dir, step)
-    extra = {TRAINER_STATE: lambda p: torch.save(trainer_state, p), CONFIG: lambda p: save_yaml(run_config, p)}
-    meta = {"tokens_seen": trainer_state.get("tokens_seen", 0), "sharded": True}
-
-    def write_rest(prepared: tuple[str, ...]) -> None:
-        write_checkpoint(folder, None, model_config, tokenizer, step, extra=extra, meta=meta, prepared=prepared)
-        prune_checkpoints(run_dir, keep_last)
-
-    return save_shards(folder, model, optimizer, is_main=is_main, write_rest=write_rest, asynchronous=asynchronous)
-
-
 def save_best(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], model_config: ModelConfig,
               tokenizer: Any, run_config: dict[str, Any], best: dict[str, Any]) -> Path:
     """Write ``RUN_DIR/best`` (weights, tokenizer, run config; no optimizer) atomically, replacing the old one.
@@ -141,19 +121,6 @@ def save_best(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], mo
     model_state = weights_to_save(model_state, model_config)
     return write_checkpoint(run_dir / BEST, model_state, model_config, tokenizer, step,
                             extra={CONFIG: lambda p: save_yaml(run_config, p)}, meta={"best": best})
-
-
-def read_model_state(folder: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Weights of a checkpoint as a full state dict (tied LM head re-added); a sharded checkpoint's
-    shards are read and joined (one process)."""
-    from biglm.train.sharded import is_sharded_checkpoint, read_sharded_model_state
-
-    if not (folder / "model.safetensors").is_file() and is_sharded_checkpoint(folder):
-        return read_sharded_model_state(folder, config)
-    state = load_file(str(folder / "model.safetensors"))
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    return state
 
 
 def read_optimizer_state(folder: Path) -> dict[str, Any]:

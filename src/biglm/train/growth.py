@@ -2,11 +2,13 @@
 one command), e.g. ``train.growth: [{step: 1000, layers: 2x}]`` trains the configured model for 1000
 steps, stacks its layers (``biglm.grow``) and trains the deeper model to ``train.steps``.
 
-``maybe_grow(trainer)`` runs between optimizer steps (``Trainer.fit`` calls it right after each step, so
-the checkpoint and the metrics of step N already belong to the model grown at N). It gathers the full
-weights (and, with ``optimizer: carry``, AdamW's moments), expands them with one set of index maps, builds
-and parallelises the grown model as ``setup`` does, and continues with the same learning-rate schedule,
-data stream and step count. ``optimizer: reset`` starts AdamW afresh for the grown model.
+``GrowthHook`` is the step hook (``biglm.train.loop.StepHook``) that ``biglm.train.setup`` registers for a
+run with a schedule; it calls ``maybe_grow(trainer)`` between optimizer steps (``Trainer.fit`` calls its hooks
+right after each step, so the checkpoint and the metrics of step N already belong to the model grown at N).
+It gathers the full weights (and, with ``optimizer: carry``, AdamW's moments), expands them with one set of
+index maps, builds and parallelises the grown model as ``setup`` does (``biglm.train.build``), and continues
+with the same learning-rate schedule, data stream and step count. ``optimizer: reset`` starts AdamW afresh
+for the grown model.
 
 The run's ``config.yaml`` keeps the model as configured plus the schedule; ``config_at(cfg, step)`` gives
 the model at any step, which is how ``--resume`` rebuilds a grown model from its checkpoint. A
@@ -16,16 +18,17 @@ checkpoint's own ``config.yaml`` holds the grown model and the events still to c
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
 
 from biglm.config import ModelConfig
 from biglm.grow import ExpandSpec, expand_optimizer_state, expand_state, make_plan
+from biglm.train import checkpointing as ckpt
+from biglm.train.build import build_model
 from biglm.train.config import GrowthEvent, RunConfig
-
-if TYPE_CHECKING:
-    from biglm.train.loop import Trainer
+from biglm.train.loop import Trainer
+from biglm.train.optim import build_optimizer
+from biglm.train.parallel import is_sharded
 
 
 def _size(value: str | None, current: int) -> int | None:
@@ -57,11 +60,6 @@ def config_at(cfg: RunConfig, step: int) -> RunConfig:
 
 def maybe_grow(trainer: Trainer) -> bool:
     """Grow ``trainer``'s model if an event is due at its current step; True when it grew."""
-    from biglm.train import checkpointing as ckpt
-    from biglm.train.optim import build_optimizer
-    from biglm.train.parallel import is_sharded
-    from biglm.train.setup import build_model
-
     due = [e for e in trainer.tcfg.growth if e.step == trainer.step]
     if not due:
         return False
@@ -95,8 +93,15 @@ def maybe_grow(trainer: Trainer) -> bool:
     return True
 
 
+class GrowthHook:
+    """``train.growth`` as a step hook: grows the trainer's model when an event is due at ``step``."""
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        maybe_grow(trainer)
+
+
 def _shape(m: ModelConfig) -> str:
     return f"{m.num_layers}×{m.hidden_size} ({m.num_parameters() / 1e6:.2f}M)"
 
 
-__all__ = ["config_at", "maybe_grow", "spec_for"]
+__all__ = ["GrowthHook", "config_at", "maybe_grow", "spec_for"]

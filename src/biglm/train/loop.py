@@ -1,6 +1,7 @@
 """The training loop: ``Trainer.fit`` runs optimizer steps and calls out to the schedule, the batcher,
-the criterion, the validator, the metrics logger and the checkpointer. It never sees the parallelism,
-the objective or task, or the logger backend.
+the criterion, the validator, the metrics logger, the checkpointer (``biglm.train.checkpointer``) and its
+step hooks (``StepHook``, e.g. ``train.growth``). It never sees the parallelism (only the collectives of
+``biglm.train.parallel``), the checkpoint format, the objective or task, or the logger backend.
 
 Loss normalisation: a criterion returns named loss *sums* (e.g. ``mlm``: the masked-token
 cross-entropy; a fine-tuning task may add ``length``); each is divided by its count over the GLOBAL
@@ -20,27 +21,29 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from biglm.attention import AttentionLayout
 from biglm.config import ModelConfig
 from biglm.objectives import IGNORE_INDEX, Batch, Criterion
+from biglm.objectives.heldout import add_sums, heldout_sums, mean_loss, term_means
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import VAL_SALT, Batcher, BatchProducer, RowSeeds, StepBatches
+from biglm.train.checkpointer import Checkpointer
 from biglm.train.config import TrainConfig
-from biglm.train.growth import maybe_grow
 from biglm.train.guard import NonFiniteGuard
 from biglm.train.metrics import MetricsLogger, Progress, flops_per_token, mfu, peak_flops
 from biglm.train.optim import set_learning_rate
 from biglm.train.parallel import (
     DistEnv,
+    all_gather_object,
+    all_reduce_max,
     all_reduce_sum,
     autocast,
     autocast_dtype,
@@ -66,11 +69,13 @@ Validator = Callable[[nn.Module], dict[str, float]]
 """Task metrics of the model on held-out data (called on every rank; returns the same dict on each)."""
 
 
-def add_sums(total: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``total`` with ``new`` added key by key (missing keys start at ``new``'s value)."""
-    for key, value in new.items():
-        total[key] = total[key] + value if key in total else value
-    return total
+class StepHook(Protocol):
+    """Something the trainer runs after every optimizer step (e.g. ``biglm.train.growth.GrowthHook``)."""
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        """Called on every rank right after step ``step`` (``trainer.step == step``), before its metrics and
+        checkpoint; a hook may replace ``trainer.model`` / ``train_model`` / ``optimizer`` / ``cfg``."""
+        ...
 
 
 class Trainer:
@@ -79,12 +84,12 @@ class Trainer:
     def __init__(self, cfg: TrainerConfig, env: DistEnv, model: nn.Module, train_model: nn.Module,
                  optimizer: torch.optim.Optimizer, batcher: Batcher, criterion: Criterion, data: DataBundle,
                  run_dir: Path, logger: MetricsLogger, progress: Progress, validator: Validator | None = None,
-                 steps_per_epoch: int | None = None) -> None:
+                 steps_per_epoch: int | None = None, hooks: Sequence[StepHook] = ()) -> None:
         self.cfg, self.tcfg, self.env = cfg, cfg.train, env
         self.model, self.train_model, self.optimizer = model, train_model, optimizer
         self.batcher, self.criterion, self.validator = batcher, criterion, validator
         self.data, self.run_dir, self.logger, self.progress = data, run_dir, logger, progress
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.hooks = steps_per_epoch, tuple(hooks)
         self.grad_accum = self.tcfg.grad_accum(env.world_size)
         self.micro = self.tcfg.micro_batch(env.world_size)
         self.seq_len = cfg.seq_len
@@ -96,10 +101,9 @@ class Trainer:
             if env.is_main else 0.0
         self.val_batches = self._prepare_val()
         self.last_metrics: dict[str, float] = {}
-        self.pending_save: Any = None
+        self.checkpointer = Checkpointer(run_dir, self.tcfg, env)
         self.guard = NonFiniteGuard(self.tcfg.nonfinite, self.tcfg.nonfinite_patience, env.distributed,
-                                    progress.write if env.is_main else None,
-                                    lambda: bool(ckpt.checkpoint_folders(self.run_dir)))
+                                    progress.write if env.is_main else None, self.checkpointer.exists)
 
     # --- batches ------------------------------------------------------------------------------------------
     def _prepare_val(self) -> list[Batch]:
@@ -171,14 +175,11 @@ class Trainer:
         self.model.eval()
         try:
             if count:
-                sums: dict[str, Any] = {}
-                for i in range(count):
-                    # FSDP forwards are collectives: every rank runs the same number, padding with a no-target batch.
-                    batch = self.val_batches[i] if i < len(self.val_batches) else self._empty_batch()
-                    add_sums(sums, {f"count:{k}": v for k, v in self.criterion.counts(batch).items()})
-                    with autocast(self.tcfg, self.env.device):
-                        parts = self.criterion(self.model, batch.to(self.env.device))
-                    add_sums(sums, parts.report())
+                # FSDP forwards are collectives: every rank runs the same number, padding with a no-target batch.
+                batches = (self.val_batches[i] if i < len(self.val_batches) else self._empty_batch()
+                           for i in range(count))
+                sums = heldout_sums(self.model, self.criterion, batches, self.env.device,
+                                    lambda: autocast(self.tcfg, self.env.device))
                 out["val_loss"] = self._reduce(sums)["loss"]
             if self.validator is not None:
                 out.update({f"val_{k}": float(v) for k, v in self.validator(self.model).items()})
@@ -196,13 +197,9 @@ class Trainer:
         part with no items is NaN."""
         keys = sorted(sums)
         values = dict(zip(keys, all_reduce_sum([float(sums[k]) for k in keys], self.env)))
-        terms = sorted(k[5:] for k in keys if k.startswith("term:"))
-        weights = self.criterion.weights
-        counts = {t: values.get(f"count:{t}", 0.0) for t in terms}
-        means = {t: values[f"term:{t}"] / counts[t] if counts[t] else math.nan for t in terms}
-        counted = [weights.get(t, 1.0) * means[t] for t in terms if counts[t]]
-        out = {"loss": sum(counted) if counted else math.nan}
-        if len(terms) > 1:
+        means = term_means(values)
+        out = {"loss": mean_loss(values, self.criterion.weights)}
+        if len(means) > 1:
             out.update({f"loss_{t}": m for t, m in means.items()})
         plain = set(getattr(self.criterion, "metric_parts", ()))  # parts that are no loss: train_<name>
         for k in keys:
@@ -237,29 +234,13 @@ class Trainer:
                                 "data position kept, dropout RNG streams not restored")
 
     def save(self) -> None:
-        """Gather the full state (collective) and let rank 0 write ``checkpoints/step_<step>``; with
-        ``train.checkpoint_format: sharded`` every rank writes its own shards instead."""
-        if self.tcfg.checkpoint_format == "sharded":
-            self.finish_saves()
-            self.pending_save = ckpt.save_sharded_checkpoint(
-                self.run_dir, self.step, self.model, self.optimizer, self.cfg.model, self.data.tokenizer,
-                self.state_dict(), self.cfg.to_dict(), self.tcfg.keep_last, self.env.is_main,
-                asynchronous=self.tcfg.async_checkpoint)
-            return
-        model_state = ckpt.gather_model_state(self.model)
-        optimizer_state = ckpt.gather_optimizer_state(self.model, self.optimizer)
-        state = self.state_dict()
-        if self.env.is_main:
-            ckpt.save_checkpoint(self.run_dir, self.step, model_state, self.cfg.model, self.data.tokenizer,
-                                 optimizer_state, state, self.cfg.to_dict(), self.tcfg.keep_last)
-        if self.env.distributed:
-            dist.barrier()
+        """Save ``checkpoints/step_<step>`` through the checkpointer (collective; in ``train.checkpoint_format``)."""
+        self.checkpointer.save(self.step, self.model, self.optimizer, self.cfg.model, self.data.tokenizer,
+                               self.state_dict, self.cfg.to_dict())
 
     def finish_saves(self) -> None:
         """Complete an asynchronous checkpoint still being written (collective; a no-op when none is)."""
-        pending, self.pending_save = self.pending_save, None
-        if pending is not None:
-            pending.finish()
+        self.checkpointer.finish()
 
     def _track_best(self, row: dict[str, float]) -> None:
         """Keep ``RUN_DIR/best`` at the best ``train.best_metric`` so far; count evaluations without gain."""
@@ -273,12 +254,8 @@ class Trainer:
             return
         if not self.best.update(row[name], self.step):
             return
-        model_state = ckpt.gather_model_state(self.model)  # a collective under FSDP
-        if self.env.is_main:
-            ckpt.save_best(self.run_dir, self.step, model_state, self.cfg.model, self.data.tokenizer,
-                           self.cfg.to_dict(), {"metric": name, "value": row[name]})
-        if self.env.distributed:
-            dist.barrier()
+        self.checkpointer.save_best(self.step, self.model, self.cfg.model, self.data.tokenizer, self.cfg.to_dict(),
+                                    {"metric": name, "value": row[name]})
 
     # --- the loop -----------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> dict[str, float]:
@@ -302,7 +279,8 @@ class Trainer:
                     self.progress.write(f"step {item.step}: LR decay starts; data switched to the anneal mixture")
                 stats = self.train_step(item)
                 self.step, self.data_state, self.annealing = item.step + 1, item.data_state, item.annealing
-                maybe_grow(self)  # train.growth: the model may grow between steps
+                for hook in self.hooks:  # e.g. train.growth: the model may grow between steps
+                    hook.on_step(self, self.step)
                 self.tokens_seen += int(stats["sums"]["tokens"]) * self.env.world_size
                 acc.add(stats)
                 done = self.step == t.steps
@@ -395,18 +373,3 @@ class _Best:
         self.value = float(state.get("value", math.nan))
         self.step, self.bad_evals = int(state.get("step", -1)), int(state.get("bad_evals", 0))
 
-
-def all_reduce_max(value: float, env: DistEnv) -> float:
-    if not env.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
-    if not env.distributed:
-        return [obj]
-    out: list[Any] = [None] * env.world_size
-    dist.all_gather_object(out, obj)
-    return out

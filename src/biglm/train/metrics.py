@@ -249,10 +249,3 @@ def mfu(tokens_per_s: float, flops_token: float, peak: float, world_size: int = 
         return 0.0
     return tokens_per_s * flops_token / (peak * world_size)
 
-
-def summary_line(metrics: dict[str, Any]) -> str:
-    """A compact one-line text form of a metrics row."""
-    parts = []
-    for key, value in metrics.items():
-        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    return " ".join(parts)

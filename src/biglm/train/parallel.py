@@ -1,5 +1,6 @@
-"""Distributed set-up and the wrapping of a plain ``BiGLM`` for training: activation checkpointing,
-``torch.compile``, DDP or FSDP2. The model code never sees any of it.
+"""Distributed set-up, the collectives the trainer needs (barrier, sums, max, gather of objects) and the
+wrapping of a plain ``BiGLM`` for training: activation checkpointing, ``torch.compile``, DDP or FSDP2.
+The model code never sees any of it, and the training loop reaches ``torch.distributed`` only through here.
 
 Launch (one node, N processes; the same command without torchrun trains on one device)::
 
@@ -23,6 +24,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,14 +80,48 @@ def is_sharded(cfg: TrainConfig, env: DistEnv) -> bool:
     return cfg.parallel == "fsdp" and env.distributed
 
 
+def close_distributed() -> None:
+    """Let go of the process group (under torchrun); a no-op on one process."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait until every rank gets here (a no-op on one rank)."""
+    if env.distributed:
+        dist.barrier()
+
+
+def _reduce_device(env: DistEnv) -> torch.device:
+    """Where the backend wants the tensors of a collective (NCCL: the GPU; gloo: the CPU)."""
+    return env.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     """Sum a few numbers over all ranks (float64 on the CPU/GPU the backend wants)."""
     if not env.distributed:
         return list(values)
-    device = env.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=_reduce_device(env))
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_max(value: float, env: DistEnv) -> float:
+    """The largest of one number over all ranks."""
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_reduce_device(env))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def checkpoint_blocks(model: BiGLM) -> None:
@@ -136,11 +172,6 @@ def parallelize(model: BiGLM, cfg: TrainConfig, env: DistEnv, shard: bool | None
         ids = [env.device.index] if env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
     return model
-
-
-def unwrap(model: nn.Module) -> BiGLM:
-    """The ``BiGLM`` inside a DDP wrapper (FSDP2 and per-block compile keep the module itself)."""
-    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

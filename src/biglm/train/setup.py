@@ -16,26 +16,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import yaml
 
-from biglm.checkpoint import check_state_dict, resolve_checkpoint, verify_model
-from biglm.configurable import save_yaml
+from biglm.checkpoint import resolve_checkpoint, verify_model
+from biglm.config import ModelConfig
+from biglm.configurable import changed_fields, describe_changes, load_yaml, save_yaml
+from biglm.data import build_rows, load_tokenizer, prepare_data
 from biglm.data.tokenizer import ensure_glm_tokens, glm_token_ids, padded_vocab_size, sentence_end_ids
 from biglm.errors import BiglmError, ConfigError
 from biglm.families import get_family
 from biglm.files import HeldLock, hold_lock
-from biglm.model import BiGLM
 from biglm.objectives import Criterion, build_criterion, build_objective
 from biglm.outputs import RUN, check_output
-from biglm.sizes import check_memory
 from biglm.train import checkpointing as ckpt
 from biglm.train.batches import Batcher, ObjectiveBatcher
-from biglm.train.config import RunConfig
-from biglm.train.growth import config_at
+from biglm.train.build import build_model
+from biglm.train.checkpointer import Checkpointer
+from biglm.train.config import BOOKKEEPING_FIELDS, RunConfig
+from biglm.train.growth import GrowthHook, config_at
 from biglm.train.loop import Trainer, TrainerConfig, Validator
 from biglm.train.metrics import JsonlLogger, MultiLogger, NullLogger, Progress, TensorBoardLogger, truncate_metrics
 from biglm.train.optim import build_optimizer
-from biglm.train.parallel import DistEnv, autocast_dtype, init_distributed, is_sharded, parallelize
+from biglm.train.parallel import (
+    DistEnv,
+    autocast_dtype,
+    barrier,
+    close_distributed,
+    init_distributed,
+)
 from biglm.train.streams import DataBundle, DataFactory
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
@@ -44,13 +52,10 @@ LOCK = ".lock"
 
 def load_data(cfg: RunConfig, env: DistEnv, micro_batch: int) -> DataBundle:
     """Tokenizer, tokenised cache (rank 0 prepares it, the others then reuse it) and this rank's streams."""
-    from biglm.data import build_rows, load_tokenizer, prepare_data
-
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if env.is_main:
         prepared = prepare_data(cfg.data, tokenizer, progress=cfg.train.progress)
-    if env.distributed:
-        dist.barrier()
+    barrier(env)
     if not env.is_main:
         prepared = prepare_data(cfg.data, tokenizer, progress=False)
     rows = dict(batch_size=micro_batch, rank=env.rank, world_size=env.world_size)
@@ -95,11 +100,6 @@ def resolve_vocab(cfg: RunConfig, data: DataBundle) -> RunConfig:
 def check_nothing_unrun(run_cfg: Any, run_dir: Path, start_step: int) -> None:
     """A resumed run with no step left to take must not record a changed config it would never run: refuse,
     naming the changed fields (bookkeeping fields aside) and how to train longer."""
-    import yaml
-
-    from biglm.configurable import changed_fields, describe_changes, load_yaml
-    from biglm.train.config import BOOKKEEPING_FIELDS
-
     path = run_dir / "config.yaml"
     if start_step < run_cfg.train.steps or not path.is_file():
         return
@@ -117,71 +117,12 @@ SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_
 
 def check_init_shapes(cfg: TrainerConfig, folder: Path) -> None:
     """``train.init_from`` needs the run's backbone to have the checkpoint's shapes; say which overrides fit."""
-    from biglm.config import ModelConfig
-
     theirs = ModelConfig.from_file(folder / "model_config.yaml")
     diff = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(cfg.model, f)]
     if diff:
         fix = " ".join(f"--model.{f} {getattr(theirs, f)}" for f in diff)
         raise ConfigError(f"train.init_from={cfg.train.init_from}: the checkpoint's model differs in "
                           f"{', '.join(diff)}; pass {fix} (or set them in the model section)")
-
-
-def initial_weights(cfg: TrainerConfig, path: Path, strict: bool, quiet: bool = False) -> dict[str, torch.Tensor]:
-    """The full state dict to start from: a checkpoint of this run (``strict``), or ``train.init_from``,
-    where task heads the checkpoint lacks (e.g. a length head added for fine-tuning) start freshly
-    initialised and heads this model does not have are dropped, each with a note."""
-    state = ckpt.read_model_state(path, cfg.model)
-    with torch.device("meta"):
-        expected = BiGLM(cfg.model).state_dict()
-    if not strict:
-        is_head = lambda k: not k.startswith(("model.", "lm_head."))
-        missing = sorted({k.split(".")[0] for k in set(expected) - set(state) if is_head(k)})
-        extra = sorted({k.split(".")[0] for k in set(state) - set(expected) if is_head(k)})
-        if missing or extra:
-            fresh = BiGLM(cfg.model).state_dict()
-            state = {k: v for k, v in state.items() if k in expected}
-            state.update({k: v for k, v in fresh.items() if k not in state and is_head(k)})
-            what = [f"{', '.join(missing)} initialised fresh"] if missing else []
-            what += [f"{', '.join(extra)} dropped"] if extra else []
-            if not quiet:
-                print(f"note: starting from {path}: {'; '.join(what)}", file=sys.stderr)
-    with torch.device("meta"):
-        check_state_dict(state, BiGLM(cfg.model), path / "model.safetensors")
-    return state
-
-
-def build_model(cfg: TrainerConfig, env: DistEnv, weights_from: Path | None, strict: bool = True,
-                state: dict[str, torch.Tensor] | None = None,
-                initialise: bool = True) -> tuple[BiGLM, torch.nn.Module]:
-    """The model, parallelised, with initial or checkpointed weights (or the full ``state`` given, on rank 0
-    when sharded: a model grown during training). ``initialise=False`` leaves a sharded model's weights
-    unset, for a caller that loads them (a sharded checkpoint). Returns (model, module to train)."""
-    sharded = is_sharded(cfg.train, env)
-    params = cfg.model.num_parameters()
-    check_memory(params * 4, f"building the model ({params:,} parameters in float32)")
-    torch.manual_seed(cfg.train.seed)
-    if not sharded:
-        model = BiGLM(cfg.model)
-        if weights_from is not None:
-            state = initial_weights(cfg, weights_from, strict, quiet=not env.is_main)
-        if state is not None:
-            model.load_state_dict(state)
-        return model, parallelize(model, cfg.train, env)
-    # FSDP2: every rank shards a meta model; rank 0 holds the full initial (or saved) weights on CPU
-    # and broadcasts them shard by shard, so the start equals a single-device run with the same seed.
-    load = initialise or weights_from is not None or state is not None
-    full: dict[str, torch.Tensor] = {}
-    if env.is_main and load:
-        full = state if state is not None else (
-            initial_weights(cfg, weights_from, strict) if weights_from else BiGLM(cfg.model).state_dict())
-    with torch.device("meta"):
-        model = BiGLM(cfg.model)
-    train_model = parallelize(model, cfg.train, env)
-    model.model.rotary.reset_parameters()  # non-persistent buffer: recompute after to_empty
-    if load:
-        ckpt.load_model_state(model, full, sharded=True)
-    return model, train_model
 
 
 def claim_run_dir(run_dir: str | Path, inputs: list[str]) -> HeldLock | None:
@@ -209,8 +150,7 @@ def fit_to_end(build: Callable[[], Trainer], start: Callable[[Trainer], Any] | N
         metrics = trainer.fit()
         trainer.close()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed()
         if lock is not None:
             lock.release()
             if new_folder and [p.name for p in Path(run_dir).iterdir()] == [LOCK]:
@@ -252,25 +192,16 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
     if resume_from is not None and env.is_main:
         check_nothing_unrun(cfg, run_dir, start_step)
     run_cfg, cfg = cfg, config_at(cfg, start_step)  # the model as grown by train.growth up to the resumed step
-    from biglm.train.sharded import is_sharded_checkpoint, load_sharded_checkpoint
-
-    sharded_state = resume_from is not None and is_sharded_checkpoint(resume_from)
-    if resume_from is not None and not sharded_state:
-        model, train_model = build_model(cfg, env, resume_from)
-    elif sharded_state:
-        model, train_model = build_model(cfg, env, None, initialise=False)  # weights: from the shards below
+    if resume_from is not None:
+        model, train_model = build_model(cfg, env, None, initialise=False)  # weights: the checkpointer's, below
     else:
         init = resolve_checkpoint(cfg.train.init_from, check=verify_model) if cfg.train.init_from else None
         if init is not None:
             check_init_shapes(cfg, init)
-        model, train_model = build_model(cfg, env, init, strict=False)
+        model, train_model = build_model(cfg, env, init)
     optimizer = build_optimizer(model, cfg.train)
-    sharded = is_sharded(cfg.train, env)
-    if sharded_state:
-        load_sharded_checkpoint(resume_from, model, optimizer)
-    elif resume_from is not None:
-        state = ckpt.read_optimizer_state(resume_from) if (env.is_main or not sharded) else {}
-        ckpt.load_optimizer_state(model, optimizer, state, sharded=sharded)
+    if resume_from is not None:
+        Checkpointer(run_dir, cfg.train, env).load(resume_from, model, optimizer)
     logger, progress = NullLogger(), Progress(cfg.train.steps, 0, enabled=False)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,8 +212,9 @@ def assemble(cfg: TrainerConfig, env: DistEnv, run_dir: Path, resume: bool, bund
             loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
         logger = MultiLogger(*loggers)
         progress = Progress(cfg.train.steps, start_step, enabled=cfg.train.progress, desc=verb)
+    hooks = [GrowthHook()] if cfg.train.growth else []  # events still to come after the resumed step
     trainer = Trainer(cfg, env, model, train_model, optimizer, batcher, criterion, bundle, run_dir, logger,
-                      progress, validator, steps_per_epoch)
+                      progress, validator, steps_per_epoch, hooks)
     if trainer_state is not None:
         trainer.load_state_dict(trainer_state)
     if env.is_main:

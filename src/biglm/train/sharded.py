@@ -27,11 +27,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from biglm.checkpoint import all_finite, write_checkpoint
+from biglm.checkpoint import all_finite, read_meta, resolve_checkpoint, verify_checkpoint, write_checkpoint
 from biglm.config import ModelConfig
+from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
 from biglm.files import temp_folder
 from biglm.loaders import load_tokenizer_folder
+from biglm.outputs import CHECKPOINT, check_output
+from biglm.train.checkpointing import CONFIG, TRAINER_STATE, checkpoint_dir, prune_checkpoints, weights_to_save
 
 STATE = "state"
 """The DCP folder inside a sharded checkpoint (``.metadata`` and one ``__<rank>_0.distcp`` per rank)."""
@@ -85,8 +88,8 @@ def _async_group() -> Any:
     return _ASYNC_GROUP[0]
 
 
-def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, is_main: bool,
-                            write_rest: Any, asynchronous: bool = False) -> PendingSave | None:
+def write_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, is_main: bool,
+                 write_rest: Any, asynchronous: bool = False) -> PendingSave | None:
     """Collective: every rank writes its shards into ``.tmp-<folder>/state``; then rank 0 calls
     ``write_rest(prepared=("state",))`` to finish the folder (``biglm.checkpoint.write_checkpoint``).
 
@@ -130,6 +133,24 @@ def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
     return None
 
 
+def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            model_config: ModelConfig, tokenizer: Any, trainer_state: dict[str, Any],
+                            run_config: dict[str, Any], keep_last: int, is_main: bool,
+                            asynchronous: bool = False) -> PendingSave | None:
+    """Collective: ``checkpoints/step_<step>`` with weights and optimizer state sharded by rank
+    (``write_shards``), finished atomically by rank 0, then pruned to ``keep_last``. Returns the
+    ``PendingSave`` of an ``asynchronous`` save (None otherwise)."""
+    folder = checkpoint_dir(run_dir, step)
+    extra = {TRAINER_STATE: lambda p: torch.save(trainer_state, p), CONFIG: lambda p: save_yaml(run_config, p)}
+    meta = {"tokens_seen": trainer_state.get("tokens_seen", 0), "sharded": True}
+
+    def write_rest(prepared: tuple[str, ...]) -> None:
+        write_checkpoint(folder, None, model_config, tokenizer, step, extra=extra, meta=meta, prepared=prepared)
+        prune_checkpoints(run_dir, keep_last)
+
+    return write_shards(folder, model, optimizer, is_main=is_main, write_rest=write_rest, asynchronous=asynchronous)
+
+
 def load_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Collective: load weights and AdamW state from ``folder/state`` into this rank's (re)sharding."""
     import torch.distributed.checkpoint as dcp
@@ -166,10 +187,6 @@ def consolidate_checkpoint(folder: str | Path, out: str | Path | None = None, fo
     training checkpoint (or a run folder's newest): into ``out`` (a new checkpoint folder; an existing
     checkpoint is replaced only with ``force``, see ``biglm.outputs``), or, without ``out``, into the checkpoint
     itself, which then loads everywhere a full checkpoint does (its shards stay, for ``--resume``)."""
-    from biglm.checkpoint import read_meta, resolve_checkpoint, verify_checkpoint
-    from biglm.outputs import CHECKPOINT, check_output
-    from biglm.train.checkpointing import CONFIG, TRAINER_STATE, weights_to_save
-
     given = Path(folder)
     folder = resolve_checkpoint(given)
     if out is not None:
