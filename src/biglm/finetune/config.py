@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
-from biglm.configurable import apply_overrides, from_dict, to_dict
+from biglm.configurable import from_dict, load_config, to_dict
 from biglm.errors import ConfigError, check
-from biglm.train.config import TrainConfig, read_config_file
+from biglm.train.config import TrainConfig
 
 TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward", "dpo")
 WRITING_KINDS: tuple[str, ...] = ("seq2seq", "instruction", "dpo")
@@ -450,6 +450,4 @@ def saved_finetune_config(data: dict[str, Any], where: str) -> FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Resolve a fine-tuning config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
-    data = read_config_file(path, FinetuneConfig, ()) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []), FinetuneConfig)
-    return FinetuneConfig.from_dict(data, str(path) if path is not None else "config")
+    return load_config(FinetuneConfig, path, overrides or [])
