@@ -28,6 +28,7 @@ from biglm.configurable import from_dict, load_config, to_dict
 from biglm.errors import ConfigError, check
 from biglm.finetune.config import DPOConfig
 from biglm.train.config import TrainConfig
+from biglm.train.schedule import Schedule
 
 METHODS: tuple[str, ...] = ("ppo", "grpo", "dpo")
 SECTIONS = ("method", "init", "reward", "data", "rollout", "ppo", "grpo", "dpo", "ptx", "train", "model")
@@ -178,7 +179,7 @@ class AlignTrainConfig(TrainConfig):
     global_batch_size: int = 16
     lr: float = 1e-5
     min_lr: float = 0.0
-    schedule: Literal["wsd", "cosine", "linear", "constant"] = "constant"
+    schedule: Schedule = "constant"
     warmup_steps: int = 0
     log_every: int = 1
     eval_every: int = 10

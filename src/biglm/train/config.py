@@ -27,6 +27,7 @@ from biglm.configurable import deep_merge, from_dict, load_config, to_dict
 from biglm.data.config import DataConfig
 from biglm.errors import ConfigError, check
 from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
+from biglm.train.schedule import SCHEDULES, Schedule
 
 SECTIONS = ("model", "objective", "data", "train")
 PSEUDO_KEYS = ("model.preset", "objective.preset")
@@ -95,7 +96,7 @@ class TrainConfig:
     """Peak learning rate (reached at the end of warm-up)."""
     min_lr: float = 6e-5
     """Final learning rate of the decay (WSD and cosine)."""
-    schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
+    schedule: Schedule = "wsd"
     """Learning-rate schedule after warm-up: WSD (warmup-stable-decay), cosine, linear, or constant."""
     warmup_steps: int = 100
     """Linear warm-up from lr/warmup_steps to lr over this many steps."""
@@ -186,8 +187,8 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
         check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0")
         check(self.peak_flops is None or self.peak_flops > 0, f"train.peak_flops={self.peak_flops}: must be > 0")
-        check(self.schedule in ("wsd", "cosine", "linear", "constant"),
-              f"train.schedule={self.schedule!r}: expected wsd, cosine, linear or constant")
+        *names, last = SCHEDULES
+        check(self.schedule in SCHEDULES, f"train.schedule={self.schedule!r}: expected {', '.join(names)} or {last}")
         check(self.best_mode in ("min", "max"), f"train.best_mode={self.best_mode!r}: expected min or max")
         check(not self.patience or bool(self.best_metric),
               f"train.patience={self.patience}: early stopping needs train.best_metric")
