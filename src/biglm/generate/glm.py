@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from biglm.devices import model_device
 from biglm.errors import BiglmError
-from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode, model_device
+from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode
 from biglm.generate.sampling import seeded_generator
 
 

@@ -38,7 +38,7 @@ from biglm.checkpoint import (
 from biglm.config import PRESETS, ModelConfig
 from biglm.data.tokenizer import ensure_special_tokens
 from biglm.errors import BiglmError
-from biglm.files import install_folder, temp_folder
+from biglm.files import install_folder, new_temp_folder
 from biglm.hf.causal import loading_code
 from biglm.hf.configuration_biglm import BiGLMConfig
 from biglm.loaders import load_pickle, load_tokenizer_folder
@@ -192,10 +192,7 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     folder = resolve_checkpoint(ckpt, check=verify_model)
     out = check_output(out, HF_FOLDER, [ckpt, folder], force=force)
     loaded = load_model(folder)
-    tmp = temp_folder(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = new_temp_folder(out)
     if loaded.config.is_autoregressive:
         from biglm.hf.causal import write_causal_lm
 
