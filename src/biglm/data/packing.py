@@ -284,11 +284,6 @@ class PackedRows:
         self._state = {p: _Cursor(**copy.deepcopy(v)) for p, v in state["state"].items()}
         self.set_phase(state["phase"])
 
-    @property
-    def rows_emitted(self) -> int:
-        """Global rows produced so far in the current phase (all ranks together)."""
-        return self._state[self.phase].rows
-
 
 def _norm(x: Any) -> Any:
     """Lists and tuples compare alike (a checkpoint may have gone through JSON or YAML)."""
