@@ -23,16 +23,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from biglm.data.prepare import PreparedData
 from biglm.data.shards import Shard
 from biglm.errors import BiglmError, check
-
-if TYPE_CHECKING:
-    from biglm.data.config import PreparedData
 
 PHASES = ("main", "anneal")
 _BLOCK = 8192  # uniforms drawn per generator call
