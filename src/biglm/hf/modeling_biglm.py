@@ -220,7 +220,8 @@ class BiGLMPreTrainedModel(PreTrainedModel):
 
 
 class BiGLMModel(BiGLMPreTrainedModel):
-    """The backbone: token embeddings → blocks → final norm; ``last_hidden_state`` is after the norm."""
+    """The bare model (transformers' ``AutoModel``; biglm's ``BiGLMStack``): token embeddings → blocks → final
+    norm; ``last_hidden_state`` is after the norm."""
 
     def __init__(self, config: BiGLMConfig) -> None:
         super().__init__(config)
