@@ -6,6 +6,11 @@ when it registers its sub-parser: its ``--help`` then lists each field of each s
 docstring under the field, and ``--print-config`` asks the handler to print the resolved config (see
 ``print_config``) instead of running. The field list is built only when help is asked for, so
 registering costs no import of the config classes.
+
+The rest of a verb's config glue is here too, once: ``sections_of`` (the sections ``--help`` lists),
+``flag_overrides`` (shortcut flags such as ``--init`` as overrides), ``config_from_args`` (defaults < a saved
+config < ``--config`` < flags < overrides) and ``run_config`` (``--out`` / ``--resume`` / ``--print-config`` of a
+run that starts from a checkpoint).
 """
 
 from __future__ import annotations
