@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from biglm import BiGLM, ModelConfig
+from biglm.devices import model_device
 from biglm.generate import encode_prefix, generate_ids, suffix_logits
-from biglm.generate.engine import model_device
 from common import PassCounter, best_of, llama_like
 
 BOS, EOS, MASK, PAD = 1, 2, 3, 0

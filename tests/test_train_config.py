@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from biglm.configurable import save_yaml
+from biglm.configurable import read_config_file, save_yaml
 from biglm.errors import ConfigError
 from biglm.objectives import OBJECTIVE_PRESETS
-from biglm.train.config import RunConfig, load_run_config, read_config_file
+from biglm.train.config import PSEUDO_KEYS, RunConfig, load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if not {"finetune", "align"} & set(p.parts))  # pre-training
@@ -73,7 +73,7 @@ def test_base_and_objective_preset(tmp_path):
     assert cfg.objective.biglm.alpha == 0.3 and cfg.objective.biglm.max_span == 2
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
-        read_config_file(tmp_path / "loop.yaml")
+        read_config_file(tmp_path / "loop.yaml", RunConfig, PSEUDO_KEYS)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -3,7 +3,7 @@
 from biglm.attention import AttentionLayout
 from biglm.config import ModelConfig
 from biglm.errors import BiglmError, ConfigError
-from biglm.model import BiGLM, BiGLMModel, BiGLMOutput, KVCache
+from biglm.model import BiGLM, BiGLMOutput, BiGLMStack, KVCache
 from biglm.objectives import Batch, ObjectiveConfig, build_objective
 
 __version__ = "0.1.0"
@@ -12,8 +12,8 @@ __all__ = [
     "AttentionLayout",
     "Batch",
     "BiGLM",
-    "BiGLMModel",
     "BiGLMOutput",
+    "BiGLMStack",
     "BiglmError",
     "ConfigError",
     "KVCache",

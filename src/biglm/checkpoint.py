@@ -24,7 +24,6 @@ its contents are unverified. A ``meta.json`` without a format version was never 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import zipfile
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
-from biglm.files import HASH_NAME, atomic_file, bytes_digest, file_digest, install_folder, temp_folder
+from biglm.files import HASH_NAME, atomic_file, bytes_digest, file_digest, install_folder, new_temp_folder
 from biglm.loaders import load_tokenizer_folder
 from biglm.model import BiGLM
 from biglm.sizes import check_memory, check_parameters, safetensors_size, weights_size
@@ -368,10 +367,7 @@ def write_checkpoint(folder: Path, model_state: dict[str, torch.Tensor] | None, 
     folder = Path(folder)
     if model_state is not None:
         check_finite(model_state, folder / WEIGHTS)
-    tmp = temp_folder(folder)
-    if tmp.exists() and not prepared:
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True, exist_ok=bool(prepared))
+    tmp = new_temp_folder(folder, keep=bool(prepared))
     files = list(prepared)
     if model_state is not None:
         save_file(model_state, str(tmp / WEIGHTS), metadata={"format": "pt"})

@@ -6,6 +6,11 @@ when it registers its sub-parser: its ``--help`` then lists each field of each s
 docstring under the field, and ``--print-config`` asks the handler to print the resolved config (see
 ``print_config``) instead of running. The field list is built only when help is asked for, so
 registering costs no import of the config classes.
+
+The rest of a verb's config glue is here too, once: ``sections_of`` (the sections ``--help`` lists),
+``flag_overrides`` (shortcut flags such as ``--init`` as overrides), ``config_from_args`` (defaults < a saved
+config < ``--config`` < flags < overrides) and ``run_config`` (``--out`` / ``--resume`` / ``--print-config`` of a
+run that starts from a checkpoint).
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import json
 import re
 import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -162,6 +168,33 @@ def add_config_options(parser: argparse.ArgumentParser, sections: Sections, extr
                         help="show this help, with every config field, and exit")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults < YAML < overrides) as YAML and exit")
+
+
+def sections_of(cls: type, names: Iterable[str]) -> dict[str, type]:
+    """``{name: dataclass}`` of the fields ``names`` of config class ``cls``: the sections ``--help`` lists."""
+    hints = typing.get_type_hints(cls)
+    return {name: hints[name] for name in names}
+
+
+def flag_overrides(args: argparse.Namespace, shortcuts: Mapping[str, str]) -> list[str]:
+    """The shortcut flags given on the command line (``shortcuts``: attribute of ``args`` -> dotted config key)
+    as ``--key value`` overrides; values go as JSON strings so that YAML reads them back verbatim."""
+    out: list[str] = []
+    for flag, key in shortcuts.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out += [f"--{key}", json.dumps(value)]
+    return out
+
+
+def config_from_args(cls: type, args: argparse.Namespace, shortcuts: Mapping[str, str],
+                     saved: dict[str, Any] | None = None, more: Iterable[str] = ()) -> Any:
+    """The config of a verb's run: defaults < ``saved`` (a run's or checkpoint's config) < ``--config`` <
+    the shortcut flags < ``more`` < the ``--section.field value`` overrides (see ``flag_overrides``)."""
+    from biglm.configurable import load_config
+
+    overrides = [*flag_overrides(args, shortcuts), *more, *(getattr(args, "overrides", None) or [])]
+    return load_config(cls, args.config, overrides, base=saved)
 
 
 def print_config(config: Any, file: Any = None) -> None:

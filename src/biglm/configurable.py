@@ -6,6 +6,7 @@ and the nearest valid one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from biglm.errors import BiglmError, ConfigError
+from biglm.errors import BiglmError, ConfigError, check
 from biglm.files import atomic_write_text
 from biglm.textio import decode_utf8
 
@@ -250,6 +251,45 @@ def check_keys(data: dict[str, Any], cls: type, where: str, allowed: Iterable[st
             for i, item in enumerate(value):
                 if isinstance(item, dict) and dataclasses.is_dataclass(inner):
                     check_keys(item, inner, f"{where}: {'.'.join(parts)}[{i}]", ())
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str | Path, cls: type, allowed: Iterable[str] = (),
+                     _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with its ``base:`` chain merged in (bases first, the file on top); every key is checked
+    against ``cls`` (``allowed`` lists dotted keys that are no field, such as ``model.preset``)."""
+    allowed = tuple(allowed)
+    path = Path(path).resolve()
+    check(path not in _seen, f"{path}: 'base:' chain loops back to itself")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    check_keys(data, cls, str(path), allowed)
+    if base is None:
+        return data
+    check(isinstance(base, str), f"{path}: 'base' must be a path to another YAML file")
+    return deep_merge(read_config_file(path.parent / base, cls, allowed, (*_seen, path)), data)
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = (), *,
+                base: dict[str, Any] | None = None, allowed: Iterable[str] = ()) -> T:
+    """Resolve a config of class ``cls`` (which has ``from_dict(data, where)``): defaults < ``base`` (a saved
+    run's config) < the YAML file ``path`` (with its bases) < ``--section.field value`` ``overrides``."""
+    allowed = tuple(allowed)
+    data = dict(base or {})
+    if path is not None:
+        data = deep_merge(data, read_config_file(path, cls, allowed))
+    data = apply_overrides(data, list(overrides), cls, allowed)
+    return cls.from_dict(data, str(path) if path is not None else "config")  # type: ignore[attr-defined]
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -7,6 +7,12 @@ import torch
 from biglm.errors import BiglmError
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's parameters (CPU for a model without any)."""
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def resolve_device(spec: str | torch.device | None, where: str = "--device") -> torch.device:
     """``spec`` as a ``torch.device`` that exists here (None, "" and "auto": CUDA if available, else CPU).
 

@@ -2,7 +2,7 @@
 
 A file written with ``atomic_file`` / ``atomic_write_text`` / ``atomic_write_bytes`` is either the old or the
 new version after a crash at any moment (written beside it, flushed, then renamed over it), never empty or
-half written. A folder is written the same way: into ``temp_folder(folder)``, then ``install_folder`` renames
+half written. A folder is written the same way: into ``new_temp_folder(folder)``, then ``install_folder`` renames
 it into place (an existing folder is moved aside only once the new one is whole). Both follow symlinks: the
 file or folder a link points to is replaced and the link stays.
 
@@ -65,6 +65,16 @@ def temp_folder(folder: str | os.PathLike) -> Path:
     """Where ``folder`` (the target of a symlink) is written before ``install_folder`` renames it into place."""
     target = Path(folder).resolve()
     return target.parent / f".tmp-{target.name}"
+
+
+def new_temp_folder(folder: str | os.PathLike, keep: bool = False) -> Path:
+    """``temp_folder(folder)``, created and ready to be written: what a killed earlier write left there is removed
+    (with ``keep`` the files already prepared in it stay)."""
+    tmp = temp_folder(folder)
+    if tmp.exists() and not keep:
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True, exist_ok=keep)
+    return tmp
 
 
 def install_folder(folder: str | os.PathLike) -> None:

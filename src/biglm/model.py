@@ -188,8 +188,10 @@ class Block(nn.Module):
         return x, kv
 
 
-class BiGLMModel(nn.Module):
-    """The backbone: token embeddings → blocks → final norm."""
+class BiGLMStack(nn.Module):
+    """The stack every model is built on (``BiGLM.model``): token embeddings → blocks → final norm, under the
+    attention layout of each call (as transformers' ``T5Stack``; the exported transformers class of the same
+    network is ``biglm.hf.modeling_biglm.BiGLMModel``)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -264,13 +266,14 @@ def _concat_layouts(past: AttentionLayout | None, new: AttentionLayout, batch: i
 
 
 class BiGLM(nn.Module):
-    """BiGLM for masked-token prediction: backbone, tied LM head, optional length-prediction head and
-    span (extractive question answering) head."""
+    """The language model of every family (masked, causal, bidirectional-ar, glm: ``config.family``; the layout
+    given to ``forward`` says how tokens attend): the stack (``BiGLMStack``), the tied LM head and the optional
+    length-prediction, span (extractive question answering) and reward heads."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = BiGLMModel(config)
+        self.model = BiGLMStack(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.length_head = nn.Linear(config.hidden_size, config.max_target_length) if config.length_head else None
         self.span_head = nn.Linear(config.hidden_size, 2) if config.span_head else None

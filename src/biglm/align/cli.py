@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from biglm.config_cli import add_config_options
+from biglm.config_cli import add_config_options, config_from_args, sections_of
 
 SHORTCUTS = {
     "method": "method", "init": "init", "reward": "reward", "prompts": "data.prompts",
@@ -51,11 +50,9 @@ def register(subparsers: Any) -> None:
 
 def align_sections() -> dict[str, type]:
     """The sections of an alignment config, for ``--help``."""
-    from biglm.align.config import AlignDataConfig, AlignTrainConfig, GRPOConfig, PPOConfig, PTXConfig, RolloutConfig
-    from biglm.finetune.config import DPOConfig
+    from biglm.align.config import AlignConfig
 
-    return {"data": AlignDataConfig, "rollout": RolloutConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
-            "dpo": DPOConfig, "ptx": PTXConfig, "train": AlignTrainConfig}
+    return sections_of(AlignConfig, AlignConfig.sections)
 
 
 def align_extra() -> dict[str, tuple[str, str, str]]:
@@ -66,27 +63,13 @@ def align_extra() -> dict[str, tuple[str, str, str]]:
             "model.FIELD": ("", "from init", "Override a field of the policy's model config (e.g. model.dropout).")}
 
 
-def cli_overrides(args: argparse.Namespace) -> list[str]:
-    out: list[str] = []
-    for flag, key in SHORTCUTS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            out += [f"--{key}", json.dumps(value)]
-    return out + list(getattr(args, "overrides", []) or [])
-
-
 def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
     """defaults < ``saved`` (a resumed run's config) < ``--config`` < flags and overrides."""
     from biglm.align.config import AlignConfig
-    from biglm.configurable import apply_overrides
-    from biglm.train.config import deep_merge, read_config_file
 
-    data = dict(saved or {})
-    data.pop("model", None)  # a run's saved model section is resolved; overrides come from the flags
-    if args.config:
-        data = deep_merge(data, read_config_file(args.config, AlignConfig, ()))
-    data = apply_overrides(data, cli_overrides(args), AlignConfig)
-    return AlignConfig.from_dict(data, str(args.config or "config"))
+    # a run's saved model section is resolved; overrides come from the flags
+    saved = {k: v for k, v in (saved or {}).items() if k != "model"}
+    return config_from_args(AlignConfig, args, SHORTCUTS, saved)
 
 
 def align_command(args: argparse.Namespace) -> int:

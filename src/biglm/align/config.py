@@ -25,10 +25,12 @@ from typing import Any, ClassVar, Literal
 
 from biglm.align.methods import get_method
 from biglm.config import ModelConfig
-from biglm.configurable import apply_overrides, from_dict, to_dict
+from biglm.config_cli import sections_of
+from biglm.configurable import from_dict, load_config, to_dict
 from biglm.errors import ConfigError, check
 from biglm.finetune.config import DPOConfig
-from biglm.train.config import TrainConfig, read_config_file
+from biglm.train.config import TrainConfig
+from biglm.train.schedule import Schedule
 
 SECTIONS = ("method", "init", "reward", "data", "rollout", "ppo", "grpo", "dpo", "ptx", "train", "model")
 
@@ -178,7 +180,7 @@ class AlignTrainConfig(TrainConfig):
     global_batch_size: int = 16
     lr: float = 1e-5
     min_lr: float = 0.0
-    schedule: Literal["wsd", "cosine", "linear", "constant"] = "constant"
+    schedule: Schedule = "constant"
     warmup_steps: int = 0
     log_every: int = 1
     eval_every: int = 10
@@ -247,9 +249,9 @@ class AlignConfig:
                 match = difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.0)
                 raise ConfigError(f"{where}: unknown config key '{key}'; did you mean '{match[0]}'?")
         kwargs: dict[str, Any] = {}
-        for s in cls.sections:
+        for s, section in sections_of(cls, cls.sections).items():
             check(isinstance(data.get(s) or {}, dict), f"{where}: '{s}' must be a mapping of fields")
-            kwargs[s] = from_dict(_SECTION_TYPES[s], dict(data.get(s) or {}), s)
+            kwargs[s] = from_dict(section, dict(data.get(s) or {}), s)
         model = dict(data.get("model") or {})
         for key in model:
             if key not in {f.name for f in dataclasses.fields(ModelConfig)}:
@@ -258,13 +260,6 @@ class AlignConfig:
                    reward=str(data.get("reward") or ""), model_overrides=model, **kwargs)
 
 
-_SECTION_TYPES: dict[str, type] = {"data": AlignDataConfig, "rollout": RolloutConfig, "ppo": PPOConfig,
-                                   "grpo": GRPOConfig, "dpo": DPOConfig, "ptx": PTXConfig,
-                                   "train": AlignTrainConfig}
-
-
 def load_align_config(path: str | Path | None, overrides: list[str] | None = None) -> AlignConfig:
     """Resolve an alignment config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
-    data = read_config_file(path, AlignConfig, ()) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []), AlignConfig)
-    return AlignConfig.from_dict(data, str(path) if path is not None else "config")
+    return load_config(AlignConfig, path, overrides or [])

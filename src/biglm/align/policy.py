@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biglm.align.config import RolloutConfig
-from biglm.align.rollout import Sample, chunked, model_device, sample_rows
-from biglm.finetune.tasks.base import TokenIds
+from biglm.align.rollout import Sample, sample_rows
+from biglm.devices import model_device
+from biglm.finetune.tasks.base import TokenIds, chunks
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.sampling import SamplingConfig
 from biglm.objectives import IGNORE_INDEX, Batch
@@ -73,7 +74,7 @@ class ARPolicy:
         device = model_device(model)
         logps: list[list[float]] = []
         vals: list[list[float]] = []
-        for part in chunked(list(samples), micro):
+        for part in chunks(list(samples), micro):
             batch = sample_rows(part, self.ids.bos).to(device)
             lp, _, v = self.batch_logps(model, batch, values)
             sizes = [len(s.response) for s in part]
@@ -138,7 +139,7 @@ class MaskedPolicy:
     def score(self, model: nn.Module, samples: Sequence[Sample], micro: int,
               values: bool = False) -> tuple[list[list[float]], list[list[float]]]:
         out: list[list[float]] = []
-        for part in chunked(list(samples), micro):
+        for part in chunks(list(samples), micro):
             lp = self.sequence_logps(model, [s.prompt_ids for s in part], [s.response for s in part],
                                      [s.seed for s in part])
             out += [[x] for x in lp.float().cpu().tolist()]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from biglm.finetune.data import ExampleStream
 from biglm.finetune.tasks.base import one_row
@@ -221,9 +221,3 @@ class RolloutBatcher:
         return dataclasses.replace(batch, extras=extras)
 
 
-def chunked(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

@@ -27,14 +27,14 @@ from biglm.align.methods import get_method
 from biglm.align.policy import ARPolicy, MaskedPolicy
 from biglm.align.pretrain import PretrainObjective, read_rows
 from biglm.align.rewards import RewardSource, build_reward
-from biglm.align.rollout import RolloutBatcher, RolloutStream, Sample, chunked
+from biglm.align.rollout import RolloutBatcher, RolloutStream, Sample
 from biglm.checkpoint import resolve_checkpoint, verify_model
 from biglm.config import ModelConfig
 from biglm.configurable import load_yaml
 from biglm.data.records import read_records
 from biglm.errors import BiglmError, ConfigError
 from biglm.families import get_family
-from biglm.finetune.tasks.base import TokenIds
+from biglm.finetune.tasks.base import TokenIds, chunks
 from biglm.generate.engine import cut_at_eos
 from biglm.train.batches import VAL_SALT, row_seed
 from biglm.train.checkpointing import find_resume_checkpoint
@@ -124,7 +124,7 @@ def make_validator(cfg: AlignConfig, reference: nn.Module, policy: Any, reward: 
         out: dict[str, float] = {}
         if prompts:
             samples: list[Sample] = []
-            for i, part in enumerate(chunked(prompts, size)):
+            for i, part in enumerate(chunks(prompts, size)):
                 samples += sample_and_score(model, reference, policy, reward, tokenizer, part, 1,
                                             row_seed(cfg.train.seed ^ VAL_SALT, i), size, cfg.rollout.eval_temperature)
             n = len(samples)

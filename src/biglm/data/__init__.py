@@ -19,8 +19,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "DataConfig": "config", "SourceConfig": "config", "PreparedData": "config", "PreparedSource": "config",
-    "prepare_data": "config",
+    "DataConfig": "config", "SourceConfig": "config",
+    "PreparedData": "prepare", "PreparedSource": "prepare", "prepare_data": "prepare",
     "TokenizerInfo": "tokenizer", "load_tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
     "padded_vocab_size": "tokenizer", "ensure_special_tokens": "tokenizer", "tokenizer_fingerprint": "tokenizer",
     "iter_documents": "sources", "resolve_files": "sources",
@@ -38,9 +38,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from biglm.data.config import DataConfig, PreparedData, PreparedSource, SourceConfig, prepare_data
+    from biglm.data.config import DataConfig, SourceConfig
     from biglm.data.corpus import fetch_demo_corpus
     from biglm.data.packing import PackedRows, build_rows
+    from biglm.data.prepare import PreparedData, PreparedSource, prepare_data
     from biglm.data.records import Record, read_records
     from biglm.data.shards import Shard, ShardResult, tokenize_source, write_shard
     from biglm.data.sources import iter_documents, resolve_files

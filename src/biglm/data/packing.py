@@ -23,16 +23,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from biglm.data.prepare import PreparedData
 from biglm.data.shards import Shard
 from biglm.errors import BiglmError, check
-
-if TYPE_CHECKING:
-    from biglm.data.config import PreparedData
 
 PHASES = ("main", "anneal")
 _BLOCK = 8192  # uniforms drawn per generator call
@@ -283,11 +281,6 @@ class PackedRows:
               f"({state.get('sources')} vs {self._identity()})", BiglmError)
         self._state = {p: _Cursor(**copy.deepcopy(v)) for p, v in state["state"].items()}
         self.set_phase(state["phase"])
-
-    @property
-    def rows_emitted(self) -> int:
-        """Global rows produced so far in the current phase (all ranks together)."""
-        return self._state[self.phase].rows
 
 
 def _norm(x: Any) -> Any:

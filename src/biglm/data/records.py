@@ -20,7 +20,7 @@ import csv
 import gzip
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,3 @@ def read_records(spec: str, *, split: str = "train", hf_config: str | None = Non
         raise BiglmError(f"{spec}: no examples (empty split)")
     return out
 
-
-def field_names(records: Sequence[Record]) -> list[str]:
-    """The field names of the first record (for messages)."""
-    return sorted(records[0].fields) if records else []

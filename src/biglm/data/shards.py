@@ -32,6 +32,7 @@ import numpy as np
 
 from biglm.data.config import SourceConfig
 from biglm.data.sources import as_source, iter_documents, source_signature
+from biglm.data.tokenizer import tokenizer_fingerprint
 from biglm.errors import BiglmError
 from biglm.files import atomic_file, atomic_write_bytes, hold_lock
 
@@ -235,8 +236,6 @@ def tokenize_source(spec: SourceConfig | str, tokenizer: Any, out_dir: str | os.
 def _tokenize_locked(spec: SourceConfig, tokenizer: Any, out: Path, val_fraction: float, val_seed: int,
                      num_workers: int, chunk_docs: int, chunk_chars: int, progress: bool) -> ShardResult:
     from tqdm.auto import tqdm
-
-    from biglm.data.tokenizer import tokenizer_fingerprint
 
     train_dir, val_dir = out / "train", out / "val"
     tok_hash = tokenizer_fingerprint(tokenizer)

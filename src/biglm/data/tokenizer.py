@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biglm.data.config import SourceConfig
+from biglm.data.sources import iter_documents
 from biglm.errors import BiglmError, check
 from biglm.families.glm import GLM
 
@@ -178,8 +180,6 @@ class TokenizerInfo:
 
 
 def _texts(files: Sequence[str | os.PathLike], text_field: str) -> Iterator[str]:
-    from biglm.data.sources import SourceConfig, iter_documents
-
     for f in files:
         yield from iter_documents(SourceConfig(path=str(f), text_field=text_field))
 

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from biglm.attention import AttentionLayout
+from biglm.devices import model_device
 from biglm.errors import BiglmError
-from biglm.generate.autoregressive import model_device
 
 AR_DIRECTIONS: tuple[str, ...] = ("l2r", "r2l", "mean")
 

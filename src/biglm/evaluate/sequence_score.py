@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,8 @@ from biglm.evaluate.scoring import _masked, _pad, _PrefixGroup, fit_request, pos
 from biglm.families import get_family
 
 MASKED_SCORES: tuple[str, ...] = ("chain", "elbo", "one-step")
+"""The sequence scores of this module (``method``); configs take their names from here (``MaskedScore``)."""
+MaskedScore = Literal[MASKED_SCORES]  # type: ignore[valid-type]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the whole batch, one per response, or None (the global one)."""
 
@@ -222,4 +225,5 @@ def _one_step(model: nn.Module, pairs: list[tuple[list[int], list[int]]], ids: T
                           tokens + rows * gold.shape[1])
 
 
-__all__ = ["MASKED_SCORES", "SequenceScores", "elbo_masks", "masked_sequence_logps", "masked_sequence_scores"]
+__all__ = ["MASKED_SCORES", "MaskedScore", "SequenceScores", "elbo_masks", "masked_sequence_logps",
+           "masked_sequence_scores"]

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from biglm.config_cli import add_config_options
+from biglm.config_cli import add_config_options, config_from_args, sections_of
 from biglm.errors import BiglmError
 
 # flag -> config key it sets (values are passed as JSON strings so that YAML keeps them verbatim)
@@ -92,9 +92,9 @@ def register(subparsers: Any) -> None:
 
 def finetune_sections() -> dict[str, type]:
     """The sections of a fine-tuning config, for ``--help``."""
-    from biglm.finetune.config import FinetuneDataConfig, FinetuneTrainConfig, TaskConfig
+    from biglm.finetune.config import FinetuneConfig
 
-    return {"task": TaskConfig, "data": FinetuneDataConfig, "train": FinetuneTrainConfig}
+    return sections_of(FinetuneConfig, ("task", "data", "train"))
 
 
 def finetune_extra() -> dict[str, tuple[str, str, str]]:
@@ -104,35 +104,24 @@ def finetune_extra() -> dict[str, tuple[str, str, str]]:
                                              "model.dropout); the task adds the heads it needs.")}
 
 
-def cli_overrides(args: argparse.Namespace) -> list[str]:
-    """The shortcut flags as ``--section.field value`` overrides (before the explicit ones)."""
-    out: list[str] = []
-    for flag, key in SHORTCUTS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            out += [f"--{key}", json.dumps(value)]
-    if args.verbalizer:
-        mapping = {}
-        for item in args.verbalizer:
-            label, sep, words = item.partition("=")
-            if not sep or not label or not words.strip():
-                raise BiglmError(f"--verbalizer {item!r}: expected LABEL=WORDS, e.g. entailment=Yes")
-            mapping[label] = words
-        out += ["--task.cloze_classification.verbalizer", json.dumps(mapping)]
-    return out + list(getattr(args, "overrides", []) or [])
+def verbalizer_overrides(args: argparse.Namespace) -> list[str]:
+    """``--verbalizer LABEL=WORDS`` flags as the override of ``task.cloze_classification.verbalizer``."""
+    if not args.verbalizer:
+        return []
+    mapping = {}
+    for item in args.verbalizer:
+        label, sep, words = item.partition("=")
+        if not sep or not label or not words.strip():
+            raise BiglmError(f"--verbalizer {item!r}: expected LABEL=WORDS, e.g. entailment=Yes")
+        mapping[label] = words
+    return ["--task.cloze_classification.verbalizer", json.dumps(mapping)]
 
 
 def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
     """defaults < ``saved`` (a run's or checkpoint's config) < ``--config`` < flags and overrides."""
-    from biglm.configurable import apply_overrides
     from biglm.finetune.config import FinetuneConfig
-    from biglm.train.config import deep_merge, read_config_file
 
-    data = dict(saved or {})
-    if args.config:
-        data = deep_merge(data, read_config_file(args.config, FinetuneConfig, ()))
-    data = apply_overrides(data, cli_overrides(args), FinetuneConfig)
-    return FinetuneConfig.from_dict(data, str(args.config or "config"))
+    return config_from_args(FinetuneConfig, args, SHORTCUTS, saved, verbalizer_overrides(args))
 
 
 def finetune_command(args: argparse.Namespace) -> int:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
-from biglm.configurable import apply_overrides, from_dict, to_dict
+from biglm.configurable import from_dict, load_config, to_dict
 from biglm.errors import ConfigError, check
-from biglm.train.config import TrainConfig, read_config_file
+from biglm.evaluate.sequence_score import MASKED_SCORES, MaskedScore
+from biglm.train.config import TrainConfig
+from biglm.train.schedule import Schedule
 
 TASK_KINDS: tuple[str, ...] = ("cloze-classification", "extractive-qa", "seq2seq", "instruction", "reward", "dpo")
 WRITING_KINDS: tuple[str, ...] = ("seq2seq", "instruction", "dpo")
@@ -257,7 +259,7 @@ class DPOConfig:
     max_length: int = 0
     """Tokens per row ``BOS prompt response EOS`` (0: the model's max_seq_len); a longer prompt keeps its last
     tokens."""
-    score: Literal["chain", "elbo", "one-step"] = "elbo"
+    score: MaskedScore = "elbo"
     """Masked policies: the stand-in for log π(y|x) (``biglm.evaluate.sequence_score``): ``elbo`` (masked-diffusion
     bound, ``samples`` masks; a frozen reference scores the policy's masks in each step), ``chain`` (left-to-right
     chain rule, exact for that order, deterministic, |y|² cost), ``one-step`` (dllm's GRPO score)."""
@@ -271,8 +273,8 @@ class DPOConfig:
 
     def __post_init__(self) -> None:
         check(self.beta > 0, f"task.dpo.beta={self.beta}: must be > 0")
-        check(self.score in ("chain", "elbo", "one-step"),
-              f"task.dpo.score={self.score!r}: expected chain, elbo or one-step")
+        *names, last = MASKED_SCORES
+        check(self.score in MASKED_SCORES, f"task.dpo.score={self.score!r}: expected {', '.join(names)} or {last}")
         check(isinstance(self.samples, int) and self.samples > 0, f"task.dpo.samples={self.samples!r}: must be > 0")
         check(isinstance(self.pad_to, int) and self.pad_to >= 0, f"task.dpo.pad_to={self.pad_to!r}: must be >= 0")
         check(isinstance(self.max_length, int) and self.max_length >= 0,
@@ -362,7 +364,7 @@ class FinetuneTrainConfig(TrainConfig):
     global_batch_size: int = 32
     lr: float = 5e-5
     min_lr: float = 0.0
-    schedule: Literal["wsd", "cosine", "linear", "constant"] = "linear"
+    schedule: Schedule = "linear"
     warmup_steps: int = 0
     log_every: int = 10
     eval_every: int = 0
@@ -450,6 +452,4 @@ def saved_finetune_config(data: dict[str, Any], where: str) -> FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Resolve a fine-tuning config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
-    data = read_config_file(path, FinetuneConfig, ()) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []), FinetuneConfig)
-    return FinetuneConfig.from_dict(data, str(path) if path is not None else "config")
+    return load_config(FinetuneConfig, path, overrides or [])

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from biglm.attention import AttentionLayout, LayoutKind
+from biglm.devices import model_device
 from biglm.errors import BiglmError, check
 from biglm.families import check_direction, family_names, get_family
 from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
@@ -111,11 +112,6 @@ class ARState:
         self.cache = out.cache if self.use_cache else None
         self.logits = out.logits.float()
         self.forward_passes += 1
-
-
-def model_device(model: nn.Module) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def start_state(model: nn.Module, prompts: Sequence[Sequence[int]], *, pad_token_id: int = 0,

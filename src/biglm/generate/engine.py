@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from biglm.attention import PREFIX, SUFFIX, AttentionLayout
+from biglm.devices import model_device
 from biglm.errors import BiglmError
 from biglm.generate.length import length_candidates, pick_best
 from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
@@ -63,11 +64,6 @@ class EncodedPrefix:
         cache = self.cache.index_select(index) if self.cache is not None else None
         return EncodedPrefix(pick(self.input_ids), pick(self.document_ids), pick(self.position_ids),
                              pick(self.lengths), cache, pick(self.length_logits))
-
-
-def model_device(model: nn.Module) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 @torch.inference_mode()

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from biglm.data.tokenizer import glm_token_ids
+from biglm.devices import model_device
 from biglm.errors import BiglmError
 from biglm.families import family_names, get_family
-from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode, model_device
+from biglm.generate.autoregressive import PAD_DOCUMENT, AROptions, ARState, decode
 from biglm.generate.sampling import seeded_generator
 from biglm.generate.specials import special_ids
 

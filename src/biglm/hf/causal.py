@@ -3,7 +3,7 @@
 - **Llama layout** (RMSNorm and RoPE on every head dimension, the default): ``config.json`` of model
   type ``llama`` and ``LlamaForCausalLM``'s weight names (biglm already uses them). Any tool that reads
   Llama checkpoints (transformers without remote code, vLLM, llama.cpp converters) loads it.
-- **Otherwise** (LayerNorm, partial rotary): model type ``biglm`` with remote code,
+- **Otherwise** (LayerNorm, partial rotary, a 2D position encoding): model type ``biglm`` with remote code,
   ``AutoModelForCausalLM`` → ``BiGLMForCausalLM`` (``trust_remote_code=True``).
 
 Both write ``generation_config.json`` with BOS/EOS/PAD and ``suppress_tokens`` (the ids biglm's own
@@ -42,8 +42,10 @@ def loading_code(auto_class: str, remote_code: bool) -> str:
 
 
 def llama_compatible(config: ModelConfig) -> bool:
-    """True when transformers' Llama computes exactly this network (RMSNorm, full rotary, no length head)."""
-    return config.norm == "rmsnorm" and config.rotary_dim == config.head_dim and not config.length_head
+    """True when transformers' Llama computes exactly this network (RMSNorm, plain RoPE on every head dimension,
+    no length head): GLM's 2D position encodings (``rope-2d``, ``learned-2d``) are no Llama."""
+    return (config.norm == "rmsnorm" and config.position_encoding == "rope" and config.rotary_dim == config.head_dim
+            and not config.length_head)
 
 
 def _special(tokenizer: Any, name: str) -> int | None:

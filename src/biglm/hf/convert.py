@@ -39,7 +39,7 @@ from biglm.config import PRESETS, ModelConfig
 from biglm.data.tokenizer import ensure_special_tokens, glm_token_ids
 from biglm.errors import BiglmError
 from biglm.families import get_family
-from biglm.files import install_folder, temp_folder
+from biglm.files import install_folder, new_temp_folder
 from biglm.hf.causal import loading_code, write_causal_lm
 from biglm.hf.common import AUTO_MAP, REMOTE_CODE, WEIGHTS, hf_config
 from biglm.loaders import load_pickle, load_tokenizer_folder
@@ -171,10 +171,7 @@ def export_hf(ckpt: str | Path, out: str | Path, force: bool = False) -> Path:
     folder = resolve_checkpoint(ckpt, check=verify_model)
     out = check_output(out, HF_FOLDER, [ckpt, folder], force=force)
     loaded = load_model(folder)
-    tmp = temp_folder(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = new_temp_folder(out)
     EXPORTERS[get_family(loaded.config).export](loaded, tmp)
     install_folder(out)  # --force: the old folder goes only once the new one is whole
     return out

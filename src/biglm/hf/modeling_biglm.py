@@ -1,12 +1,15 @@
-"""transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM``,
-``BiGLMForQuestionAnswering``, ``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout
-Llama cannot express: LayerNorm or partial rotary; with a KV cache for ``generate()``) and
-``BiGLMForBlankInfilling`` (GLM models: 2D positions, part A / part B attention, ``infill()``).
+"""A DELIBERATE, SELF-CONTAINED COPY of the network of ``biglm/model.py`` (and the layouts of ``biglm/attention.py``),
+written for transformers: ``biglm export-hf`` copies this file next to the weights as remote code, so that an
+exported folder loads with ``trust_remote_code=True`` on a machine where biglm is not installed. It therefore
+imports nothing from biglm. A change to the network in ``biglm/model.py`` must be made here too:
+``tests/test_hf_parity.py`` fails when the two disagree on outputs for any family, position encoding or layout.
 
-SELF-CONTAINED: this file imports only torch and transformers (and its sibling
-``configuration_biglm``), because ``biglm export-hf`` copies it next to the weights as remote code.
-It mirrors ``biglm.model`` exactly; parameter names are transformers' Llama names, so a biglm
-``model.safetensors`` loads as is.
+transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM``,
+``BiGLMForQuestionAnswering``, ``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout
+Llama cannot express: LayerNorm, partial rotary or a 2D position encoding; with a KV cache for
+``generate()``) and ``BiGLMForBlankInfilling`` (GLM models: 2D positions, part A / part B attention,
+``infill()``). Only torch, transformers and the sibling ``configuration_biglm`` are imported; parameter names
+are transformers' Llama names, so a biglm ``model.safetensors`` loads as is.
 
 Attention (one boolean mask shared by all layers, given to ``scaled_dot_product_attention``):
 
@@ -217,7 +220,8 @@ class BiGLMPreTrainedModel(PreTrainedModel):
 
 
 class BiGLMModel(BiGLMPreTrainedModel):
-    """The backbone: token embeddings → blocks → final norm; ``last_hidden_state`` is after the norm."""
+    """The bare model (transformers' ``AutoModel``; biglm's ``BiGLMStack``): token embeddings → blocks → final
+    norm; ``last_hidden_state`` is after the norm."""
 
     def __init__(self, config: BiGLMConfig) -> None:
         super().__init__(config)

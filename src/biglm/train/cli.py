@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from biglm.config_cli import add_config_options
+from biglm.config_cli import add_config_options, sections_of
 from biglm.errors import BiglmError
 
 
@@ -48,12 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_sections() -> dict[str, type]:
     """The sections of a run config, for ``--help``."""
-    from biglm.config import ModelConfig
-    from biglm.data.config import DataConfig
-    from biglm.objectives import ObjectiveConfig
-    from biglm.train.config import TrainConfig
+    from biglm.train.config import SECTIONS, RunConfig
 
-    return {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig}
+    return sections_of(RunConfig, SECTIONS)
 
 
 def run_extra() -> dict[str, tuple[str, str, str]]:

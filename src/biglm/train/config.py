@@ -15,7 +15,6 @@ errors naming the nearest valid key.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -24,11 +23,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
-from biglm.configurable import apply_overrides, check_keys, from_dict, load_yaml, to_dict
+from biglm.configurable import deep_merge, from_dict, load_config, to_dict
 from biglm.data.config import DataConfig
 from biglm.errors import ConfigError, check
 from biglm.families import FAMILIES
 from biglm.objectives import OBJECTIVE_PRESETS, ObjectiveConfig
+from biglm.train.schedule import SCHEDULES, Schedule
 
 SECTIONS = ("model", "objective", "data", "train")
 PSEUDO_KEYS = ("model.preset", "objective.preset")
@@ -97,7 +97,7 @@ class TrainConfig:
     """Peak learning rate (reached at the end of warm-up)."""
     min_lr: float = 6e-5
     """Final learning rate of the decay (WSD and cosine)."""
-    schedule: Literal["wsd", "cosine", "linear", "constant"] = "wsd"
+    schedule: Schedule = "wsd"
     """Learning-rate schedule after warm-up: WSD (warmup-stable-decay), cosine, linear, or constant."""
     warmup_steps: int = 100
     """Linear warm-up from lr/warmup_steps to lr over this many steps."""
@@ -188,8 +188,8 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
         check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0")
         check(self.peak_flops is None or self.peak_flops > 0, f"train.peak_flops={self.peak_flops}: must be > 0")
-        check(self.schedule in ("wsd", "cosine", "linear", "constant"),
-              f"train.schedule={self.schedule!r}: expected wsd, cosine, linear or constant")
+        *names, last = SCHEDULES
+        check(self.schedule in SCHEDULES, f"train.schedule={self.schedule!r}: expected {', '.join(names)} or {last}")
         check(self.best_mode in ("min", "max"), f"train.best_mode={self.best_mode!r}: expected min or max")
         check(not self.patience or bool(self.best_metric),
               f"train.patience={self.patience}: early stopping needs train.best_metric")
@@ -292,35 +292,6 @@ def _objective(data: dict[str, Any]) -> ObjectiveConfig:
     return from_dict(ObjectiveConfig, deep_merge(to_dict(OBJECTIVE_PRESETS[preset]), data), "objective")
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def read_config_file(path: str | Path, cls: type | None = None, allowed: tuple[str, ...] = PSEUDO_KEYS,
-                     _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML config with its ``base:`` chain merged in (bases first, the file on top); every key is checked
-    against ``cls`` (default ``RunConfig``; ``allowed`` lists dotted keys that are no field)."""
-    cls = cls or RunConfig
-    path = Path(path).resolve()
-    check(path not in _seen, f"{path}: 'base:' chain loops back to itself")
-    data = load_yaml(path)
-    base = data.pop("base", None)
-    check_keys(data, cls, str(path), allowed)
-    if base is None:
-        return data
-    check(isinstance(base, str), f"{path}: 'base' must be a path to another YAML file")
-    return deep_merge(read_config_file(path.parent / base, cls, allowed, (*_seen, path)), data)
-
-
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a run config: defaults < YAML file (with its bases) < ``--section.field value`` overrides."""
-    data = read_config_file(path) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []), RunConfig, PSEUDO_KEYS)
-    return RunConfig.from_dict(data, str(path) if path is not None else "config")
+    return load_config(RunConfig, path, overrides or [], allowed=PSEUDO_KEYS)

@@ -31,7 +31,7 @@ from biglm.checkpoint import all_finite, read_meta, resolve_checkpoint, verify_c
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
 from biglm.errors import BiglmError
-from biglm.files import temp_folder
+from biglm.files import new_temp_folder, temp_folder
 from biglm.loaders import load_tokenizer_folder
 from biglm.outputs import CHECKPOINT, check_output
 from biglm.train.checkpointing import CONFIG, TRAINER_STATE, checkpoint_dir, prune_checkpoints, weights_to_save
@@ -109,9 +109,7 @@ def write_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
         raise BiglmError(f"{folder}: weights or optimizer state hold NaN or Inf values; not saved (the run has "
                          "diverged)")
     if is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        new_temp_folder(folder)
     if distributed:
         dist.barrier()
     state = {"model": model_sd, "optimizer": optim_sd}
@@ -204,10 +202,7 @@ def consolidate_checkpoint(folder: str | Path, out: str | Path | None = None, fo
         extra = {CONFIG: _copier(folder / CONFIG)} if (folder / CONFIG).is_file() else {}
         return write_checkpoint(Path(out), weights, config, tokenizer, meta.get("step", 0), extra=extra, meta=keep)
     # In place: the same folder plus the weights file, rewritten atomically like any checkpoint.
-    tmp = temp_folder(folder)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(folder / STATE, tmp / STATE)
+    shutil.copytree(folder / STATE, new_temp_folder(folder) / STATE)
     extra = {name: _copier(folder / name) for name in (TRAINER_STATE, CONFIG) if (folder / name).exists()}
     return write_checkpoint(folder, weights, config, tokenizer, meta.get("step", 0), extra=extra, meta=keep,
                             prepared=(STATE,))

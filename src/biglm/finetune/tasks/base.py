@@ -92,4 +92,6 @@ def no_labels(n: int) -> list[int]:
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive slices of ``size`` (the last may be shorter): the batches of a prediction or
+    scoring pass."""
     return [items[i:i + size] for i in range(0, len(items), size)]
