@@ -13,35 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from biglm.data.packing import pack_documents
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
 from biglm.families import get_family
 from biglm.objectives import Criterion, ObjectiveConfig, build_criterion, build_objective
 from biglm.objectives.heldout import heldout_sums, mean_loss
 from biglm.train.batches import VAL_SALT, ObjectiveBatcher, RowSeeds
-
-
-def pack(docs: Sequence[Sequence[int]], seq_len: int, bos: int, eos: int, pad: int) -> list[tuple[Tensor, Tensor]]:
-    """``(input_ids (T,), document_ids (T,))`` rows of the documents packed ``BOS doc EOS`` one after the other."""
-    rows: list[tuple[Tensor, Tensor]] = []
-    ids: list[int] = []
-    doc_ids: list[int] = []
-    doc = 0
-    for d in docs:
-        tokens = [bos, *d, eos]
-        while tokens:
-            take = tokens[:seq_len - len(ids)]
-            tokens = tokens[len(take):]
-            ids += take
-            doc_ids += [doc] * len(take)
-            if len(ids) == seq_len:
-                rows.append((torch.tensor(ids), torch.tensor(doc_ids, dtype=torch.int32)))
-                ids, doc_ids, doc = [], [], 0 if tokens else -1  # a continuing document is the next row's first
-        doc += 1
-    if ids:
-        n = seq_len - len(ids)
-        rows.append((torch.tensor(ids + [pad] * n), torch.tensor(doc_ids + [-1] * n, dtype=torch.int32)))
-    return rows
 
 
 def read_rows(spec: str, field: str, tokenizer: Any, seq_len: int, ids: Any,
@@ -57,7 +35,7 @@ def read_rows(spec: str, field: str, tokenizer: Any, seq_len: int, ids: Any,
     if not texts:
         raise BiglmError(f"{spec}: no pretraining text")
     docs = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return pack(docs, seq_len, ids.bos, ids.eos, ids.pad)
+    return pack_documents(docs, seq_len, ids.bos, ids.eos, ids.pad)
 
 
 class PretrainObjective:

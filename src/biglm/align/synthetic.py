@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from biglm.align.config import load_align_config
-from biglm.align.pretrain import pack
 from biglm.align.setup import POLICIES, build_parts, read_prompts
 from biglm.checkpoint import load_model
+from biglm.data.packing import pack_documents
 from biglm.families import FAMILIES, get_family
 from biglm.finetune.data import ExampleStream
 from biglm.finetune.tasks.base import TokenIds
@@ -175,7 +175,7 @@ def pretrain_policy(folder: str | Path, family: str = "causal", steps: int = 100
     tok = tokenizer()
     ids = TokenIds.of(tok)
     docs = tok([d["text"] for d in corpus(2000, 0)], add_special_tokens=False)["input_ids"]
-    rows = pack(docs, 32, ids.bos, ids.eos, ids.pad)
+    rows = pack_documents(docs, 32, ids.bos, ids.eos, ids.pad)
     objective = get_family(family).objectives[0]  # the family's default objective
     # the documents are short: BiGLM's objective takes a loss on pieces of 4 tokens and more
     sections = {"biglm": {"min_loss_tokens": 4}} if objective == "biglm" else {}

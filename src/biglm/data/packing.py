@@ -187,25 +187,11 @@ class PackedRows:
     def _fill(self, segs: list[tuple[int, int, int, int]], ids: np.ndarray, doc_ids: np.ndarray) -> None:
         """Write the tokens of ``segs`` into ``ids``/``doc_ids`` (one row), padding the tail."""
         srcs = self._mixtures[self.phase]
-        pos = 0
-        for k, (s, d, a, b) in enumerate(segs):
-            src = srcs[s]
-            n = int(src.lengths[d])
-            start = int(src.shard.offsets[d])
-            p = pos
-            if a == 0:
-                ids[p] = self.bos
-                p += 1
-            ta, tb = max(a - 1, 0), min(b - 1, n)
-            if tb > ta:
-                ids[p:p + tb - ta] = src.tokens[start + ta:start + tb]
-                p += tb - ta
-            if b == n + 2:
-                ids[p] = self.eos
-            doc_ids[pos:pos + b - a] = k
-            pos += b - a
-        ids[pos:] = self.pad
-        doc_ids[pos:] = -1
+        pieces = []
+        for s, d, a, b in segs:
+            start = int(srcs[s].shard.offsets[d])
+            pieces.append((srcs[s].tokens[start:start + int(srcs[s].lengths[d])], a, b))
+        fill_row(pieces, ids, doc_ids, self.bos, self.eos, self.pad)
 
     def _next_round(self, ids: np.ndarray, doc_ids: np.ndarray) -> bool:
         """Lay out the next ``world_size`` global rows and fill this rank's; False when the stream is over."""
@@ -281,6 +267,56 @@ class PackedRows:
               f"({state.get('sources')} vs {self._identity()})", BiglmError)
         self._state = {p: _Cursor(**copy.deepcopy(v)) for p, v in state["state"].items()}
         self.set_phase(state["phase"])
+
+
+def fill_row(pieces: Sequence[tuple[Sequence[int] | np.ndarray, int, int]], ids: np.ndarray, doc_ids: np.ndarray,
+             bos: int, eos: int, pad: int) -> None:
+    """Write one packed row: piece k is ``(document tokens, start, end)``, offsets into ``BOS doc EOS``, and gets
+    document id k; the tail is PAD with document id -1. The one row format of every packer here."""
+    pos = 0
+    for k, (doc, a, b) in enumerate(pieces):
+        n, p = len(doc), pos
+        if a == 0:
+            ids[p] = bos
+            p += 1
+        ta, tb = max(a - 1, 0), min(b - 1, n)
+        if tb > ta:
+            ids[p:p + tb - ta] = doc[ta:tb]
+            p += tb - ta
+        if b == n + 2:
+            ids[p] = eos
+        doc_ids[pos:pos + b - a] = k
+        pos += b - a
+    ids[pos:] = pad
+    doc_ids[pos:] = -1
+
+
+def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, bos: int, eos: int,
+                   pad: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(input_ids (T,), document_ids (T,))`` rows of in-memory documents in their order, in ``PackedRows``'
+    format: ``BOS doc EOS`` one after the other, a document that does not fit continuing in the next row, the
+    last row padded."""
+    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pieces: list[tuple[Sequence[int], int, int]] = []
+    room = seq_len
+
+    def close() -> None:
+        ids, doc_ids = np.empty(seq_len, np.int64), np.empty(seq_len, np.int32)
+        fill_row(pieces, ids, doc_ids, bos, eos, pad)
+        rows.append((torch.from_numpy(ids), torch.from_numpy(doc_ids)))
+
+    for doc in docs:
+        total, off = len(doc) + 2, 0
+        while off < total:
+            take = min(total - off, room)
+            pieces.append((doc, off, off + take))
+            off, room = off + take, room - take
+            if room == 0:
+                close()
+                pieces, room = [], seq_len
+    if pieces:
+        close()
+    return rows
 
 
 def _norm(x: Any) -> Any:
