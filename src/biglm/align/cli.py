@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from biglm.align.methods import METHODS
 from biglm.config_cli import add_config_options, config_from_args, sections_of
 
 SHORTCUTS = {
@@ -32,7 +33,7 @@ def register(subparsers: Any) -> None:
                     "with --section.field VALUE (e.g. --ppo.kl_coef 0.1 --ptx.coef 0.5).",
         allow_abbrev=False, add_help=False)
     p.add_argument("--config", type=Path, help="alignment config YAML (e.g. configs/align/ppo.yaml)")
-    p.add_argument("--method", choices=("ppo", "grpo", "dpo"), help="the optimisation method")
+    p.add_argument("--method", choices=tuple(METHODS), help="the optimisation method")
     p.add_argument("--init", help="the policy checkpoint (instruction-tuned) to start from; also the reference")
     p.add_argument("--reward", help="reward-model checkpoint or py:module:function")
     p.add_argument("--prompts", help="training prompts (records with a prompt field)")
@@ -57,7 +58,7 @@ def align_sections() -> dict[str, type]:
 
 def align_extra() -> dict[str, tuple[str, str, str]]:
     """Top-level keys (no section) and the model overrides."""
-    return {"method": ("{ppo,grpo,dpo}", "ppo", "The optimisation method (--method)."),
+    return {"method": ("{" + ",".join(METHODS) + "}", "ppo", "The optimisation method (--method)."),
             "init": ("PATH", "none", "The policy to start from; also the frozen reference (--init)."),
             "reward": ("PATH|py:module:function", "none", "Reward-model checkpoint or rule (--reward)."),
             "model.FIELD": ("", "from init", "Override a field of the policy's model config (e.g. model.dropout).")}

@@ -25,6 +25,7 @@ from typing import Any
 
 from biglm.errors import BiglmError
 from biglm.evaluate import TASKS_DIR
+from biglm.evaluate.ar_scoring import AR_DIRECTIONS
 from biglm.files import atomic_write_text
 
 
@@ -44,7 +45,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="extra task folder (repeatable), e.g. one written by biglm.evaluate.make_tasks")
     p.add_argument("--scoring", default=None, choices=METHODS,
                    help="masked models: log-likelihood method (default greedy-order)")
-    p.add_argument("--direction", default=None, choices=("l2r", "r2l", "mean"),
+    p.add_argument("--direction", default=None, choices=AR_DIRECTIONS,
                    help="causal / bidirectional-ar models: chain rule left to right (default), right to left, "
                         "or the mean of both (which also reports how far the two agree)")
     p.add_argument("--glm-blank", default="gmask", choices=("gmask", "mask"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from biglm.errors import BiglmError
+from biglm.generate.autoregressive import DIRECTIONS
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +54,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--show-steps", action="store_true",
                    help="print the partly decoded text of every pass (▢ = still masked)")
     ar = p.add_argument_group("autoregressive models (causal, bidirectional-ar)")
-    ar.add_argument("--direction", choices=("l2r", "r2l"), default="l2r",
+    ar.add_argument("--direction", choices=DIRECTIONS, default="l2r",
                     help="l2r: continue the prompt; r2l (bidirectional-ar): write the text that comes before it")
     ar.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1)")
     ar.add_argument("--length-penalty", type=float, default=1.0,
