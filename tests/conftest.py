@@ -36,3 +36,13 @@ def make_checkpoint(folder, layers: int = 2, hidden: int = 64, max_seq_len: int 
     torch.manual_seed(seed)
     cfg = ModelConfig("test", 64, hidden, layers, 4, 2, 2 * hidden, max_seq_len=max_seq_len, family=family)
     return write_checkpoint(folder, model_state_dict(BiGLM(cfg)), cfg, word_tokenizer())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run where CUDA is; elsewhere they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

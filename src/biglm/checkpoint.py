@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from biglm.config import ModelConfig
 from biglm.configurable import save_yaml
+from biglm.devices import resolve_device
 from biglm.errors import BiglmError
 from biglm.files import HASH_NAME, atomic_file, bytes_digest, file_digest, install_folder, new_temp_folder
 from biglm.loaders import load_tokenizer_folder
@@ -409,7 +410,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     ``resolve_checkpoint``). Damage to the training state alone (``optimizer.pt``, ...) does not stop
     inference from the newest weights; it does stop ``--resume`` from using that checkpoint.
     """
-    from biglm.devices import resolve_device
 
     device = resolve_device(device, "device")
     folder = resolve_checkpoint(path, note, check=verify_model)

@@ -32,6 +32,9 @@ from typing import Any
 
 import yaml
 
+from biglm.configurable import load_config, load_yaml, to_dict
+from biglm.errors import BiglmError
+
 Sections = Callable[[], Mapping[str, type]]
 """Returns ``{section name: dataclass}`` (called lazily, when help is shown)."""
 Extra = Callable[[], Mapping[str, tuple[str, str, str]]]
@@ -191,7 +194,6 @@ def config_from_args(cls: type, args: argparse.Namespace, shortcuts: Mapping[str
                      saved: dict[str, Any] | None = None, more: Iterable[str] = ()) -> Any:
     """The config of a verb's run: defaults < ``saved`` (a run's or checkpoint's config) < ``--config`` <
     the shortcut flags < ``more`` < the ``--section.field value`` overrides (see ``flag_overrides``)."""
-    from biglm.configurable import load_config
 
     overrides = [*flag_overrides(args, shortcuts), *more, *(getattr(args, "overrides", None) or [])]
     return load_config(cls, args.config, overrides, base=saved)
@@ -199,7 +201,6 @@ def config_from_args(cls: type, args: argparse.Namespace, shortcuts: Mapping[str
 
 def print_config(config: Any, file: Any = None) -> None:
     """Print a config (a dataclass or a mapping) as YAML."""
-    from biglm.configurable import to_dict
 
     data = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
     print(yaml.safe_dump(data, sort_keys=False).rstrip(), file=file or sys.stdout)
@@ -210,8 +211,6 @@ def run_config(args: argparse.Namespace, resolve: Callable[[argparse.Namespace, 
     ``--resume`` reads the run's ``config.yaml`` as the base of ``resolve(args, saved)``. With ``--print-config``
     it prints the config (its model section as given: it is resolved against ``--init`` when the run starts)
     and returns None."""
-    from biglm.configurable import load_yaml
-    from biglm.errors import BiglmError
 
     if args.out is None and not args.print_config:
         raise BiglmError("--out is required: the run folder to write")

@@ -20,8 +20,11 @@ from torch import Tensor, nn
 from biglm.align.config import RolloutConfig
 from biglm.align.rollout import Sample, sample_rows
 from biglm.devices import model_device
+from biglm.errors import ConfigError
+from biglm.evaluate.sequence_score import MASKED_SCORES, masked_sequence_logps
 from biglm.finetune.tasks.base import TokenIds, chunks
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
+from biglm.generate.engine import generate_ids
 from biglm.generate.sampling import SamplingConfig
 from biglm.objectives import IGNORE_INDEX, Batch
 
@@ -91,10 +94,8 @@ class MaskedPolicy:
 
     def __init__(self, ids: TokenIds, cfg: RolloutConfig, max_seq_len: int, banned: Sequence[int],
                  score: str, score_samples: int) -> None:
-        from biglm.evaluate.sequence_score import MASKED_SCORES
 
         if score not in MASKED_SCORES:
-            from biglm.errors import ConfigError
 
             raise ConfigError(f"grpo.score={score!r}: expected one of {', '.join(MASKED_SCORES)}")
         self.ids, self.cfg, self.banned = ids, cfg, tuple(banned)
@@ -106,7 +107,6 @@ class MaskedPolicy:
 
     @torch.no_grad()
     def sample(self, model: nn.Module, prompts: Sequence[list[int]], seed: int, temperature: float) -> list[list[int]]:
-        from biglm.generate.engine import generate_ids
 
         out = generate_ids(model, prompts, bos_token_id=self.ids.bos, eos_token_id=self.ids.eos,
                            mask_token_id=self.ids.mask, pad_token_id=self.ids.pad,
@@ -120,7 +120,6 @@ class MaskedPolicy:
                        seeds: Sequence[int]) -> Tensor:
         """The sequence score of each (prompt, response), the Monte-Carlo masks of response i drawn from
         ``seeds[i]`` (the same masks for π_old at sampling time, π in every epoch, and π_ref)."""
-        from biglm.evaluate.sequence_score import masked_sequence_logps
 
         device = model_device(model)
         generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]

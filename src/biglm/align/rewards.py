@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import torch
 
 from biglm.errors import BiglmError, ConfigError
+from biglm.finetune.predict import finetune_config_of, load_predictor, resolve_finetuned
+from biglm.finetune.tasks.reward import RewardExample
 
 
 class RewardSource(Protocol):
@@ -59,7 +61,6 @@ class ModelReward:
     """A biglm reward model: ``BOS prompt EOS response EOS`` rows, its head pooled as its task pools it."""
 
     def __init__(self, path: str, device: torch.device | str = "cpu", batch_size: int = 64) -> None:
-        from biglm.finetune.predict import finetune_config_of, load_predictor, resolve_finetuned
 
         if not Path(path).exists():
             raise ConfigError(f"reward={path}: no such checkpoint or run folder")
@@ -78,7 +79,6 @@ class ModelReward:
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
-        from biglm.finetune.tasks.reward import RewardExample
 
         task = self.task
         p_ids = task.tokenize([task._prompt_text(p) for p in prompts])

@@ -28,13 +28,17 @@ from biglm.align.policy import ARPolicy, MaskedPolicy
 from biglm.align.pretrain import PretrainObjective, read_rows
 from biglm.align.rewards import RewardSource, build_reward
 from biglm.align.rollout import RolloutBatcher, RolloutStream, Sample
-from biglm.checkpoint import resolve_checkpoint, verify_model
+from biglm.checkpoint import load_model, resolve_checkpoint, verify_model
 from biglm.config import ModelConfig
 from biglm.configurable import load_yaml
 from biglm.data.records import read_records
+from biglm.data.tokenizer import load_tokenizer
 from biglm.errors import BiglmError, ConfigError
 from biglm.families import get_family
+from biglm.finetune.setup import setup_finetune
 from biglm.finetune.tasks.base import TokenIds, chunks
+from biglm.finetune.tasks.reward import prompt_text
+from biglm.generate.api import banned_ids
 from biglm.generate.engine import cut_at_eos
 from biglm.train.batches import VAL_SALT, row_seed
 from biglm.train.checkpointing import find_resume_checkpoint
@@ -53,7 +57,6 @@ class Prompt:
 
 def read_prompts(spec: str, cfg: AlignConfig, tokenizer: Any, policy: Any) -> list[Prompt]:
     """The prompts of ``spec`` (chat messages rendered with the chat template), truncated to fit a response."""
-    from biglm.finetune.tasks.reward import prompt_text
 
     field = cfg.data.prompt_field
     values = []
@@ -148,7 +151,6 @@ max_seq_len, banned ids) -> policy. A family whose decoder has none here cannot 
 
 def resolve_policy(cfg: AlignConfig, source: Path | None) -> tuple[Path, Any, ModelConfig]:
     """(init checkpoint, tokenizer, model config with the heads the method needs), with the family checked."""
-    from biglm.data.tokenizer import load_tokenizer
 
     if not cfg.init:
         raise ConfigError("init: give the policy checkpoint to start from (--init CKPT); it is also the reference")
@@ -191,8 +193,6 @@ class Parts:
 
 def build_parts(cfg: AlignConfig, device: torch.device | str = "cpu", source: Path | None = None) -> Parts:
     """Policy family, reward, reference (a frozen copy of ``init``), held-out prompts and pretraining rows."""
-    from biglm.checkpoint import load_model
-    from biglm.generate.api import banned_ids
 
     init, tokenizer, model_cfg = resolve_policy(cfg, source)
     cfg = dataclasses.replace(cfg, model=model_cfg)
@@ -224,7 +224,6 @@ def held_out_metrics(cfg: AlignConfig, model: nn.Module) -> dict[str, float]:
 
 def setup_align(cfg: AlignConfig, run_dir: str | Path, resume: bool = False) -> Trainer:
     """A ``Trainer`` that aligns ``cfg.init`` with ``cfg.method`` into ``run_dir`` (``resume``: continue it)."""
-    from biglm.finetune.setup import setup_finetune
 
     method = get_method(cfg.method)
     method.check_inputs(cfg)

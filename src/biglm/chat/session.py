@@ -23,9 +23,12 @@ from typing import Any
 
 import torch
 
+from biglm.checkpoint import load_model
 from biglm.data.chat import Message, check_messages, fit_history, set_chat_template
 from biglm.errors import BiglmError
 from biglm.families import get_family
+from biglm.finetune.config import WRITING_KINDS
+from biglm.finetune.predict import finetune_config_of, resolve_finetuned
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import generate_ids
 from biglm.generate.glm import GLMTokens, infill_ids
@@ -146,9 +149,6 @@ class ChatModel:
     @classmethod
     def load(cls, ckpt: str | Path, device: str = "cpu") -> ChatModel:
         """The model of ``ckpt`` (run folder: its best, else newest checkpoint) with its fine-tuning settings."""
-        from biglm.checkpoint import load_model
-        from biglm.finetune.config import WRITING_KINDS
-        from biglm.finetune.predict import finetune_config_of, resolve_finetuned
 
         folder = resolve_finetuned(ckpt)
         loaded = load_model(folder, device=device)

@@ -36,10 +36,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biglm.checkpoint import load_model
+from biglm.compare.report import write_report
+from biglm.configurable import changed_fields, describe_changes, load_yaml
+from biglm.data import build_rows, load_tokenizer, prepare_data
+from biglm.data.held_out import held_out_documents
 from biglm.errors import BiglmError
+from biglm.evaluate import validation_loss
+from biglm.evaluate.cli import task_manager
+from biglm.evaluate.lm_eval_model import BiGLMEvalModel
+from biglm.evaluate.make_tasks import write_tasks
 from biglm.families import get_family
 from biglm.files import atomic_write_text
 from biglm.outputs import COMPARE, check_output
+from biglm.train.config import BOOKKEEPING_FIELDS, load_run_config
+from biglm.train.growth import config_at
+from biglm.train.metrics import flops_per_token
+from biglm.train.setup import fit_to_end, setup
 
 TASKS = ("compare_continuation", "compare_next_sentence", "compare_perplexity")
 
@@ -72,7 +85,6 @@ class CompareOptions:
 
 def load_recipes(paths: list[str], overrides: list[str]) -> list[Recipe]:
     """Resolve each config (with the shared overrides) and check that they share data and budget."""
-    from biglm.train.config import load_run_config
 
     if len(paths) < 1:
         raise BiglmError("compare: give at least one recipe config")
@@ -104,8 +116,6 @@ def check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     resuming it would report, or continue, another recipe's run."""
     import yaml
 
-    from biglm.configurable import changed_fields, describe_changes, load_yaml
-    from biglm.train.config import BOOKKEEPING_FIELDS
 
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -134,7 +144,6 @@ def train_all(recipes: list[Recipe], opts: CompareOptions, log: Callable[[str], 
         if r not in todo:
             log(f"compare: {r.name}: finished run found in {r.run_dir(opts.out)}")
     if opts.jobs == 0:
-        from biglm.train.setup import fit_to_end, setup
 
         for r in todo:
             run_dir = r.run_dir(opts.out)
@@ -184,8 +193,6 @@ def score_settings(recipes: list[Recipe], opts: CompareOptions) -> dict[str, Any
 def build_tasks(recipes: list[Recipe], opts: CompareOptions) -> Path:
     """The held-out tasks (see the module docstring), written into ``OUT/tasks`` (again when the settings
     they were written with, ``tasks/settings.json``, differ)."""
-    from biglm.data.held_out import held_out_documents
-    from biglm.evaluate.make_tasks import write_tasks
 
     folder = opts.out / "tasks"
     settings = {k: v for k, v in score_settings(recipes, opts).items() if k != "limit"}
@@ -203,8 +210,6 @@ def build_tasks(recipes: list[Recipe], opts: CompareOptions) -> Path:
 
 def masked_validation(recipe: Recipe, model: Any, mask_token_id: int, max_batches: int = 16) -> float:
     """The β-grid masked validation loss of a masked model on the run's held-out rows."""
-    from biglm.data import build_rows, load_tokenizer, prepare_data
-    from biglm.evaluate import validation_loss
 
     data = recipe.cfg.data
     prepared = prepare_data(data, load_tokenizer(data.tokenizer), progress=False)
@@ -218,9 +223,6 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
     import torch
     from lm_eval import simple_evaluate
 
-    from biglm.checkpoint import load_model
-    from biglm.evaluate.cli import task_manager
-    from biglm.evaluate.lm_eval_model import BiGLMEvalModel
 
     run_dir = recipe.run_dir(opts.out)
     loaded = load_model(run_dir)
@@ -255,8 +257,6 @@ def score_recipe(recipe: Recipe, opts: CompareOptions, tasks: Path, log: Callabl
 def _train_summary(run_dir: Path, cfg: Any) -> dict[str, float]:
     """Steps, tokens, training FLOPs (``flops_per_token`` of the model at each step, with the run's measured
     fraction of positions with logits), last losses and the median training speed of a run."""
-    from biglm.train.growth import config_at
-    from biglm.train.metrics import flops_per_token
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last_val = [r["val_loss"] for r in lines if "val_loss" in r]
@@ -274,7 +274,6 @@ def _train_summary(run_dir: Path, cfg: Any) -> dict[str, float]:
 
 def compare(paths: list[str], opts: CompareOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, score and report the recipes at ``paths`` (see the module docstring)."""
-    from biglm.compare.report import write_report
 
     recipes = load_recipes(paths, opts.overrides)
     check_output(opts.out, COMPARE, [*paths, *opts.tasks_from, *(i for r in recipes for i in r.cfg.inputs())])

@@ -46,6 +46,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+import biglm.generate as generation  # looked up per call: tests stand a fake generate() in
+from biglm.checkpoint import load_model
 from biglm.errors import BiglmError
 from biglm.evaluate.lm_scorers import scorer_for
 from biglm.evaluate.scoring import ScoringConfig
@@ -100,7 +102,6 @@ class BiGLMEvalModel(TemplateLM):
         if model is None:
             if pretrained is None:
                 raise BiglmError("biglm model_args: give pretrained=RUN_OR_CHECKPOINT_FOLDER")
-            from biglm.checkpoint import load_model
 
             loaded = load_model(pretrained, self._device, torch_dtype)
             model, tokenizer = loaded.model, tokenizer or loaded.tokenizer
@@ -198,10 +199,6 @@ class BiGLMEvalModel(TemplateLM):
     # ---- generation ---------------------------------------------------------------------------------
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Generate with ``biglm.generate.generate``; cut each text at its first ``until`` string."""
-        try:
-            from biglm.generate import generate
-        except ImportError as e:
-            raise BiglmError(f"generate_until needs biglm.generate.generate, which is not available ({e})") from None
         out: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
@@ -218,7 +215,8 @@ class BiGLMEvalModel(TemplateLM):
             for lo in range(0, len(idx), self.scoring.batch_size):
                 part = idx[lo:lo + self.scoring.batch_size]
                 prompts = [requests[i].args[0] for i in part]  # generate() left-truncates long prompts
-                texts = generate(self.model, prompts, tokenizer=self.tokenizer, max_new_tokens=max_new, **extra)
+                texts = generation.generate(self.model, prompts, tokenizer=self.tokenizer, max_new_tokens=max_new,
+                                            **extra)
                 for i, text in zip(part, texts):
                     out[i] = cut_at_stop(text, until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, out[i])

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biglm.checkpoint import resolve_checkpoint, verify_model
+from biglm.checkpoint import load_model, resolve_checkpoint, verify_model
 from biglm.config import ModelConfig
 from biglm.configurable import load_yaml
 from biglm.data.records import read_records
+from biglm.data.tokenizer import load_tokenizer
 from biglm.errors import BiglmError, ConfigError
 from biglm.finetune.config import FinetuneConfig
 from biglm.finetune.data import ExampleStream, steps_per_epoch
@@ -31,6 +32,7 @@ from biglm.train.batches import RowSeeds
 from biglm.train.checkpointing import find_resume_checkpoint
 from biglm.train.loop import Trainer
 from biglm.train.parallel import init_distributed
+from biglm.train.schedule import learning_rate
 from biglm.train.setup import assemble, check_run_dir
 from biglm.train.streams import DataBundle
 
@@ -48,7 +50,6 @@ class Prepared:
 def prepare(cfg: FinetuneConfig, source: Path | None = None) -> Prepared:
     """Resolve ``cfg.init``, load its tokenizer, build the task and the model config (heads added).
     ``source`` reads the tokenizer and model config from another checkpoint (a resumed run's own)."""
-    from biglm.data.tokenizer import load_tokenizer
 
     if not cfg.init and source is None:
         raise ConfigError("init: give the pretrained checkpoint or run folder to start from (--init CKPT)")
@@ -89,7 +90,6 @@ def make_validator(task: FinetuneTask, examples: list[Any]) -> Callable[[Any], d
 
 def set_reference(task: Any, cfg: FinetuneConfig, examples: list[Any]) -> None:
     """Score ``examples`` with a frozen copy of ``cfg.init`` (the reference policy), then free it."""
-    from biglm.checkpoint import load_model
 
     if not cfg.init:
         raise ConfigError("init: DPO needs the reference policy (--init CKPT), also when resuming")
@@ -104,7 +104,6 @@ def resumed_steps(cfg: FinetuneConfig, run_dir: Path, spe: int, own: Path | None
     again, so ``--resume --epochs 5`` extends (or shortens) the run as trl / transformers do. The
     learning-rate schedule, a function of the step and the total, then spans the new total: a finished
     linear decay rises again, which the note says."""
-    from biglm.train.schedule import learning_rate
 
     t = cfg.train
     saved = (load_yaml(run_dir / "config.yaml").get("train") or {}) if (run_dir / "config.yaml").is_file() else {}

@@ -2,7 +2,7 @@
 written for transformers: ``biglm export-hf`` copies this file next to the weights as remote code, so that an
 exported folder loads with ``trust_remote_code=True`` on a machine where biglm is not installed. It therefore
 imports nothing from biglm. A change to the network in ``biglm/model.py`` must be made here too:
-``tests/test_hf_parity.py`` fails when the two disagree on outputs for any family, position encoding or layout.
+``tests/hf/test_hf_parity.py`` fails when the two disagree on outputs for any family, position encoding or layout.
 
 transformers models for BiGLM: ``BiGLMModel`` (the backbone), ``BiGLMForMaskedLM``,
 ``BiGLMForQuestionAnswering``, ``BiGLMForCausalLM`` (causal / bidirectional-ar models whose layout

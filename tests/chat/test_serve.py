@@ -1,0 +1,278 @@
+"""``biglm serve``: the OpenAI-compatible API (plain HTTP and the ``openai`` client), streaming equal to the
+non-streamed reply, bad requests, a bounded queue, batching, clients that go away mid-stream, and the live
+page in a real headless browser (Debian's chromium through selenium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from biglm.chat import ChatModel
+from biglm.chat.server import ChatServer
+from test_chat import chat_checkpoint
+
+USER = [{"role": "user", "content": "reverse this a b c"}]
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    return ChatModel.load(chat_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt"))
+
+
+@pytest.fixture
+def server(chat):
+    srv = ChatServer(chat, port=0, queue_size=4, batch=8).start()
+    yield srv
+    srv.stop()
+
+
+def sse(response: requests.Response) -> list[dict]:
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            events.append(line[6:])
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_chat_completion_stream_equals_non_stream_for_the_same_seed(server):
+    body = {"model": "biglm", "messages": USER, "temperature": 0.8, "seed": 7, "max_tokens": 6, "steps": 4,
+            "length": "fixed"}
+    plain = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()
+    assert plain["object"] == "chat.completion" and plain["choices"][0]["message"]["role"] == "assistant"
+    assert plain["usage"]["completion_tokens"] <= 6
+    events = sse(requests.post(f"{server.url}/v1/chat/completions", json={**body, "stream": True}, stream=True,
+                               timeout=60))
+    passes = [e["biglm"] for e in events if "biglm" in e]
+    assert [p["index"] for p in passes] == [0, 1, 2, 3]  # each Mask-Predict pass, as it happened
+    assert all(masked for _, masked in passes[0]["segments"]) and len(passes[0]["segments"]) == 6
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert streamed == plain["choices"][0]["message"]["content"]
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    other_seed = requests.post(f"{server.url}/v1/chat/completions", json={**body, "seed": 8}, timeout=60).json()
+    assert "choices" in other_seed  # another seed is a valid request too (its text may differ)
+
+
+def test_autoregressive_models_stream_their_tokens(tmp_path):
+    causal = ChatModel.load(chat_checkpoint(tmp_path / "causal", family="causal"))
+    srv = ChatServer(causal, port=0).start()
+    try:
+        for path, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "a b c"})):
+            body = {**body, "max_tokens": 6, "temperature": 0.8, "seed": 3}
+            plain = requests.post(srv.url + path, json=body, timeout=60).json()["choices"][0]
+            events = sse(requests.post(srv.url + path, json={**body, "stream": True}, stream=True, timeout=60))
+            pieces = [e["choices"][0]["delta"].get("content", "") if "delta" in e["choices"][0]
+                      else e["choices"][0]["text"] for e in events]
+            assert "biglm" not in events[1]  # token deltas, no refinement passes
+            assert "".join(pieces) == plain.get("message", {}).get("content", plain.get("text"))
+            assert sum(bool(p) for p in pieces) >= 2 or len(plain.get("text") or plain["message"]["content"]) < 2
+    finally:
+        srv.stop()
+
+
+def test_completions_stream_equals_non_stream(server):
+    body = {"prompt": "a b c", "max_tokens": 5, "steps": 3, "length": "fixed"}
+    plain = requests.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+    assert plain["object"] == "text_completion"
+    events = sse(requests.post(f"{server.url}/v1/completions", json={**body, "stream": True}, stream=True,
+                               timeout=60))
+    assert "".join(e["choices"][0]["text"] for e in events) == plain["choices"][0]["text"]
+
+
+def test_openai_client_talks_to_the_server(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    out = client.chat.completions.create(model="biglm", messages=USER, max_tokens=5, seed=1)
+    stream = client.chat.completions.create(model="biglm", messages=USER, max_tokens=5, seed=1, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
+    assert text == out.choices[0].message.content
+    assert [m.id for m in client.models.list().data] == ["biglm"]
+
+
+def test_stop_strings_cut_the_reply_streamed_or_not(server):
+    body = {"messages": USER, "max_tokens": 6, "steps": 3, "length": "fixed"}
+    full = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()
+    text = full["choices"][0]["message"]["content"]
+    assert len(text) > 1
+    stop = text[1:3].strip() or text[1]
+    cut = requests.post(f"{server.url}/v1/chat/completions", json={**body, "stop": [stop]}, timeout=60).json()
+    assert cut["choices"][0]["message"]["content"] == text[:text.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    events = sse(requests.post(f"{server.url}/v1/chat/completions", json={**body, "stop": stop, "stream": True},
+                               stream=True, timeout=60))
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == text[:text.index(stop)]
+    bad = requests.post(f"{server.url}/v1/chat/completions", json={**body, "stop": [1]}, timeout=60)
+    assert bad.status_code == 400 and "'stop' must be" in bad.json()["error"]["message"]
+
+
+def test_lm_eval_local_chat_completions_talks_to_the_server(server, tmp_path):
+    pytest.importorskip("tenacity")  # lm-eval's API models need lm-eval[api]
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    docs = [{"question": "reverse this a b c", "answer": "c b a"}, {"question": "caps this a b", "answer": "A B"}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "chat_gen.yaml").write_text(
+        "task: biglm_chat_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'docs.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
+        'doc_to_text: "{{question}}"\ndoc_to_target: "{{answer}}"\ngeneration_kwargs:\n'
+        '  until: ["\\n"]\n  max_gen_toks: 6\nmetric_list:\n  - metric: exact_match\n')
+    args = f"base_url={server.url}/v1/chat/completions,model=biglm,tokenizer_backend=None,tokenized_requests=False"
+    result = simple_evaluate(model="local-chat-completions", model_args=args, tasks=["biglm_chat_gen"],
+                             task_manager=TaskManager(include_path=[str(tmp_path)], include_defaults=False),
+                             apply_chat_template=True, log_samples=True)
+    answers = [s["resps"][0][0] for s in result["samples"]["biglm_chat_gen"]]
+    direct = [requests.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": d["question"]}], "max_tokens": 6, "temperature": 0,
+        "stop": ["\n"]}).json()["choices"][0]["message"]["content"] for d in docs]
+    assert answers == direct  # lm-eval's client got the server's replies
+
+
+@pytest.mark.parametrize("path, data, status, message", [
+    ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/chat/completions", b"[1, 2]", 400, "must be a JSON object"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), 400,
+     "unknown role 'robot'"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": " "}]}).encode(), 400,
+     "empty content"),
+    ("/v1/chat/completions", json.dumps({"messages": USER, "max_tokens": "many"}).encode(), 400, "'max_tokens' must"),
+    ("/v1/chat/completions", json.dumps({"messages": USER, "n": 2}).encode(), 400, "'n' must be 1"),
+    ("/v1/completions", json.dumps({"prompt": ""}).encode(), 400, "'prompt' must be a non-empty string"),
+    ("/v1/embeddings", b"{}", 404, "no route"),
+])
+def test_bad_requests_get_4xx_and_the_server_stays_up(server, path, data, status, message):
+    r = requests.post(server.url + path, data=data, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == status and message in r.json()["error"]["message"]
+    assert requests.get(f"{server.url}/v1/models", timeout=30).status_code == 200
+
+
+def test_a_client_that_leaves_mid_stream_does_not_take_the_server_down(server, chat):
+    host, port = server.httpd.server_address[:2]
+    body = json.dumps({"messages": USER, "stream": True, "max_tokens": 8, "steps": 8, "length": "fixed"}).encode()
+    for _ in range(3):
+        s = socket.create_connection((host, port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert s.recv(64).startswith(b"HTTP/1.1 200")  # the stream has begun
+        s.close()
+    r = requests.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+
+
+def test_the_queue_is_bounded_and_waiting_requests_are_batched(chat, monkeypatch):
+    server = ChatServer(chat, port=0, queue_size=3, batch=8).start()
+    release, calls = threading.Event(), []
+    real = chat.replies
+
+    def slow(conversations, settings=None, on_update=None):
+        calls.append(len(conversations))
+        release.wait(30)
+        return real(conversations, settings, on_update)
+
+    monkeypatch.setattr(chat, "replies", slow)
+    try:
+        post = lambda m, n=4: requests.post(f"{server.url}/v1/chat/completions",
+                                            json={"messages": m, "max_tokens": n, "length": "fixed"}, timeout=60)
+        prompts = [[{"role": "user", "content": f"caps this {c}"}] for c in "abcd"]
+        with ThreadPoolExecutor(8) as pool:
+            first = pool.submit(post, prompts[0])
+            while not calls:  # the worker holds the first request
+                time.sleep(0.01)
+            waiting = [pool.submit(post, p) for p in prompts[1:3]] + [pool.submit(post, prompts[3], 3)]
+            while server.jobs.qsize() < 3:
+                time.sleep(0.01)
+            refused = post(prompts[0])  # the queue holds 3: a fourth waiting request is refused at once
+            assert refused.status_code == 503 and "busy" in refused.json()["error"]["message"]
+            release.set()
+            answers = [f.result().json()["choices"][0]["message"]["content"] for f in [first, *waiting]]
+        # The two that waited with the same settings were decoded as one batch; the third (other settings)
+        # was held back and served on its own.
+        assert calls[0] == 1 and sorted(calls[1:]) == [1, 2]
+        monkeypatch.setattr(chat, "replies", real)
+        alone = [post(p, n).json()["choices"][0]["message"]["content"] for p, n in zip(prompts, (4, 4, 4, 3))]
+        assert answers == alone  # batching changes nothing in the replies (greedy)
+    finally:
+        release.set()
+        server.stop()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_biglm_serve_command_serves_until_interrupted(tmp_path, stop):
+    ckpt = chat_checkpoint(tmp_path / "ckpt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    # Started as a background job is: SIGINT ignored on entry. Ctrl-C (SIGINT) and SIGTERM must still stop it.
+    proc = subprocess.Popen([sys.executable, "-m", "biglm.cli", "serve", "--ckpt", str(ckpt), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        line = proc.stderr.readline()
+        while line.startswith("note:"):
+            line = proc.stderr.readline()
+        url = line.split(" at ")[1].split("/ ")[0]  # "biglm serve: masked model at http://...:PORT/ (API: ...)"
+        r = requests.post(f"{url}/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+        assert "<title>biglm</title>" in requests.get(url + "/", timeout=30).text
+    finally:
+        proc.send_signal(stop)
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    assert code == 0
+
+
+def browser():
+    """A headless Debian chromium driven by selenium, or a skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium "
+                    "chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_shows_the_refinement_live_in_a_real_browser(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser()
+    try:
+        page.get(server.url + "/")
+        WebDriverWait(page, 30).until(lambda p: "masked" in p.find_element(By.ID, "family").text)
+        page.find_element(By.ID, "steps").send_keys("5")
+        page.find_element(By.ID, "max_tokens").send_keys("6")
+        page.find_element(By.ID, "prompt").send_keys("reverse this a b c")
+        page.find_element(By.ID, "send").click()
+        WebDriverWait(page, 60).until(lambda p: p.find_elements(By.CSS_SELECTOR, "#log .assistant"))
+        passes = page.find_elements(By.CSS_SELECTOR, "#passes .pass")
+        assert len(passes) == 5  # every refinement pass arrived and was drawn
+        masked_first = passes[0].find_elements(By.CSS_SELECTOR, ".mask")
+        spans = passes[0].find_elements(By.CSS_SELECTOR, "span")
+        assert masked_first and len(masked_first) == len(spans)  # pass 0: every position masked, visibly marked
+        assert all(m.text == "▢" for m in masked_first)
+        assert len(passes[-1].find_elements(By.CSS_SELECTOR, ".mask")) < len(masked_first)  # and then refined
+        reply = page.find_element(By.CSS_SELECTOR, "#log .assistant").text
+        expected = requests.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+            "messages": USER, "steps": 5, "max_tokens": 6, "temperature": 0}).json()
+        assert reply == expected["choices"][0]["message"]["content"]  # the page shows the API's reply
+        assert "done" in page.find_element(By.ID, "status").text
+    finally:
+        page.quit()
