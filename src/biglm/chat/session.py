@@ -250,14 +250,15 @@ class ChatModel:
         """Plain continuations of ``texts`` (no chat template; ``/v1/completions``), left-truncated to fit."""
         s = settings or self.settings
         s.check()
-        budget = self.prompt_budget(s)
-        prompts = []
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise BiglmError(f"prompt {i} is empty")
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            prompts.append((ids[max(0, len(ids) - budget):], 0))
+        prompts = [self.text_prompt(text, s, i) for i, text in enumerate(texts)]
         return self.complete_ids(prompts, s, on_update)
+
+    def text_prompt(self, text: str, settings: ChatSettings, index: int = 0) -> tuple[list[int], int]:
+        """Prompt ids of a plain continuation of ``text`` (no chat template), left-truncated to fit."""
+        if not isinstance(text, str) or not text.strip():
+            raise BiglmError(f"prompt {index} is empty")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[max(0, len(ids) - self.prompt_budget(settings)):], 0
 
     @torch.inference_mode()
     def complete_ids(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings,

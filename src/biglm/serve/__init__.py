@@ -1,0 +1,1 @@
+"""``biglm serve`` and the annotation page's server: one worker owns the model (``scheduler``)."""
