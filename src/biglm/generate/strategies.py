@@ -1,8 +1,9 @@
 """Non-autoregressive decoding strategies: how the suffix Y goes from all-[MASK] to text.
 
-A strategy owns the refinement loop and talks to the model only through a ``Predictor``: given the
-current suffix tokens and the positions to predict, it returns a token and its log-probability (the
-*confidence*) at each of them, one forward pass per call. Strategies work on a batch of rows whose
+A strategy is a ``StepRule``: ``plan()`` re-masks and names the positions the next pass predicts, ``commit``
+takes that pass's tokens and their log-probabilities (the *confidence*); ``run_strategy`` drives it to the end
+with a ``Predictor`` (one forward pass per call), and a server's stepper drives many rules, each at its own
+pass, through shared forward passes. Strategies work on a batch of rows whose
 target lengths may differ (``state.active``), and never touch positions outside a row's length.
 
 - ``mask-predict`` (Ghazvininejad et al., 2019): iteration 0 predicts all of Y; iteration t = 1..T-1
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,82 +79,135 @@ def rank_in_row(values: Tensor, eligible: Tensor, descending: bool) -> Tensor:
     return ranks
 
 
-def mask_predict(state: DecodeState, predict: Predictor, steps: int, region: Tensor | None = None) -> None:
+class StepRule(Protocol):
+    """A strategy's refinement one pass at a time (so rows at different passes can share a model call)."""
+
+    def plan(self) -> Tensor | None:
+        """Re-mask what the next pass re-predicts and return the positions it predicts (N, L) bool; None
+        when decoding is over (no pass is run then)."""
+        ...
+
+    def commit(self, where: Tensor, ids: Tensor, logprobs: Tensor) -> None:
+        """Take the pass's predictions ``ids`` / ``logprobs`` (N, L), valid at ``where`` (``plan``'s answer)."""
+        ...
+
+
+class MaskPredict:
     """Mask-Predict over ``region`` (default: all active positions), ``steps`` iterations."""
-    region = state.active if region is None else region & state.active
-    lengths = region.sum(dim=1)
-    if not bool(lengths.any()):
-        return
-    for t in range(steps):
-        if t == 0:
-            where = region
+
+    def __init__(self, state: DecodeState, steps: int, region: Tensor | None = None) -> None:
+        self.state, self.steps, self.t = state, steps, 0
+        self.region = state.active if region is None else region & state.active
+        self.lengths = self.region.sum(dim=1)
+        self.empty = not bool(self.lengths.any())
+
+    def plan(self) -> Tensor | None:
+        if self.empty or self.t >= self.steps:
+            return None
+        if self.t == 0:
+            where = self.region
         else:
-            n = lengths * (steps - t) // steps
+            n = self.lengths * (self.steps - self.t) // self.steps
             if not bool(n.any()):
-                break  # n only shrinks with t
-            where = region & (rank_in_row(state.scores, region, descending=False) < n[:, None])
-        state.remask(where)
-        ids, logprobs = predict(state.tokens, where)
-        state.fill(where, ids, logprobs)
+                return None  # n only shrinks with t
+            where = self.region & (rank_in_row(self.state.scores, self.region, descending=False) < n[:, None])
+        self.state.remask(where)
+        return where
+
+    def commit(self, where: Tensor, ids: Tensor, logprobs: Tensor) -> None:
+        self.state.fill(where, ids, logprobs)
+        self.t += 1
 
 
-def confidence_threshold(state: DecodeState, predict: Predictor, steps: int, threshold: float = 0.9,
-                         region: Tensor | None = None) -> None:
+class ConfidenceThreshold:
     """Commit every masked position whose probability is ≥ ``threshold`` (see the module docstring)."""
-    if not 0.0 < threshold <= 1.0:
-        raise BiglmError(f"threshold={threshold}: must be in (0, 1]")
-    region = state.active if region is None else region & state.active
-    state.remask(region)
-    log_threshold = math.log(threshold)
-    for t in range(steps):
-        masked = state.masked & region
-        remaining = masked.sum(dim=1)
-        if not bool(remaining.any()):
-            break
-        ids, logprobs = predict(state.tokens, masked)
-        at_least = (remaining + (steps - t) - 1) // (steps - t)  # ceil(remaining / passes left) ≥ 1
-        top = rank_in_row(logprobs, masked, descending=True) < at_least[:, None]
-        commit = masked & ((logprobs >= log_threshold) | top)
-        state.fill(commit, ids, logprobs)
+
+    def __init__(self, state: DecodeState, steps: int, threshold: float = 0.9, region: Tensor | None = None) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise BiglmError(f"threshold={threshold}: must be in (0, 1]")
+        self.state, self.steps, self.t = state, steps, 0
+        self.region = state.active if region is None else region & state.active
+        state.remask(self.region)
+        self.log_threshold = math.log(threshold)
+        self.remaining: Tensor | None = None
+
+    def plan(self) -> Tensor | None:
+        if self.t >= self.steps:
+            return None
+        masked = self.state.masked & self.region
+        self.remaining = masked.sum(dim=1)
+        return masked if bool(self.remaining.any()) else None
+
+    def commit(self, where: Tensor, ids: Tensor, logprobs: Tensor) -> None:
+        assert self.remaining is not None
+        at_least = (self.remaining + (self.steps - self.t) - 1) // (self.steps - self.t)  # ceil(remaining/left) ≥ 1
+        top = rank_in_row(logprobs, where, descending=True) < at_least[:, None]
+        self.state.fill(where & ((logprobs >= self.log_threshold) | top), ids, logprobs)
+        self.t += 1
 
 
-def semi_autoregressive(state: DecodeState, predict: Predictor, steps: int, block_size: int = 32) -> None:
+class SemiAutoregressive:
     """Blocks of ``block_size`` tokens left to right, each by Mask-Predict (see the module docstring)."""
-    if block_size <= 0:
-        raise BiglmError(f"block_size={block_size}: must be > 0")
-    length = state.tokens.shape[1]
-    num_blocks = max(1, -(-length // block_size))
-    state.remask(state.active)
-    columns = torch.arange(length, device=state.tokens.device)
-    for b in range(num_blocks):
-        block_steps = max(1, steps // num_blocks + (b < steps % num_blocks))
-        region = ((columns >= b * block_size) & (columns < (b + 1) * block_size))[None, :] & state.active
-        mask_predict(state, predict, block_steps, region)
+
+    def __init__(self, state: DecodeState, steps: int, block_size: int = 32) -> None:
+        if block_size <= 0:
+            raise BiglmError(f"block_size={block_size}: must be > 0")
+        self.state, self.steps, self.block_size = state, steps, block_size
+        self.num_blocks = max(1, -(-state.tokens.shape[1] // block_size))
+        state.remask(state.active)
+        self.block = 0
+        self.current: MaskPredict | None = None
+
+    def plan(self) -> Tensor | None:
+        while True:
+            if self.current is None:
+                if self.block >= self.num_blocks:
+                    return None
+                b, size = self.block, self.block_size
+                block_steps = max(1, self.steps // self.num_blocks + (b < self.steps % self.num_blocks))
+                columns = torch.arange(self.state.tokens.shape[1], device=self.state.tokens.device)
+                region = ((columns >= b * size) & (columns < (b + 1) * size))[None, :] & self.state.active
+                self.current, self.block = MaskPredict(self.state, block_steps, region), b + 1
+            where = self.current.plan()
+            if where is not None:
+                return where
+            self.current = None
+
+    def commit(self, where: Tensor, ids: Tensor, logprobs: Tensor) -> None:
+        assert self.current is not None
+        self.current.commit(where, ids, logprobs)
 
 
-Strategy = Callable[..., None]
-
-STRATEGIES: dict[str, Strategy] = {
-    "mask-predict": mask_predict,
-    "threshold": confidence_threshold,
-    "blocks": semi_autoregressive,
+STRATEGIES: dict[str, type[StepRule]] = {
+    "mask-predict": MaskPredict,
+    "threshold": ConfidenceThreshold,
+    "blocks": SemiAutoregressive,
 }
-"""Strategy name -> ``fn(state, predict, steps, **options)``; options: ``threshold`` for ``threshold``,
-``block_size`` for ``blocks``."""
+"""Strategy name -> its ``StepRule``, built as ``cls(state, steps, **options)``; options: ``threshold`` for
+``threshold``, ``block_size`` for ``blocks``."""
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(name: str) -> type[StepRule]:
     if name not in STRATEGIES:
         raise BiglmError(f"unknown strategy {str(name)[:40]!r}: expected one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
 
 
-def run_strategy(name: str, state: DecodeState, predict: Predictor, steps: int, **options: Any) -> None:
-    """Run strategy ``name`` on ``state``, rejecting options it does not take with one line."""
-    fn = get_strategy(name)
-    allowed = set(list(inspect.signature(fn).parameters)[3:]) - {"region"}
+def start_strategy(name: str, state: DecodeState, steps: int, **options: Any) -> StepRule:
+    """Strategy ``name``'s rule on ``state`` (refine it with ``plan`` / ``commit``), rejecting options it does not
+    take with one line."""
+    cls = get_strategy(name)
+    allowed = set(list(inspect.signature(cls).parameters)[2:]) - {"region"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         accepted = ", ".join(sorted(allowed)) or "none"
         raise BiglmError(f"strategy '{name}' has no option '{unknown[0]}' (options: {accepted})")
-    fn(state, predict, steps, **options)
+    return cls(state, steps, **options)
+
+
+def run_strategy(name: str, state: DecodeState, predict: Predictor, steps: int, **options: Any) -> None:
+    """Run strategy ``name`` on ``state`` to the end, one ``predict`` call per pass."""
+    rule = start_strategy(name, state, steps, **options)
+    while (where := rule.plan()) is not None:
+        ids, logprobs = predict(state.tokens, where)
+        rule.commit(where, ids, logprobs)
