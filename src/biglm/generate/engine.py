@@ -130,6 +130,24 @@ class DecodeResult:
     """Suffix fed to each pass ([MASK] where undecided), then the final suffix; (N, L) each."""
 
 
+def banned_tensor(banned_token_ids: Sequence[int], mask_token_id: int, device: torch.device) -> Tensor:
+    """The ids never chosen: ``banned_token_ids`` and [MASK], as a sorted (K,) tensor."""
+    return torch.tensor(sorted(set(banned_token_ids) | {mask_token_id}), dtype=torch.long, device=device)
+
+
+def fill_predictions(logits: Tensor, tokens: Tensor, where: Tensor, sampling: SamplingConfig,
+                     generator: torch.Generator | None, banned: Tensor | None) -> tuple[Tensor, Tensor]:
+    """A pass's predictions as a strategy takes them: tokens chosen from ``logits`` (N, V), the N positions of
+    ``where`` (B, L) in row-major order, written into a copy of ``tokens`` (B, L), and their log-probabilities
+    (B, L) (0 elsewhere)."""
+    ids, logprobs = choose_tokens(logits, sampling, generator, banned)
+    out_ids = tokens.clone()
+    out_ids[where] = ids
+    out_scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    out_scores[where] = logprobs
+    return out_ids, out_scores
+
+
 class _ModelPredictor:
     """The strategies' view of the model: predict the selected positions, count passes, record inputs."""
 
@@ -149,12 +167,7 @@ class _ModelPredictor:
             self.on_pass(self.passes, tokens.to("cpu", copy=True))
         logits = suffix_logits(self.model, self.prefix, tokens, self.active, logits_mask=where)
         self.passes += 1
-        ids, logprobs = choose_tokens(logits, self.sampling, self.generator, self.banned)
-        out_ids = tokens.clone()
-        out_ids[where] = ids
-        out_scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-        out_scores[where] = logprobs
-        return out_ids, out_scores
+        return fill_predictions(logits, tokens, where, self.sampling, self.generator, self.banned)
 
 
 @torch.inference_mode()
@@ -170,7 +183,7 @@ def decode(model: nn.Module, prefix: EncodedPrefix, active: Tensor, *, steps: in
         raise BiglmError(f"steps={steps}: must be > 0")
     device = prefix.input_ids.device
     active = active.to(device)
-    banned = torch.tensor(sorted(set(banned_token_ids) | {mask_token_id}), dtype=torch.long, device=device)
+    banned = banned_tensor(banned_token_ids, mask_token_id, device)
     predictor = _ModelPredictor(model, prefix, active, sampling or SamplingConfig(), generator, banned,
                                 record_trajectory, on_pass)
     state = DecodeState.all_masked(active, mask_token_id)
@@ -239,32 +252,20 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
     ``length_rule``, see ``biglm.generate.length``). ``on_pass(t, ids)`` is called as each pass starts with,
     per prompt, the suffix it is fed ([MASK] id where undecided; with length candidates, the top-ranked
     candidate's): a live view of the refinement (the final text is the returned output)."""
-    get_strategy(strategy)
-    if steps <= 0 or steps > max_new_tokens:
-        raise BiglmError(f"steps={steps}: must be in 1..max_new_tokens={max_new_tokens}")
-    if length not in ("fixed", "predict"):
-        raise BiglmError(f"length={length!r}: expected 'fixed' or 'predict'")
+    check_decoding(strategy, steps, max_new_tokens, length)
     if not prompts:
         raise BiglmError("no prompts given")
     prefixes = prepare_prefixes(prompts, bos_token_id, max_new_tokens, model.config.max_seq_len)
     prefix = encode_prefix(model, prefixes, pad_token_id=pad_token_id, use_cache=prefix_cache,
                            length_logits=length == "predict")
     passes = int(prefix_cache or length == "predict")
-    device = prefix.input_ids.device
     batch = len(prefixes)
-    if length == "predict":
-        cands = length_candidates(prefix.length_logits, length_candidates_k, max_new_tokens)  # (B, k)
-        k = cands.shape[1]
-        prefix = prefix.index_select(torch.arange(batch, device=device).repeat_interleave(k))
-        row_lengths = cands.flatten()
-    else:
-        k, cands = 1, None
-        row_lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    width = int(row_lengths.max())
-    active = torch.arange(width, device=device)[None, :] < row_lengths[:, None]
+    prefix, row_lengths, cands = candidate_rows(prefix, length, length_candidates_k, max_new_tokens)
+    k = row_lengths.shape[0] // batch
+    active = target_mask(row_lengths)
     generator = None
     if sampling is not None and not sampling.greedy:
-        generator = seeded_generator(device, seed)
+        generator = seeded_generator(prefix.input_ids.device, seed)
     shown = None
     if on_pass is not None:
         rows, lens = list(range(0, batch * k, k)), row_lengths.cpu().tolist()
@@ -272,6 +273,43 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
     result = decode(model, prefix, active, steps=steps, mask_token_id=mask_token_id, strategy=strategy,
                     sampling=sampling, generator=generator, banned_token_ids=banned_token_ids,
                     record_trajectory=record_trajectory, on_pass=shown, **strategy_options)
+    return collect_output(result, prefix, row_lengths, cands, length_rule, eos_token_id, prefixes, passes)
+
+
+def check_decoding(strategy: str, steps: int, max_new_tokens: int, length: str) -> None:
+    """One-line errors for a strategy, a number of passes or a length mode ``generate_ids`` cannot decode with."""
+    get_strategy(strategy)
+    if steps <= 0 or steps > max_new_tokens:
+        raise BiglmError(f"steps={steps}: must be in 1..max_new_tokens={max_new_tokens}")
+    if length not in ("fixed", "predict"):
+        raise BiglmError(f"length={length!r}: expected 'fixed' or 'predict'")
+
+
+def candidate_rows(prefix: EncodedPrefix, length: str, k: int,
+                   max_new_tokens: int) -> tuple[EncodedPrefix, Tensor, Tensor | None]:
+    """The rows to decode for ``prefix``'s B prompts: with ``length='predict'``, each prompt's ``k`` best
+    length-head candidates (rows of a prompt adjacent, best-ranked first; returned as (B, k)), else one row
+    of ``max_new_tokens``. Returns the prefix of each row, each row's target length and the candidates."""
+    batch, device = prefix.input_ids.shape[0], prefix.input_ids.device
+    if length != "predict":
+        return prefix, torch.full((batch,), max_new_tokens, dtype=torch.long, device=device), None
+    cands = length_candidates(prefix.length_logits, k, max_new_tokens)  # (B, k)
+    rows = prefix.index_select(torch.arange(batch, device=device).repeat_interleave(cands.shape[1]))
+    return rows, cands.flatten(), cands
+
+
+def target_mask(row_lengths: Tensor) -> Tensor:
+    """(N, max length) bool: each row's target positions."""
+    return torch.arange(int(row_lengths.max()), device=row_lengths.device)[None, :] < row_lengths[:, None]
+
+
+def collect_output(result: DecodeResult, prefix: EncodedPrefix, row_lengths: Tensor, cands: Tensor | None,
+                   length_rule: str, eos_token_id: int | None, prefixes: Sequence[Sequence[int]],
+                   passes: int) -> GenerationOutput:
+    """Each prompt's winning candidate (by ``length_rule``), cut at EOS; ``passes`` made before ``result``'s."""
+    batch, device = len(prefixes), row_lengths.device
+    k = row_lengths.shape[0] // batch
+    active = result.active
     length_logprobs = None
     if cands is not None:
         length_logprobs = prefix.length_logits.log_softmax(-1).gather(1, row_lengths[:, None])[:, 0]
@@ -288,7 +326,7 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
         prompt_lengths=[len(p) for p in prefixes],
         forward_passes=passes + result.forward_passes,
         trajectories=[[step[r, :n].tolist() for step in result.trajectory]
-                      for r, n in zip(best.cpu().tolist(), chosen)] if record_trajectory else None,
+                      for r, n in zip(best.cpu().tolist(), chosen)] if result.trajectory else None,
         candidates=cands.cpu().tolist() if cands is not None else None,
     )
 
