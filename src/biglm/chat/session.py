@@ -30,7 +30,7 @@ from biglm.families import get_family
 from biglm.finetune.config import WRITING_KINDS
 from biglm.finetune.predict import finetune_config_of, resolve_finetuned
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
-from biglm.generate.engine import generate_ids
+from biglm.generate.engine import GenerationOutput, generate_ids
 from biglm.generate.glm import GLMTokens, infill_ids
 from biglm.generate.sampling import SamplingConfig, check_seed
 from biglm.generate.specials import MASK_SYMBOL, banned_ids, special_ids
@@ -269,26 +269,41 @@ class ChatModel:
                  "mask-predict": self._reply_masked}[self.decoder]
         return reply(prompts, s, sampling, on_update)
 
-    def _reply_masked(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
-                      on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
-        """Mask-Predict (or the chosen parallel strategy): the reply's passes are shown as they refine it."""
-        ids_list = [p for p, _ in prompts]
+    def masked_decoding(self, s: ChatSettings, sampling: SamplingConfig | None = None) -> dict[str, Any]:
+        """The engine's keyword arguments (``generate_ids``, ``DecodeJob``) for a Mask-Predict reply with ``s``: the
+        length mode the model has (``fixed`` without a length head), max_new_tokens within the length head's
+        range, at most max_new_tokens passes."""
         length = s.length if getattr(self.model.config, "length_head", False) else "fixed"
-        if length == "predict" and self.model.config.max_target_length - 1 < s.max_new_tokens:
-            s = dataclasses.replace(s, max_new_tokens=self.model.config.max_target_length - 1)
-        shown = None
-        if on_update is not None:
-            def shown(t: int, rows: list[list[int]]) -> None:
-                segs = self.segments(rows[0])
-                on_update(ReplyUpdate("pass", t, "".join(text for text, _ in segs).strip(), segs))
-        out = generate_ids(
-            self.model, ids_list, bos_token_id=self.ids["bos"], eos_token_id=self.ids["eos"],
-            mask_token_id=self.ids["mask"], pad_token_id=self.ids["pad"], max_new_tokens=s.max_new_tokens,
-            steps=min(s.steps, s.max_new_tokens), strategy=s.strategy or "mask-predict", sampling=sampling, seed=s.seed,
-            length=length, length_candidates_k=s.length_candidates, banned_token_ids=self.banned, on_pass=shown)
+        max_new = s.max_new_tokens
+        if length == "predict":
+            max_new = min(max_new, self.model.config.max_target_length - 1)
+        return dict(bos_token_id=self.ids["bos"], eos_token_id=self.ids["eos"], mask_token_id=self.ids["mask"],
+                    pad_token_id=self.ids["pad"], max_new_tokens=max_new, steps=min(s.steps, max_new),
+                    strategy=s.strategy or "mask-predict",
+                    sampling=sampling or SamplingConfig(s.temperature, s.top_k, s.top_p), seed=s.seed, length=length,
+                    length_candidates_k=s.length_candidates, banned_token_ids=self.banned)
+
+    def pass_update(self, t: int, ids: Sequence[int]) -> ReplyUpdate:
+        """The live view of Mask-Predict pass ``t``, fed the suffix ``ids`` ([MASK] where undecided)."""
+        segs = self.segments(ids)
+        return ReplyUpdate("pass", t, "".join(text for text, _ in segs).strip(), segs)
+
+    def masked_replies(self, out: GenerationOutput, prompts: Sequence[tuple[list[int], int]],
+                       length: str) -> list[Reply]:
+        """Replies from the engine's output for ``prompts`` (ids, turns dropped), decoded with ``length``."""
         return [Reply(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, len(p) + 1,
                       out.forward_passes, dropped, length == "predict" or len(ids) < n)
                 for ids, n, (p, dropped) in zip(out.token_ids, out.lengths, prompts)]
+
+    def _reply_masked(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,
+                      on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
+        """Mask-Predict (or the chosen parallel strategy): the reply's passes are shown as they refine it."""
+        options = self.masked_decoding(s, sampling)
+        shown = None
+        if on_update is not None:
+            shown = lambda t, rows: on_update(self.pass_update(t, rows[0]))
+        out = generate_ids(self.model, [p for p, _ in prompts], on_pass=shown, **options)
+        return self.masked_replies(out, prompts, options["length"])
 
     def _token_stream(self, stops: set[int], on_update: Callable[[ReplyUpdate], None] | None
                       ) -> Callable[[int, torch.Tensor], None]:
