@@ -7,7 +7,9 @@ bidirectional-ar models (greedy, sampling, beam search; right to left too).
 - ``ARState`` / ``start_state`` / ``decode`` / ``generate_ar_ids``: the autoregressive loop on token ids
   (``biglm.generate.autoregressive``).
 - ``encode_prefix`` / ``decode`` / ``generate_ids``: the token-id engine (``biglm.generate.engine``).
-- ``STRATEGIES``: the decoding strategies by name (``biglm.generate.strategies``).
+- ``STRATEGIES``: the decoding strategies by name, each a pass-by-pass ``StepRule`` (``biglm.generate.strategies``).
+- ``DecodeJob`` / ``PassBatch``: one prompt's decoding a pass at a time, prompts at different passes sharing
+  forward passes (``biglm.generate.stepwise``: a server's continuous batching).
 """
 
 from biglm.generate.api import GenerationResult, generate, render_step
@@ -23,6 +25,7 @@ from biglm.generate.engine import (
 )
 from biglm.generate.length import length_candidates, pick_best
 from biglm.generate.sampling import SamplingConfig, choose_tokens
+from biglm.generate.stepwise import DecodeJob, PassBatch
 from biglm.generate.strategies import STRATEGIES, DecodeState
 
 __all__ = [
@@ -30,11 +33,13 @@ __all__ = [
     "AROptions",
     "ARResult",
     "ARState",
+    "DecodeJob",
     "DecodeResult",
     "DecodeState",
     "EncodedPrefix",
     "GenerationOutput",
     "GenerationResult",
+    "PassBatch",
     "SamplingConfig",
     "choose_tokens",
     "decode",
