@@ -20,6 +20,7 @@ from biglm.generate import (
     suffix_logits,
 )
 from biglm.generate.engine import cut_at_eos
+from biglm.generate.sampling import choose_row_tokens
 from biglm.model import BiGLMOutput
 
 BOS, EOS, MASK = 1, 2, 3
@@ -212,6 +213,19 @@ def test_sampling_is_seeded_and_filters_work(model):
     banned = greedy.unique()
     ids, _ = choose_tokens(logits, SamplingConfig(), banned=banned)
     assert not bool(torch.isin(ids, banned).any())
+
+
+def test_each_row_chooses_as_it_would_alone():
+    # Rows of a continuous batch: each its own settings and generator, each row's pick the one it gets alone.
+    logits = torch.randn(5, 30, generator=torch.Generator().manual_seed(0))
+    configs = [SamplingConfig(), SamplingConfig(1.0), SamplingConfig(0.7, top_k=5), SamplingConfig(),
+               SamplingConfig(1.3, top_p=0.8)]
+    seeds = [None, 1, 2, None, 1]
+    gen = lambda seed: None if seed is None else torch.Generator().manual_seed(seed)
+    alone = [int(choose_tokens(logits[i:i + 1], c, gen(s))[0]) for i, (c, s) in enumerate(zip(configs, seeds))]
+    for _ in range(2):  # the same generators go on drawing as they would alone
+        generators = [gen(s) for s in seeds]
+        assert choose_row_tokens(logits, configs, generators).tolist() == alone
 
 
 # --- bad input: one clear line each ------------------------------------------------------------------

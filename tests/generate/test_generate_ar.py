@@ -11,7 +11,7 @@ from biglm.checkpoint import model_state_dict, write_checkpoint
 from biglm.cli import main as cli_main
 from biglm.errors import BiglmError
 from biglm.generate import generate
-from biglm.generate.autoregressive import AROptions, decode, generate_ar_ids, start_state
+from biglm.generate.autoregressive import AROptions, ARState, decode, generate_ar_ids, start_state
 from biglm.generate.sampling import SamplingConfig
 
 PAD, BOS, EOS, MASK = 0, 1, 2, 4
@@ -90,6 +90,25 @@ def test_no_repeat_ngram_and_min_new_tokens(model):
     stops_early = run(model, stop_token_ids=(plain[0][0],), max_new_tokens=8)[0]
     assert stops_early == []
     assert len(run(model, stop_token_ids=(plain[0][0],), max_new_tokens=8, min_new_tokens=5)[0]) >= 5
+
+
+def test_states_joined_and_cut_decode_as_each_row_alone(model):
+    # Continuous batching: rows encoded apart join one state (left-padded to the widest), rows leave
+    # (index_select) and the columns only they used are cut (trim); every row decodes as it does alone.
+    opts = AROptions(max_new_tokens=8, stop_token_ids=(EOS,))
+    alone = run(model, max_new_tokens=8)  # = each prompt alone (test_batched_equals_one_by_one)
+    states = [start_state(model, [[BOS, *p]]) for p in PROMPTS]
+    joined = ARState.concat(states)
+    width = len(PROMPTS[0]) + 1
+    assert joined.input_ids.shape[1] == joined.cache.length == width
+    assert joined.document_ids[1].tolist() == [-1] * (width - 3) + [0] * 3  # the padding is invisible
+    assert decode(model, joined, opts).token_ids == alone
+    rest = ARState.concat(states).index_select(torch.tensor([1, 2])).trim()  # the widest row left
+    assert rest.input_ids.shape[1] == rest.cache.length == len(PROMPTS[2]) + 1
+    assert rest.cache.layout.document_ids.shape == rest.document_ids.shape
+    assert decode(model, rest, opts).token_ids == alone[1:]
+    with pytest.raises(BiglmError, match="layout kind"):
+        ARState.concat([states[0], start_state(model, [[BOS, 5]], kind="prefix_lm")])
 
 
 def test_a_decoded_state_can_be_extended(model):

@@ -219,7 +219,7 @@ class ChatModel:
             raise BiglmError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's "
                              f"max_seq_len={self.model.config.max_seq_len}")
         if self.decoder != "mask-predict":
-            self._ar_options(settings, SamplingConfig(settings.temperature, settings.top_k, settings.top_p))
+            self.ar_options(settings, SamplingConfig(settings.temperature, settings.top_k, settings.top_p))
         elif settings.strategy:
             get_strategy(settings.strategy)
 
@@ -305,9 +305,10 @@ class ChatModel:
         out = generate_ids(self.model, [p for p, _ in prompts], on_pass=shown, **options)
         return self.masked_replies(out, prompts, options["length"])
 
-    def _token_stream(self, stops: set[int], on_update: Callable[[ReplyUpdate], None] | None
-                      ) -> Callable[[int, torch.Tensor], None]:
-        """An ``on_token`` hook that shows the first reply's text as its tokens are chosen."""
+    def token_stream(self, stops: set[int], on_update: Callable[[ReplyUpdate], None] | None
+                     ) -> Callable[[int, torch.Tensor], None]:
+        """An ``on_token`` hook that shows the first reply's text as its tokens are chosen (also the hook of each
+        streamed row of ``biglm.serve``'s token steppers)."""
         produced: list[int] = []
 
         def on_token(t: int, ids: torch.Tensor) -> None:
@@ -319,7 +320,8 @@ class ChatModel:
 
         return on_token
 
-    def _ar_options(self, s: ChatSettings, sampling: SamplingConfig) -> AROptions:
+    def ar_options(self, s: ChatSettings, sampling: SamplingConfig) -> AROptions:
+        """How a reply is decoded token by token (greedy or sample: chat's strategies; reply length; banned ids)."""
         if s.strategy not in ("", "greedy", "sample"):
             raise BiglmError(f"strategy {s.strategy!r}: chat decodes {self.family} models with greedy or sample")
         return AROptions(max_new_tokens=s.max_new_tokens, sampling=sampling, banned_token_ids=tuple(self.banned))
@@ -328,8 +330,8 @@ class ChatModel:
                   on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
         result = generate_ar_ids(self.model, [p for p, _ in prompts], bos_token_id=self.ids["bos"],
                                  eos_token_id=self.ids["eos"], pad_token_id=self.ids["pad"],
-                                 options=self._ar_options(s, sampling), seed=s.seed,
-                                 on_token=self._token_stream({self.ids["eos"]}, on_update))
+                                 options=self.ar_options(s, sampling), seed=s.seed,
+                                 on_token=self.token_stream({self.ids["eos"]}, on_update))
         return [Reply(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, len(p) + 1,
                       result.forward_passes, dropped, done)
                 for ids, (p, dropped), done in zip(result.token_ids, prompts, result.finished)]
@@ -338,8 +340,8 @@ class ChatModel:
                    on_update: Callable[[ReplyUpdate], None] | None) -> list[Reply]:
         """GLM: the conversation in part A before ``[gMASK]``, the reply written into it in part B."""
         g = GLMTokens.from_tokenizer(self.tokenizer)
-        result = infill_ids(self.model, [[*p, g.gmask] for p, _ in prompts], g, options=self._ar_options(s, sampling),
-                            seed=s.seed, on_token=self._token_stream({g.eop, g.eos}, on_update))
+        result = infill_ids(self.model, [[*p, g.gmask] for p, _ in prompts], g, options=self.ar_options(s, sampling),
+                            seed=s.seed, on_token=self.token_stream({g.eop, g.eos}, on_update))
         return [Reply(self.tokenizer.decode(fills[0], skip_special_tokens=True).strip(), fills[0], len(p) + 1,
                       result.forward_passes, dropped, done[0])
                 for fills, (p, dropped), done in zip(result.fills, prompts, result.finished)]

@@ -92,6 +92,47 @@ class ARState:
                        document_ids=pick(self.document_ids), regions=pick(self.regions), cache=cache,
                        logits=pick(self.logits))
 
+    @staticmethod
+    def concat(states: Sequence[ARState], pad_token_id: int = 0) -> ARState:
+        """The rows of ``states`` in one state (continuous batching: rows that join a running batch). Each
+        state is padded on the left to the widest with invisible tokens (document id -1, position 0, zero keys
+        and values in the cache), so every row's last column stays its own last token; ``forward_passes`` is
+        the most of any. The states share the layout kind and either all have a cache or none does."""
+        first = states[0]
+        if any(s.kind != first.kind or (s.cache is None) != (first.cache is None) for s in states):
+            raise BiglmError("ARState.concat: the states differ in layout kind or in having a cache")
+        width = max(s.input_ids.shape[1] for s in states)
+        cat = lambda get, value, dim=1: torch.cat([_pad_left(get(s), width, value, dim) for s in states])
+        cache = None
+        if first.cache is not None:
+            layers = range(len(first.cache.keys))
+            caches = [s.cache for s in states]
+            kv = lambda name, i: torch.cat([_pad_left(getattr(c, name)[i], width, 0.0, 2) for c in caches])
+            meta = lambda name, value: torch.cat([_pad_left(_layout_meta(c, name), width, value) for c in caches])
+            cache = KVCache([kv("keys", i) for i in layers], [kv("values", i) for i in layers],
+                            AttentionLayout(first.cache.layout.kind, meta("document_ids", PAD_DOCUMENT),
+                                            meta("regions", 0)))
+        logits = None if any(s.logits is None for s in states) else torch.cat([s.logits for s in states])
+        return replace(first, input_ids=cat(lambda s: s.input_ids, pad_token_id),
+                       position_ids=cat(lambda s: s.position_ids, 0),
+                       document_ids=cat(lambda s: s.document_ids, PAD_DOCUMENT), regions=cat(lambda s: s.regions, 0),
+                       cache=cache, logits=logits, forward_passes=max(s.forward_passes for s in states))
+
+    def trim(self) -> ARState:
+        """The state without its leading columns that no row sees (document id -1 in every row: the padding of
+        rows that have left), so a batch that rows keep joining and leaving does not grow without end."""
+        seen = (self.document_ids >= 0).any(0)
+        start = int(seen.to(torch.int8).argmax()) if bool(seen.any()) else self.input_ids.shape[1]
+        if start == 0:
+            return self
+        cut = lambda t, dim=1: None if t is None else t.narrow(dim, start, t.shape[dim] - start)
+        cache = self.cache
+        if cache is not None:
+            layout = AttentionLayout(cache.layout.kind, cut(cache.layout.document_ids), cut(cache.layout.regions))
+            cache = KVCache([cut(k, 2) for k in cache.keys], [cut(v, 2) for v in cache.values], layout)
+        return replace(self, input_ids=cut(self.input_ids), position_ids=cut(self.position_ids),
+                       document_ids=cut(self.document_ids), regions=cut(self.regions), cache=cache)
+
     @torch.inference_mode()
     def extend(self, model: nn.Module, ids: Tensor, position_ids: Tensor, document_ids: Tensor,
                regions: Tensor) -> None:
@@ -112,6 +153,26 @@ class ARState:
         self.cache = out.cache if self.use_cache else None
         self.logits = out.logits.float()
         self.forward_passes += 1
+
+
+def _pad_left(t: Tensor, width: int, value: float, dim: int = 1) -> Tensor:
+    """``t`` widened to ``width`` along ``dim`` by ``value`` on the left."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.full(shape, value, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def _layout_meta(cache: KVCache, name: str) -> Tensor:
+    """A cache's document ids or regions, zeros where the layout has none (one document, the prefix region)."""
+    value = getattr(cache.layout, name)
+    if value is not None:
+        return value
+    rows = cache.keys[0].shape[0]
+    return torch.zeros(rows, cache.length, dtype=torch.int32 if name == "document_ids" else torch.int8,
+                       device=cache.keys[0].device)
 
 
 def start_state(model: nn.Module, prompts: Sequence[Sequence[int]], *, pad_token_id: int = 0,
@@ -314,16 +375,10 @@ def direction_markers(direction: str, bos_token_id: int, eos_token_id: int) -> t
     return (bos_token_id, eos_token_id) if direction == "l2r" else (eos_token_id, bos_token_id)
 
 
-def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_token_id: int, eos_token_id: int,
-                    pad_token_id: int = 0, direction: str = "l2r", options: AROptions | None = None,
-                    use_cache: bool = True, seed: int | None = None,
-                    on_token: Callable[[int, Tensor], None] | None = None) -> ARResult:
-    """Continue each prompt (ids without special tokens) to the right (``l2r``) or write the text that
-    comes before it (``r2l``: the prompt is the ending; the result is returned in reading order).
-
-    The start marker is added; a prompt too long for ``max_seq_len - max_new_tokens`` keeps the tokens
-    nearest to the generation (its end for L2R, its beginning for R2L). The stop token is EOS for L2R
-    and BOS for R2L, added to ``options.stop_token_ids``."""
+def ar_rows(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_token_id: int, eos_token_id: int,
+            direction: str = "l2r", options: AROptions | None = None) -> tuple[list[list[int]], AROptions]:
+    """The rows ``generate_ar_ids`` encodes (start marker, each prompt cut to fit, see there) and its options
+    with the direction's stop token added."""
     family = get_family(model)
     if family.decoder != "autoregressive":
         raise BiglmError(f"autoregressive generation needs a {family_names(lambda f: f.decoder == 'autoregressive')} "
@@ -342,6 +397,21 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
             raise BiglmError(f"prompt {i} is empty")
         p = list(p) if direction == "l2r" else list(reversed(p))
         rows.append([start, *p[-budget:]])
+    return rows, opts
+
+
+def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_token_id: int, eos_token_id: int,
+                    pad_token_id: int = 0, direction: str = "l2r", options: AROptions | None = None,
+                    use_cache: bool = True, seed: int | None = None,
+                    on_token: Callable[[int, Tensor], None] | None = None) -> ARResult:
+    """Continue each prompt (ids without special tokens) to the right (``l2r``) or write the text that
+    comes before it (``r2l``: the prompt is the ending; the result is returned in reading order).
+
+    The start marker is added; a prompt too long for ``max_seq_len - max_new_tokens`` keeps the tokens
+    nearest to the generation (its end for L2R, its beginning for R2L). The stop token is EOS for L2R
+    and BOS for R2L, added to ``options.stop_token_ids``."""
+    rows, opts = ar_rows(model, prompts, bos_token_id=bos_token_id, eos_token_id=eos_token_id, direction=direction,
+                         options=options)
     generator = None
     if seed is not None or not opts.sampling.greedy:
         generator = seeded_generator(model_device(model), 0 if seed is None else seed)
@@ -355,5 +425,5 @@ def generate_ar_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_t
 
 decode_ar = decode  # the name ``biglm.generate`` exports (``decode`` there is the Mask-Predict engine's)
 
-__all__ = ["AR_STRATEGIES", "DIRECTIONS", "AROptions", "ARResult", "ARState", "TokenFeed", "decode", "decode_ar",
-           "direction_markers", "generate_ar_ids", "next_position", "start_state"]
+__all__ = ["AR_STRATEGIES", "DIRECTIONS", "AROptions", "ARResult", "ARState", "TokenFeed", "ar_rows", "decode",
+           "decode_ar", "direction_markers", "generate_ar_ids", "next_position", "start_state"]

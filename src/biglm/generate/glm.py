@@ -87,14 +87,14 @@ def part_a(prompt: Sequence[int], tokens: GLMTokens) -> list[int]:
     return ids
 
 
-def _span_feed(state: ARState) -> tuple[Tensor, Tensor, Tensor]:
+def span_feed(state: ARState) -> tuple[Tensor, Tensor, Tensor]:
     """The next token of a span: same blank position, one place further inside the span, part B."""
     pos = state.position_ids[:, -1:].clone()
     pos[..., 1] += 1
     return pos, state.document_ids[:, -1:], state.regions[:, -1:]
 
 
-def _feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], positions: list[list[tuple[int, int]]],
+def feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], positions: list[list[tuple[int, int]]],
                visible: list[list[bool]]) -> None:
     """Extend every row by its tokens at their 2D positions. Ragged rows are padded on the LEFT with
     invisible tokens: the state's next-token logits, position and document are read from each row's last
@@ -113,6 +113,43 @@ def _feed_rows(model: nn.Module, state: ARState, rows: list[list[int]], position
     state.extend(model, ids.to(device), pos.to(device), docs.to(device), regions.to(device))
 
 
+def infill_options(options: AROptions | None, tokens: GLMTokens) -> AROptions:
+    """``options`` for writing a blank: ``[eop]`` and EOS stop it; the blanks, ``[sop]``, BOS and PAD are banned."""
+    opts = options or AROptions()
+    banned = {*opts.banned_token_ids, *tokens.blanks, tokens.sop, tokens.bos} | ({tokens.pad} - {tokens.eos})
+    stops = {*opts.stop_token_ids, tokens.eop, tokens.eos}  # EOS: the document ends inside a [gMASK] span
+    return replace(opts, stop_token_ids=tuple(sorted(stops)), banned_token_ids=tuple(sorted(banned - stops)))
+
+
+def check_fits(model: nn.Module, part_a_length: int, options: AROptions) -> None:
+    """A ``learned-2d`` model refuses a part A too long for its position table with ``max_new_tokens`` more."""
+    if part_a_length + options.max_new_tokens + 1 > model.config.max_seq_len and \
+            model.config.position_encoding == "learned-2d":
+        raise BiglmError(f"a prompt of {part_a_length} tokens and max_new_tokens={options.max_new_tokens} exceed "
+                         f"the model's max_seq_len={model.config.max_seq_len}")
+
+
+def encode_part_a(model: nn.Module, rows: Sequence[Sequence[int]], tokens: GLMTokens,
+                  use_cache: bool = True) -> ARState:
+    """The state of part A of each row (``part_a``'s ids), left-padded, under the ``prefix_lm`` layout."""
+    longest = max(len(r) for r in rows)
+    device = model_device(model)
+    n = len(rows)
+    ids = torch.full((n, longest), tokens.pad, dtype=torch.long)
+    pos = torch.zeros(n, longest, 2, dtype=torch.long)
+    docs = torch.full((n, longest), PAD_DOCUMENT, dtype=torch.int32)
+    for i, r in enumerate(rows):  # left padding: every row's positions count from its own BOS
+        ids[i, longest - len(r):] = torch.tensor(list(r))
+        pos[i, longest - len(r):, 0] = torch.arange(len(r))
+        docs[i, longest - len(r):] = 0
+    empty = lambda *shape, dtype: torch.zeros(n, 0, *shape, dtype=dtype, device=device)
+    state = ARState(empty(dtype=torch.long), empty(2, dtype=torch.long), empty(dtype=torch.int32),
+                    empty(dtype=torch.int8), "prefix_lm", use_cache=use_cache)
+    state.extend(model, ids.to(device), pos.to(device), docs.to(device), torch.zeros(n, longest, dtype=torch.int8,
+                                                                                      device=device))
+    return state
+
+
 def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTokens, *,
                options: AROptions | None = None, use_cache: bool = True, seed: int | None = None,
                on_token: Callable[[int, Tensor], None] | None = None) -> InfillResult:
@@ -128,29 +165,11 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
                          f"not family {family.name!r}")
     if not prompts:
         raise BiglmError("no prompts given")
-    opts = options or AROptions()
-    banned = {*opts.banned_token_ids, *tokens.blanks, tokens.sop, tokens.bos} | ({tokens.pad} - {tokens.eos})
-    stops = {*opts.stop_token_ids, tokens.eop, tokens.eos}  # EOS: the document ends inside a [gMASK] span
-    opts = replace(opts, stop_token_ids=tuple(sorted(stops)), banned_token_ids=tuple(sorted(banned - stops)))
+    opts = infill_options(options, tokens)
     rows = [part_a(p, tokens) for p in prompts]
-    longest = max(len(r) for r in rows)
-    if longest + opts.max_new_tokens + 1 > model.config.max_seq_len and model.config.position_encoding == "learned-2d":
-        raise BiglmError(f"a prompt of {longest} tokens and max_new_tokens={opts.max_new_tokens} exceed the "
-                         f"model's max_seq_len={model.config.max_seq_len}")
-    device = model_device(model)
-    n = len(rows)
-    ids = torch.full((n, longest), tokens.pad, dtype=torch.long)
-    pos = torch.zeros(n, longest, 2, dtype=torch.long)
-    docs = torch.full((n, longest), PAD_DOCUMENT, dtype=torch.int32)
-    for i, r in enumerate(rows):  # left padding: every row's positions count from its own BOS
-        ids[i, longest - len(r):] = torch.tensor(r)
-        pos[i, longest - len(r):, 0] = torch.arange(len(r))
-        docs[i, longest - len(r):] = 0
-    empty = lambda *shape, dtype: torch.zeros(n, 0, *shape, dtype=dtype, device=device)
-    state = ARState(empty(dtype=torch.long), empty(2, dtype=torch.long), empty(dtype=torch.int32),
-                    empty(dtype=torch.int8), "prefix_lm", use_cache=use_cache)
-    state.extend(model, ids.to(device), pos.to(device), docs.to(device), torch.zeros(n, longest, dtype=torch.int8,
-                                                                                      device=device))
+    check_fits(model, max(len(r) for r in rows), opts)
+    state = encode_part_a(model, rows, tokens, use_cache)
+    device, n = state.input_ids.device, len(rows)
     blanks = [[j for j, t in enumerate(r) if t in tokens.blanks] for r in rows]
     fills: list[list[list[int]]] = [[] for _ in rows]
     finished: list[list[bool]] = [[] for _ in rows]
@@ -165,11 +184,11 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
         feed_ids = [pending[i] + [tokens.sop] for i in range(n)]
         feed_pos = [pending_pos[i] + [(blanks[i][k] if active[i] else 0, 1)] for i in range(n)]
         feed_vis = [[True] * len(pending[i]) + [active[i]] for i in range(n)]
-        _feed_rows(model, state, feed_ids, feed_pos, feed_vis)
+        feed_rows(model, state, feed_ids, feed_pos, feed_vis)
         # Beam search reorders a copy; sampling extends its state in place, so it decodes on a copy too
         # and the chosen tokens are fed to ``state`` with the next blank's [sop].
         work = state if opts.num_beams > 1 else state.index_select(torch.arange(n, device=device))
-        result = decode(model, work, opts, feed=_span_feed, generator=generator, on_token=on_token)
+        result = decode(model, work, opts, feed=span_feed, generator=generator, on_token=on_token)
         state.forward_passes = work.forward_passes if opts.num_beams == 1 else state.forward_passes + \
             result.forward_passes
         for i in range(n):
@@ -185,4 +204,5 @@ def infill_ids(model: nn.Module, prompts: Sequence[Sequence[int]], tokens: GLMTo
     return InfillResult(fills, rows, finished, scores, state.forward_passes)
 
 
-__all__ = ["GLMTokens", "InfillResult", "infill_ids", "part_a"]
+__all__ = ["GLMTokens", "InfillResult", "check_fits", "encode_part_a", "feed_rows", "infill_ids", "infill_options",
+           "part_a", "span_feed"]

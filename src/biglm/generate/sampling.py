@@ -9,6 +9,7 @@ its average.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -102,3 +103,19 @@ def choose_tokens(logits: Tensor, config: SamplingConfig, generator: torch.Gener
         filtered = filter_logits(logits / config.temperature, config.top_k, config.top_p)
         ids = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
     return ids, logprobs.gather(-1, ids[:, None]).squeeze(-1)
+
+
+def choose_row_tokens(logits: Tensor, configs: Sequence[SamplingConfig],
+                      generators: Sequence[torch.Generator | None]) -> Tensor:
+    """One token id per row of ``logits`` (N, V), row i chosen by ``configs[i]`` drawing from ``generators[i]``:
+    exactly what ``choose_tokens`` picks for that row alone (rows of a continuous batch, each with its own
+    settings and seeded generator; the greedy rows are chosen together)."""
+    ids = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    greedy = [i for i, c in enumerate(configs) if c.greedy]
+    if greedy:
+        index = torch.tensor(greedy, device=logits.device)
+        ids[index] = choose_tokens(logits[index], SamplingConfig())[0]
+    for i, (config, generator) in enumerate(zip(configs, generators)):
+        if not config.greedy:
+            ids[i] = choose_tokens(logits[i:i + 1], config, generator)[0][0]
+    return ids

@@ -25,11 +25,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from biglm.chat.session import ChatModel, ChatSettings, Reply, ReplyUpdate
 from biglm.errors import BiglmError
 from biglm.families import get_family
+from biglm.serve.rows import Row, RowEvent, Stepper, as_error
+from biglm.serve.steppers.autoregressive import ARStepper, GLMStepper
+from biglm.serve.steppers.masked import MaskedStepper
 
 
 class Overloaded(BiglmError):
@@ -49,46 +52,6 @@ class ReplyRequest:
     prompt: str | None = None
     stream: bool = False
     request_id: str = ""
-
-
-@dataclass
-class Row:
-    """An admitted request inside a stepper: its prompt ids (no BOS), turns dropped, and settings."""
-
-    key: int
-    prompt: list[int]
-    dropped: int
-    settings: ChatSettings
-    stream: bool
-
-
-@dataclass
-class RowEvent:
-    """What one step did to one row: a live update (streamed rows) and/or its finished reply."""
-
-    key: int
-    update: ReplyUpdate | None = None
-    reply: Reply | None = None
-    error: str | None = None
-
-
-class Stepper(Protocol):
-    """The continuous form of a decoder: rows join (``admit``) and leave (``drop``) between steps."""
-
-    def admit(self, rows: Sequence[Row]) -> None: ...
-
-    def step(self) -> list[RowEvent]:
-        """One pass (or token) for every row; a row whose event carries a ``reply`` (or ``error``) is done."""
-        ...
-
-    def drop(self, key: int) -> None: ...
-
-    def keys(self) -> list[int]:
-        """The rows it holds."""
-        ...
-
-    @property
-    def active(self) -> int: ...
 
 
 def whole_batch_key(row_settings: ChatSettings, stream: bool, key: int) -> Hashable:
@@ -129,7 +92,11 @@ class WholeStepper:
         return updates + [RowEvent(r.key, reply=reply) for r, reply in zip(rows, replies)]
 
 
-STEPPERS: dict[str, Callable[[ChatModel], Any]] = {}
+STEPPERS: dict[str, Callable[[ChatModel], Any]] = {
+    "mask-predict": MaskedStepper,
+    "autoregressive": ARStepper,
+    "blank-infilling": GLMStepper,
+}
 """``Family.decoder`` -> the stepper class that decodes it continuously (``WholeStepper`` otherwise)."""
 
 
@@ -294,7 +261,7 @@ class Scheduler:
             try:
                 row = self._row(handle)
             except Exception as e:  # this request fails alone, whatever the error
-                self._finish(handle, _as_error(e), outcome="failed")
+                self._finish(handle, as_error(e), outcome="failed")
                 continue
             self.handles[handle.key] = handle
             joining.setdefault(self._batch_key(row.settings, row.stream, row.key), []).append(row)
@@ -322,7 +289,7 @@ class Scheduler:
             for key in held:
                 stepper.drop(key)
                 if key in self.handles:
-                    self._finish(self.handles[key], _as_error(e), outcome="failed")
+                    self._finish(self.handles[key], as_error(e), outcome="failed")
             return
         self.stats.steps += 1
         for ev in events:
@@ -344,10 +311,6 @@ class Scheduler:
         if outcome == "finished":
             self.stats.latencies.append(handle.finished_at - handle.submitted)
         handle._put(item)
-
-
-def _as_error(e: Exception) -> BiglmError:
-    return e if isinstance(e, BiglmError) else BiglmError(f"internal error: {type(e).__name__}")
 
 
 __all__ = ["STEPPERS", "Overloaded", "ReplyHandle", "ReplyRequest", "Row", "RowEvent", "Scheduler", "SchedulerStats",

@@ -1,2 +1,2 @@
-"""Continuous steppers of the scheduler, one module per decoder; each registers itself in
-``biglm.serve.scheduler.STEPPERS`` when imported (``biglm.serve`` imports them)."""
+"""The continuous forms of the decoders (``biglm.serve.rows.Stepper``), one module per kind of decoder; the
+scheduler's ``STEPPERS`` table lists them."""

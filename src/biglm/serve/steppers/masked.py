@@ -16,7 +16,7 @@ from collections.abc import Hashable, Sequence
 from biglm.chat.session import ChatModel, ChatSettings
 from biglm.errors import BiglmError
 from biglm.generate.stepwise import DecodeJob, PassBatch
-from biglm.serve.scheduler import STEPPERS, Row, RowEvent
+from biglm.serve.rows import Row, RowEvent
 
 
 def masked_batch_key(settings: ChatSettings, stream: bool, key: int) -> Hashable:
@@ -82,4 +82,3 @@ class MaskedStepper:
         return events
 
 
-STEPPERS["mask-predict"] = MaskedStepper
