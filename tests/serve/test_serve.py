@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from biglm.chat import ChatModel
+from biglm.chat import ChatModel, Reply, ReplyUpdate
 from biglm.serve.app import create_app
+from biglm.serve.scheduler import STEPPERS, RowEvent
 from serving import USER, browser, connect, head, served, sse
 from test_chat import chat_checkpoint
 
@@ -195,15 +196,16 @@ def test_a_client_that_leaves_mid_stream_does_not_take_the_server_down(server, c
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
 
 
-def blocked_model(chat, monkeypatch):
-    """Make ``chat``'s model wait in its forward pass until the returned event is set; the row counts of its
-    passes are recorded in the returned list."""
+def blocked_model(chat, monkeypatch, after: int = 0):
+    """Make ``chat``'s model wait in its forward passes (all but the first ``after``) until the returned event is
+    set; the row counts of its passes are recorded in the returned list."""
     release, rows = threading.Event(), []
     forward = chat.model.forward
 
     def slow(input_ids, *args, **kwargs):
         rows.append(int(input_ids.shape[0]))
-        release.wait(30)
+        if len(rows) > after:
+            release.wait(30)
         return forward(input_ids, *args, **kwargs)
 
     monkeypatch.setattr(chat.model, "forward", slow)
@@ -215,6 +217,71 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+class GatedStepper:
+    """A stand-in decoder: one token per step for every row (five to a reply); from its second step on, each step
+    waits for ``gate``."""
+
+    gate = threading.Event()
+    steps = 0
+
+    @staticmethod
+    def batch_key(settings, stream, key):
+        return 0
+
+    def __init__(self, chat) -> None:
+        self.rows: dict[int, int] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def admit(self, rows) -> None:
+        self.rows.update((r.key, 0) for r in rows)
+
+    def drop(self, key: int) -> None:
+        self.rows.pop(key, None)
+
+    def keys(self) -> list[int]:
+        return list(self.rows)
+
+    def step(self) -> list:
+        GatedStepper.steps += 1
+        if GatedStepper.steps > 1:
+            GatedStepper.gate.wait(30)
+        events = []
+        for key in list(self.rows):
+            n = self.rows[key] = self.rows[key] + 1
+            events.append(RowEvent(key, update=ReplyUpdate("token", n, "a" * n)))
+            if n == 5:
+                events.append(RowEvent(key, reply=Reply("a" * 5, [8] * 5, 3, 5, 0, True)))
+                del self.rows[key]
+        return events
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_mid_reply_cancels_its_request(chat, monkeypatch, stream):
+    monkeypatch.setitem(STEPPERS, chat.decoder, GatedStepper)
+    GatedStepper.gate.clear()
+    GatedStepper.steps = 0
+    app = create_app(chat)
+    stats = app.state.scheduler.stats
+    with served(app) as server:
+        s = connect(server)
+        s.sendall(head("/v1/chat/completions", json.dumps({"messages": USER, "stream": stream}).encode()))
+        seen = b""
+        while stream and b'"content": "a"' not in seen:  # the stream has begun: the first token arrived
+            seen += s.recv(4096)
+        wait_for(lambda: GatedStepper.steps == 2, "the decoder to wait in its second step")
+        s.close()  # the client leaves while the decoder waits in its second step
+        handles = list(app.state.scheduler.handles.values())
+        wait_for(lambda: all(h.cancelled for h in handles), "the server to cancel the request")
+        GatedStepper.gate.set()
+        wait_for(lambda: stats.cancelled == 1, "the request to be cancelled")
+        assert stats.finished == 0 and GatedStepper.steps == 2  # it left the batch at the next step
+        whole = requests.post(f"{server.url}/v1/chat/completions", json={"messages": USER}, timeout=60)
+        assert whole.json()["choices"][0]["message"]["content"] == "aaaaa"  # the stand-in did decode
 
 
 def test_the_queue_is_bounded_and_waiting_requests_are_decoded_together(chat, monkeypatch):

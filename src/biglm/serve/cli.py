@@ -43,7 +43,7 @@ def network_args(p: argparse.ArgumentParser, api_key: bool = True) -> None:
     g.add_argument("--quiet", action="store_true", help="no request log lines on stderr")
 
 
-def network_of(args: argparse.ArgumentParser | Any, what: str) -> tuple[Any, Any]:
+def network_of(args: argparse.Namespace, what: str) -> tuple[Any, Any]:
     """The ``Security`` and ``Limits`` of the parsed ``network_args``; prints the exposure warning if needed."""
     from biglm.serve.limits import Limits
     from biglm.serve.security import Security, api_key_from, exposure_warning

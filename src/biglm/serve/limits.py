@@ -34,7 +34,7 @@ class Limits:
     max_body: int = 1 << 20
     max_head: int = 16 * 1024
     head_timeout: float = 10.0
-    body_timeout: float = 30.0
+    body_timeout: float = 10.0
     keep_alive: float = 5.0
     max_connections: int = 256
 
