@@ -38,9 +38,10 @@ import torch
 
 from biglm import BiGLM, ModelConfig
 from biglm.chat import ChatModel, ChatSettings
-from biglm.chat.server import ChatServer
 from biglm.data.chat import set_chat_template
 from biglm.generate import AROptions, generate_ar_ids
+from biglm.serve.app import create_app
+from biglm.serve.server import Server
 from common import best_of, llama_like, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def conversation(tok: Any, tokens: int = 64) -> list[dict[str, str]]:
 
 
 def load_test(chat: ChatModel, clients: int, per_client: int, batch: int, max_tokens: int) -> dict[str, Any]:
-    server = ChatServer(chat, port=0, queue_size=64, batch=batch).start()
+    server = Server(create_app(chat, queue_size=64, max_batch=batch)).start()
     latencies: list[float] = []
     lock = threading.Lock()
     errors = []

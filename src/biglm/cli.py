@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward": ("biglm.finetune.cli", "score responses with a reward model (finetune --task reward)"),
     "generate": ("biglm.generate.cli", "generate text (Mask-Predict, or autoregressive with the KV cache)"),
     "chat": ("biglm.chat.cli", "chat with a model in the terminal (the reply forms in place)"),
-    "serve": ("biglm.chat.cli", "serve a model: OpenAI-compatible API and a live web page"),
+    "serve": ("biglm.serve.cli", "serve a model: OpenAI-compatible API and a live web page"),
     "annotate": ("biglm.annotate.cli", "judge pairs of responses on a local web page (preference data)"),
     "judge": ("biglm.annotate.cli", "AI feedback: a judge model labels pairs of responses (preference data)"),
     "evaluate": ("biglm.finetune.evaluate_cli", "zero-shot evaluation through lm-evaluation-harness"),

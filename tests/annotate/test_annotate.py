@@ -1,7 +1,8 @@
 """``biglm annotate``: the answers file (whole lines, torn-tail repair, undo by atomic rewrite, resume, one
-answer per pair and annotator), sampled pairs that stay the same across a restart, bad input, and the page in
-a real headless browser: buttons and keyboard, undo, the server killed (SIGKILL) mid-session and restarted,
-every answer saved exactly once with its labels."""
+answer per pair and annotator), sampled pairs that stay the same across a restart, bad input, who may write
+(the page's session token, the annotator's token, Origin, Host, JSON), and the page in a real headless browser:
+buttons and keyboard, undo, the server killed (SIGKILL) mid-session and restarted, every answer saved exactly
+once with its labels, and a forged write from another site's page that fails."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from biglm.annotate.app import Annotation
+from biglm.annotate.app import Annotation, annotation_app
 from biglm.annotate.pairs import Pair, PairPool, chat_sampler, read_pairs, read_prompts, sampled_pool
 from biglm.annotate.store import Answer, AnswerStore, Conflict
-from biglm.chat.server import ChatServer
 from biglm.cli import main
 from biglm.data.preferences import preference_pairs
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
+from serving import browser, served
 from test_train_distributed import free_port
 
 PAIRS = [Pair(f"name the last letter of {w}?", w[-1], w[0], "m1", "m2") for w in ("abc", "dog", "cat", "pyx", "elk")]
@@ -38,6 +39,31 @@ def write_pairs(path: Path, pairs=PAIRS) -> Path:
 def read_back(path: Path):
     """The answers as the reward task reads them (every line must parse)."""
     return preference_pairs(read_records(str(path)))
+
+
+class Annotator:
+    """What the page does over HTTP: a session token and an annotator token from /api/session, then reads and
+    writes with them (``token``: act as that annotator; ``session``: use that write token)."""
+
+    def __init__(self, url: str, name: str, token: str | None = None, session: str | None = None) -> None:
+        given = requests.get(f"{url}/api/session", timeout=30).json()
+        self.url, self.name = url, name
+        self.token = token or given["annotator_token"]
+        self.session = session or given["session"]
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Biglm-Annotator": self.token, "X-Biglm-Session": self.session}
+
+    def state(self) -> dict:
+        return requests.get(f"{self.url}/api/state", params={"annotator": self.name}, headers=self.headers(),
+                            timeout=30).json()
+
+    def answer(self, pair: str, choice: str, **labels) -> requests.Response:
+        return requests.post(f"{self.url}/api/answer", headers=self.headers(), timeout=30,
+                             json={"annotator": self.name, "pair": pair, "choice": choice, **labels})
+
+    def undo(self) -> requests.Response:
+        return requests.post(f"{self.url}/api/undo", json={"annotator": self.name}, headers=self.headers(), timeout=30)
 
 
 def test_answers_are_appended_whole_once_and_undo_rewrites_atomically(tmp_path):
@@ -149,11 +175,11 @@ def test_one_checkpoint_sampled_twice_through_the_page_api(tmp_path):
     pool = sampled_pool(prompts, chat_sampler([chat], settings), ("m[seed=1]", "m[seed=2]"), tmp_path / "c.jsonl",
                         {"s": 1}, batch=2, background=True)
     store = AnswerStore(tmp_path / "prefs.jsonl")
-    server = ChatServer(None, port=0, routes=Annotation(store, pool).routes()).start()
-    try:
+    with served(annotation_app(Annotation(store, pool))) as server:
         pool.finished.wait(60)
         assert pool.error is None and len(pool.pairs) == 3
-        state = requests.get(f"{server.url}/api/state", params={"annotator": "ann"}, timeout=30).json()
+        ann = Annotator(server.url, "ann")
+        state = ann.state()
         assert state["total"] == 3 and state["done"] == 0 and not state["sampling"]
         assert "model_a" not in state["pair"]  # the page stays blind to the models
         first = chat.replies([[{"role": "user", "content": p}] for p in prompts[:2]], settings[0])  # batch 1
@@ -162,16 +188,12 @@ def test_one_checkpoint_sampled_twice_through_the_page_api(tmp_path):
             assert {pair.response_a, pair.response_b} == {a.text, b.text}
             assert (pair.response_a, pair.model_a) in ((a.text, "m[seed=1]"), (b.text, "m[seed=2]"))
         for _ in range(3):
-            pair = requests.get(f"{server.url}/api/state", params={"annotator": "ann"}, timeout=30).json()["pair"]
-            r = requests.post(f"{server.url}/api/answer", timeout=30, json={
-                "annotator": "ann", "pair": pair["id"], "choice": "both_good", "acceptable_a": "acceptable",
-                "acceptable_b": "acceptable"})
+            r = ann.answer(ann.state()["pair"]["id"], "both_good", acceptable_a="acceptable",
+                           acceptable_b="acceptable")
             assert r.status_code == 200
         assert r.json()["done"] == 3 and r.json()["pair"] is None
         assert requests.get(f"{server.url}/v1/models", timeout=30).status_code == 404  # no model API here
-    finally:
-        server.stop()
-        store.close()
+    store.close()
     assert [p.prompt for p in read_back(tmp_path / "prefs.jsonl")] == prompts
 
 
@@ -241,8 +263,6 @@ def start_annotate(pairs: Path, out: Path, port: int) -> tuple[subprocess.Popen,
 
 
 def test_the_page_in_a_real_browser_survives_a_killed_server(tmp_path):
-    from test_serve import browser
-
     page = browser()  # or a skip naming what is missing
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -299,8 +319,8 @@ def test_the_page_in_a_real_browser_survives_a_killed_server(tmp_path):
         keys("23a" + Keys.ENTER)
         progress(5)
         wait.until(lambda p: "all 5 pairs are done" in p.find_element(By.ID, "status").text)
-        again = requests.post(f"{url}/api/answer", timeout=30, json={   # a late duplicate is refused
-            "annotator": "ann", "pair": PAIRS[0].key, "choice": "B"})
+        token = page.execute_script("return localStorage.getItem('biglm-annotator-token')")
+        again = Annotator(url, "ann", token).answer(PAIRS[0].key, "B")  # a late duplicate is refused
         assert again.status_code == 409 and "already answered" in again.json()["error"]["message"]
     finally:
         page.quit()
@@ -317,8 +337,6 @@ def test_the_page_in_a_real_browser_survives_a_killed_server(tmp_path):
 
 
 def test_the_page_shows_sampling_progress_and_waits_for_pairs(tmp_path):
-    from test_serve import browser
-
     page = browser()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -331,10 +349,11 @@ def test_the_page_shows_sampling_progress_and_waits_for_pairs(tmp_path):
 
     pool = sampled_pool(["p0", "p1"], slow, ("m1", "m2"), tmp_path / "c.jsonl", {}, batch=1, shuffle=False)
     store = AnswerStore(tmp_path / "prefs.jsonl")
-    server = ChatServer(None, port=0, routes=Annotation(store, pool).routes()).start()
+    server = served(annotation_app(Annotation(store, pool)))
     try:
+        url = server.__enter__().url
         wait = WebDriverWait(page, 30)
-        page.get(server.url + "/?annotator=ann")
+        page.get(url + "/?annotator=ann")
         wait.until(lambda p: "sampling pairs: 0 of 2 ready" in p.find_element(By.ID, "sampling").text)
         assert "waiting for the next pair" in page.find_element(By.ID, "status").text
         release.set()  # the page picks the pairs up as they come
@@ -344,30 +363,26 @@ def test_the_page_shows_sampling_progress_and_waits_for_pairs(tmp_path):
     finally:
         release.set()
         page.quit()
-        server.stop()
+        server.__exit__(None, None, None)
         store.close()
 
 
 def test_a_failed_write_takes_back_its_part_and_the_page_gets_a_500(tmp_path, monkeypatch):
     store = AnswerStore(tmp_path / "prefs.jsonl")
-    store.add("human:ann", PAIRS[0], Answer("A"))
     real = os.write
 
     def half_then_full(fd, data):  # half the line goes in, then the disk is full
         real(fd, bytes(data[:len(data) // 2]))
         raise OSError(28, "No space left on device")
 
-    server = ChatServer(None, port=0, routes=Annotation(store, PairPool(PAIRS)).routes()).start()
-    try:
+    with served(annotation_app(Annotation(store, PairPool(PAIRS)))) as server:
+        ann = Annotator(server.url, "ann")
+        assert ann.answer(PAIRS[0].key, "A").status_code == 200
         monkeypatch.setattr(os, "write", half_then_full)
-        r = requests.post(f"{server.url}/api/answer", timeout=30, json={"annotator": "ann", "pair": PAIRS[1].key,
-                                                                        "choice": "B"})
+        r = ann.answer(PAIRS[1].key, "B")
         assert r.status_code == 500 and "No space left" in r.json()["error"]["message"]
         monkeypatch.setattr(os, "write", real)
-        r = requests.post(f"{server.url}/api/answer", timeout=30, json={"annotator": "ann", "pair": PAIRS[1].key,
-                                                                        "choice": "B"})
+        r = ann.answer(PAIRS[1].key, "B")
         assert r.status_code == 200 and r.json()["done"] == 2  # the retry is saved, once
-    finally:
-        server.stop()
-        store.close()
+    store.close()
     assert [p.choice for p in read_back(tmp_path / "prefs.jsonl")] == ["A", "B"]

@@ -15,11 +15,12 @@ from biglm.annotate.judge import CheckpointJudge, judge_pairs, load_template, pa
 from biglm.annotate.pairs import Pair
 from biglm.annotate.store import Answer, AnswerStore
 from biglm.chat import ChatModel
-from biglm.chat.server import ChatServer
 from biglm.cli import main
 from biglm.data.preferences import preference_pairs
 from biglm.data.records import read_records
 from biglm.errors import BiglmError
+from biglm.serve.app import create_app
+from biglm.serve.server import Server
 from test_chat import chat_checkpoint
 
 PAIRS = [Pair(f"pair{i}: say {w}", w, w.upper(), "m1", "m2") for i, w in enumerate(["ab", "cd", "ef", "gh", "ij"])]
@@ -151,7 +152,7 @@ def judge_ckpt(tmp_path_factory):
 
 def test_biglm_serve_as_the_openai_compatible_judge(judge_ckpt, tmp_path):
     chat = ChatModel.load(judge_ckpt)
-    server = ChatServer(chat, port=0, model_name="micro").start()
+    server = Server(create_app(chat, model_name="micro")).start()
     try:
         from biglm.annotate.judge import EndpointJudge
 

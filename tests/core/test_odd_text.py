@@ -14,11 +14,11 @@ import pytest
 
 from biglm.chat import ChatModel, ChatSettings
 from biglm.chat.cli import chat_loop
-from biglm.chat.server import HTTPError, parse_request, settings_from
 from biglm.cli import main
 from biglm.data.records import read_records
 from biglm.data.sources import iter_documents
 from biglm.errors import BiglmError
+from biglm.serve.validation import HTTPError, parse_request
 from biglm.textio import MAX_DEPTH
 from conftest import make_checkpoint
 from test_chat import chat_checkpoint
@@ -202,7 +202,7 @@ def test_a_failed_turn_keeps_the_session_and_the_conversation(chat, monkeypatch)
 ])
 def test_server_refuses_the_same_settings(chat, body, message):
     with pytest.raises(BiglmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
-        settings_from(body, ChatSettings())
+        ChatSettings().updated(**body)  # what biglm chat's /settings checks
     raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], **body}).encode()
     with pytest.raises(HTTPError) as err:
         parse_request(chat, "/v1/chat/completions", raw)
@@ -223,7 +223,8 @@ def test_request_body_json_follows_the_same_rules(chat):
                          (b'{"x": ' + DEEP.encode() + b"}", "JSON nested more than"),
                          (b'{"max_tokens": ' + BIG_INT.encode() + b"}", "an integer of 5,000 digits"),
                          (b'{"messages": "caf\xe9"}', "not UTF-8 text"),
-                         (b'{"stream": "yes", "prompt": "a"}', "'stream' must be true or false")):
+                         (b'{"stream": "yes", "prompt": "a"}', "'stream' must be true or false"),
+                         (b'{"prompt": "a \\udcff b"}', "unpaired surrogate")):
         with pytest.raises(HTTPError) as err:
             parse_request(chat, "/v1/completions", raw)
         assert err.value.status == 400 and message in err.value.message, err.value.message

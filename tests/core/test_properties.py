@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from biglm.chat import ChatModel
-from biglm.chat.server import HTTPError, Job, parse_request
 from biglm.checkpoint import _meta_digest, _records, load_model
 from biglm.data.preferences import pair_record, preference_pair
 from biglm.data.records import Record, read_records
 from biglm.errors import BiglmError
 from biglm.files import HASH_NAME
+from biglm.serve.validation import ApiRequest, HTTPError, parse_request
 from conftest import make_checkpoint
 from test_chat import chat_checkpoint
 
@@ -176,7 +176,7 @@ def test_request_validation_gives_a_job_or_a_400(chat, path, raw):
         one_line(e)
         assert 400 <= e.status < 500
         return
-    assert isinstance(job, Job)
+    assert isinstance(job, ApiRequest)
     # What validation let through generates (or is refused in one line), as the worker would run it.
     try:
         if job.messages is not None:

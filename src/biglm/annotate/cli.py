@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from biglm.errors import BiglmError
+from biglm.serve.cli import network_args
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -44,8 +45,7 @@ def register(subparsers: Any) -> None:
                               "helpfulness and four acceptability buttons, keyboard shortcuts, progress and undo; "
                               "every answer is appended to --out at once.")
     _source_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = any free one)")
+    network_args(p, api_key=False)
     p.add_argument("--annotator", default="", help="pre-fill the page's name field")
     p.add_argument("--instructions", default="", help="guidance shown above the pairs")
     p.set_defaults(func=run_annotate)
@@ -121,27 +121,29 @@ def pool_from_args(args: argparse.Namespace, background: bool) -> Any:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    from biglm.annotate.app import Annotation, annotator_of
+    from biglm.annotate.app import Annotation, annotation_app, annotator_of
     from biglm.annotate.store import AnswerStore
-    from biglm.chat.server import ChatServer, HTTPError, serve_until_stopped
     from biglm.outputs import ANSWERS, check_output
+    from biglm.serve.cli import network_of
+    from biglm.serve.server import Server
+    from biglm.serve.validation import HTTPError
 
     if args.annotator:  # a bad name fails here, not on the page
         try:
             annotator_of(args.annotator)
         except HTTPError as e:
             raise BiglmError(f"--annotator {args.annotator!r}: {e.message}") from None
+    security, limits = network_of(args, "the annotation page (answer and undo as any annotator they make up)")
+    server = Server(None, args.host, args.port, limits)
     store = AnswerStore(check_output(args.out, ANSWERS, input_paths(args)))
     try:
         pool = pool_from_args(args, background=True)
-        try:
-            server = ChatServer(None, args.host, args.port, routes=Annotation(store, pool, args.instructions).routes())
-        except OSError as e:
-            raise BiglmError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
+        server.set_app(annotation_app(Annotation(store, pool, args.instructions), security, limits))
         query = f"?annotator={args.annotator}" if args.annotator else ""
-        return serve_until_stopped(server, lambda url: f"biglm annotate: {pool.total} pairs at {url}/{query} ; "
-                                   f"answers appended to {store.path}; Ctrl-C stops")
+        return server.run_until_stopped(lambda url: f"biglm annotate: {pool.total} pairs at {url}/{query} ; "
+                                        f"answers appended to {store.path}; Ctrl-C stops")
     finally:
+        server.stop()
         store.close()
 
 

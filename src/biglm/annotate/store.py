@@ -13,8 +13,10 @@ removed answer.
 
 ``AnswerStore`` keeps preference judgements in biglm's format (``biglm.data.preferences``) on a ``JsonlLog``:
 one answer per (annotator, pair) - a second is refused, so none is saved twice - and undo of an annotator's
-last answer. A pair is named by the digest of its prompt and two responses (``pair_key``), so the file needs
-no extra field and answers written by other tools count too.
+last answer. An annotator is whoever ``owner_of`` a record names: the ``annotator_id`` the annotation page
+writes (the digest of the annotator's token, so a typed name alone cannot act as someone else) or else the
+``annotator`` name (AI judges, other tools). A pair is named by the digest of its prompt and two responses
+(``pair_key``), so the file needs no extra field and answers written by other tools count too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ from biglm.textio import decode_utf8, parse_json
 
 class Conflict(BiglmError):
     """The request contradicts what is saved (an answer given twice, an undo with nothing to undo)."""
+
+
+def owner_of(record: dict[str, Any]) -> str:
+    """Who gave an answer: its ``annotator_id`` (the annotation page's token digest), else its ``annotator``."""
+    return str(record.get("annotator_id") or record.get("annotator", ""))
 
 
 def pair_key(prompt: Any, response_a: str, response_b: str) -> str:
@@ -172,22 +179,23 @@ class AnswerStore:
                                  "response_b); write the answers to a new file")
             # What is already there must read back as the reward task reads it (a known choice, both responses).
             preference_pair(Record(r, f"{self.log.path}:{i}"))
-            self.done.add((str(r.get("annotator", "")), pair_key(r["prompt"], r["response_a"], r["response_b"])))
+            self.done.add((owner_of(r), pair_key(r["prompt"], r["response_a"], r["response_b"])))
 
     @property
     def path(self) -> Path:
         return self.log.path
 
-    def answered(self, annotator: str, key: str) -> bool:
-        return (annotator, key) in self.done
+    def answered(self, who: str, key: str) -> bool:
+        """Whether ``who`` (``owner_of``: an annotator id or name) answered the pair ``key``."""
+        return (who, key) in self.done
 
-    def count(self, annotator: str) -> int:
-        return sum(1 for a, _ in self.done if a == annotator)
+    def count(self, who: str) -> int:
+        return sum(1 for a, _ in self.done if a == who)
 
-    def add(self, annotator: str, pair: Any, answer: Answer) -> dict[str, Any]:
-        """Save ``answer`` to ``pair`` (a ``biglm.annotate.pairs.Pair``) by ``annotator``; a ``Conflict`` if
-        that annotator already answered it. The record is checked by the preference reader before it is
-        written, so the file always reads back."""
+    def add(self, annotator: str, pair: Any, answer: Answer, owner: str | None = None) -> dict[str, Any]:
+        """Save ``answer`` to ``pair`` (a ``biglm.annotate.pairs.Pair``) by ``annotator`` (the name saved), who is
+        ``owner`` (saved as ``annotator_id``) when given; a ``Conflict`` if they already answered it. The record
+        is checked by the preference reader before it is written, so the file always reads back."""
         answer.check()
         record: dict[str, Any] = {"prompt": pair.prompt, "response_a": pair.response_a,
                                   "response_b": pair.response_b}
@@ -196,31 +204,33 @@ class AnswerStore:
             if value:
                 record[name] = value
         record["annotator"] = annotator
+        if owner:
+            record["annotator_id"] = owner
         record["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         preference_pair(Record(record, f"{self.path} (new answer)"))
         with self.lock:
-            key = (annotator, pair.key)
+            key = (owner_of(record), pair.key)
             if key in self.done:
                 raise Conflict(f"pair {pair.key} is already answered by {annotator} in {self.path}")
             self.log.append(record)
             self.done.add(key)
         return record
 
-    def undo(self, annotator: str) -> dict[str, Any]:
-        """Remove ``annotator``'s last answer (atomic rewrite); a ``Conflict`` when there is none."""
+    def undo(self, who: str, name: str | None = None) -> dict[str, Any]:
+        """Remove the last answer of ``who`` (``owner_of``; ``name`` says who in the message) by an atomic
+        rewrite; a ``Conflict`` when there is none."""
         with self.lock:
             records = self.log.records
-            last = next((i for i in range(len(records) - 1, -1, -1) if records[i].get("annotator") == annotator),
-                        None)
+            last = next((i for i in range(len(records) - 1, -1, -1) if owner_of(records[i]) == who), None)
             if last is None:
-                raise Conflict(f"nothing to undo: {annotator} has no answer in {self.path}")
+                raise Conflict(f"nothing to undo: {name or who} has no answer in {self.path}")
             removed = records[last]
             self.log.rewrite(records[:last] + records[last + 1:])
-            self.done.discard((annotator, pair_key(removed["prompt"], removed["response_a"], removed["response_b"])))
+            self.done.discard((who, pair_key(removed["prompt"], removed["response_a"], removed["response_b"])))
             return removed
 
     def close(self) -> None:
         self.log.close()
 
 
-__all__ = ["Answer", "AnswerStore", "Conflict", "JsonlLog", "pair_key"]
+__all__ = ["Answer", "AnswerStore", "Conflict", "JsonlLog", "owner_of", "pair_key"]

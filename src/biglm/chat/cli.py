@@ -1,8 +1,8 @@
-"""``biglm chat`` (terminal chat) and ``biglm serve`` (OpenAI-compatible server with a live page).
+"""``biglm chat`` (terminal chat); ``model_args`` and ``load`` are shared with ``biglm serve``
+(``biglm.serve.cli``).
 
     biglm chat --ckpt runs/instruct                 # type a message; /reset, /settings [k=v ...], /quit
     echo "reverse a b c" | biglm chat --ckpt runs/instruct
-    biglm serve --ckpt runs/instruct --port 8000    # http://127.0.0.1:8000/ , /v1/chat/completions
 """
 
 from __future__ import annotations
@@ -17,28 +17,24 @@ HELP = ("commands: /reset (forget the conversation), /settings (show), /settings
         "/quit; type \\n for a line break")
 
 
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The options that load a chat model and set its default reply settings (``load``)."""
+    p.add_argument("--ckpt", required=True, help="checkpoint or run folder (a fine-tuning run: its best/)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="longest reply (default: the fine-tune's)")
+    p.add_argument("--steps", type=int, default=None, help="Mask-Predict passes (default: the fine-tune's)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--system", default=None, help="system prompt put first in every conversation")
+
+
 def register(subparsers: Any) -> None:
-    for verb, text in (("chat", "chat with a model in the terminal (the reply forms in place)"),
-                       ("serve", "serve a model: OpenAI-compatible API and a live web page")):
-        p = subparsers.add_parser(verb, help=text, description=text)
-        p.add_argument("--ckpt", required=True, help="checkpoint or run folder (a fine-tuning run: its best/)")
-        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-        p.add_argument("--max-new-tokens", type=int, default=None, help="longest reply (default: the fine-tune's)")
-        p.add_argument("--steps", type=int, default=None, help="Mask-Predict passes (default: the fine-tune's)")
-        p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
-        p.add_argument("--seed", type=int, default=None, help="sampling seed")
-        p.add_argument("--system", default=None, help="system prompt put first in every conversation")
-        if verb == "chat":
-            p.add_argument("--plain", action="store_true",
-                           help="print every pass on its own line (default when stdout is not a terminal)")
-            p.set_defaults(func=run_chat)
-        else:
-            p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
-            p.add_argument("--port", type=int, default=8000, help="port (0 = any free one)")
-            p.add_argument("--queue", type=int, default=16, help="requests waiting at most; more get HTTP 503")
-            p.add_argument("--batch", type=int, default=8, help="non-streamed requests decoded together at most")
-            p.add_argument("--model-name", default="biglm", help="the model id the API reports")
-            p.set_defaults(func=run_serve)
+    text = "chat with a model in the terminal (the reply forms in place)"
+    p = subparsers.add_parser("chat", help=text, description=text)
+    model_args(p)
+    p.add_argument("--plain", action="store_true",
+                   help="print every pass on its own line (default when stdout is not a terminal)")
+    p.set_defaults(func=run_chat)
 
 
 def load(args: argparse.Namespace) -> Any:
@@ -126,10 +122,3 @@ def chat_loop(chat: Any, stdin: TextIO, out: TextIO, live: bool) -> int:
         out.flush()
         messages.append({"role": "assistant", "content": reply.text or "-"})
     return 0
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    from biglm.chat.server import serve
-
-    chat = load(args)
-    return serve(chat, args.host, args.port, queue_size=args.queue, batch=args.batch, model_name=args.model_name)
