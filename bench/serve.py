@@ -1,21 +1,24 @@
-"""Benchmark ``biglm serve`` and chat reply latency (speed only, not quality).
+"""Benchmark ``biglm serve`` under load and chat reply latency (speed only, not quality).
 
-(a) load test: an in-process ``biglm serve`` on loopback, 1, 4 and 16 concurrent clients each sending
-    ``--requests`` non-streamed ``/v1/chat/completions`` requests (32-token replies, 10 Mask-Predict passes,
-    greedy) back to back; requests/s and p50 / p95 latency, with the server batching waiting requests
-    (``--batch 8``) and without (``batch 1``). It stops by itself after the last request.
+(a) load test: an in-process ``biglm serve`` (FastAPI on uvicorn, loopback only) for a masked and a causal model;
+    1, 4, 16 and 64 concurrent clients each send ``--requests`` ``/v1/chat/completions`` requests back to back
+    (32-token replies, 10 Mask-Predict passes or 32 tokens, greedy), non-streamed and streamed (the stream read to
+    its end). Requests/s, p50 / p95 latency, and what every request got: 200, 503 (with ``Retry-After``), another
+    status, or a connection error. Each setting runs with the continuous steppers (the server's default) and with
+    ``WholeStepper`` (requests batched only between whole replies, as the earlier server did) in the same run;
+    the earlier ``http.server`` server's recorded figures (``EARLIER``) are printed beside them.
 (b) one chat reply of L tokens after a 64-token conversation: BiGLM's Mask-Predict (T = 10 passes, prefix
     cache, ``biglm.chat``) against transformers' ``generate()`` (KV cache, greedy, exactly L new tokens) on a
     same-shape ``LlamaForCausalLM``, and biglm's own KV-cached greedy decoder (exactly L tokens) on a
     ``causal`` model of that shape.
 
-Models have the ``demo`` preset's shape with random weights (or ``--ckpt``: a trained checkpoint for (a)), the
-demo tokenizer when ``data/demo/tokenizer`` exists, else a byte-level BPE trained here on a few lines.
+Models have the ``demo`` preset's shape with random weights, the demo tokenizer when ``data/demo/tokenizer``
+exists, else a byte-level BPE trained here on a few lines. Bounded: every request has a 120 s timeout.
 
     python bench/serve.py            # full run (a few minutes on 2 CPU cores)
-    python bench/serve.py --quick    # under a minute
+    python bench/serve.py --quick    # masked model, 1/16/64 clients, about a minute
 
-Prints tables and writes ``bench/results/serve.json``.
+Prints tables and writes ``bench/results/serve.json`` (``serve_quick.json``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from biglm.chat import ChatModel, ChatSettings
 from biglm.data.chat import set_chat_template
 from biglm.generate import AROptions, generate_ar_ids
 from biglm.serve.app import create_app
+from biglm.serve.scheduler import STEPPERS
 from biglm.serve.server import Server
 from common import best_of, llama_like, machine_info
 
@@ -78,21 +83,51 @@ def conversation(tok: Any, tokens: int = 64) -> list[dict[str, str]]:
     return [{"role": "user", "content": " ".join(words[:n])}]
 
 
-def load_test(chat: ChatModel, clients: int, per_client: int, batch: int, max_tokens: int) -> dict[str, Any]:
-    server = Server(create_app(chat, queue_size=64, max_batch=batch)).start()
+EARLIER = {1: (7.96, 0.213), 4: (13.25, 0.407), 16: (12.95, 1.544)}
+"""The earlier ``http.server`` server (batch 8, masked demo shape, non-streamed): clients -> (req/s, p95 s),
+from ``bench/results/serve.json`` as committed before this stack (same machine kind, same request)."""
+
+
+def load_test(chat: ChatModel, clients: int, per_client: int, stream: bool, continuous: bool,
+              max_tokens: int = 32) -> dict[str, Any]:
+    """One load setting; ``continuous=False`` serves with ``WholeStepper`` (no joining mid-reply)."""
+    saved = dict(STEPPERS)
+    if not continuous:
+        STEPPERS.clear()
+    try:
+        server = Server(create_app(chat, queue_size=64, max_batch=16)).start()
+    finally:
+        STEPPERS.clear()
+        STEPPERS.update(saved)
     latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
     lock = threading.Lock()
-    errors = []
-    body = {"messages": conversation(chat.tokenizer, 32), "max_tokens": max_tokens, "steps": 10, "length": "fixed"}
+    body = {"messages": conversation(chat.tokenizer, 32), "max_tokens": max_tokens, "steps": 10, "length": "fixed",
+            "stream": stream}
+
+    def one(s: requests.Session) -> None:
+        start = time.perf_counter()
+        try:
+            with s.post(f"{server.url}/v1/chat/completions", json=body, timeout=120, stream=stream) as r:
+                if r.status_code == 200 and stream:
+                    for _ in r.iter_lines():
+                        pass
+                elif r.status_code == 200:
+                    r.json()
+                took = time.perf_counter() - start
+                kind = "200" if r.status_code == 200 else (
+                    "503" if r.status_code == 503 and r.headers.get("Retry-After") else str(r.status_code))
+        except requests.RequestException as e:
+            took, kind = time.perf_counter() - start, f"connection error: {type(e).__name__}"
+        with lock:
+            outcomes[kind] += 1
+            if kind == "200":
+                latencies.append(took)
 
     def client() -> None:
         with requests.Session() as s:
             for _ in range(per_client):
-                start = time.perf_counter()
-                r = s.post(f"{server.url}/v1/chat/completions", json=body, timeout=600)
-                took = time.perf_counter() - start
-                with lock:
-                    (latencies if r.status_code == 200 else errors).append(took if r.status_code == 200 else r.text)
+                one(s)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()
@@ -102,10 +137,11 @@ def load_test(chat: ChatModel, clients: int, per_client: int, batch: int, max_to
         t.join()
     wall = time.perf_counter() - start
     server.stop()
-    lat = sorted(latencies)
+    lat = sorted(latencies) or [float("nan")]
     q = lambda p: lat[min(len(lat) - 1, round(p * (len(lat) - 1)))]
-    return {"clients": clients, "batch": batch, "requests": len(lat), "errors": len(errors),
-            "requests_per_s": len(lat) / wall, "p50_s": statistics.median(lat), "p95_s": q(0.95)}
+    return {"clients": clients, "stream": stream, "continuous": continuous, "requests": clients * per_client,
+            "outcomes": dict(outcomes), "requests_per_s": len(latencies) / wall, "p50_s": statistics.median(lat),
+            "p95_s": q(0.95)}
 
 
 def reply_latency(tok: Any, length: int, repeats: int) -> dict[str, Any]:
@@ -135,32 +171,41 @@ def reply_latency(tok: Any, length: int, repeats: int) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--ckpt", default=None, help="a trained checkpoint for the load test (default: random demo shape)")
-    p.add_argument("--requests", type=int, default=None, help="requests per client (default 6, quick 2)")
+    p.add_argument("--requests", type=int, default=None, help="requests per client (default 4, quick 2)")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     tok = tokenizer()
-    chat = ChatModel.load(args.ckpt) if args.ckpt else chat_model(tok)
-    per_client = args.requests or (2 if args.quick else 6)
+    per_client = args.requests or (2 if args.quick else 4)
+    families = ("masked",) if args.quick else ("masked", "causal")
+    client_counts = (1, 16, 64) if args.quick else (1, 4, 16, 64)
     rows = []
-    print("| clients | server batch | requests | req/s | p50 latency (s) | p95 latency (s) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for clients in (1, 4, 16):
-        for batch in (8, 1):
-            if clients == 1 and batch == 1:
-                continue
-            row = load_test(chat, clients, per_client, batch, 32)
-            rows.append(row)
-            print(f"| {clients} | {batch} | {row['requests']} | {row['requests_per_s']:.2f} | {row['p50_s']:.3f} | "
-                  f"{row['p95_s']:.3f} |", flush=True)
+    print("| model | clients | stream | scheduler | requests | req/s | p50 (s) | p95 (s) | outcomes | earlier server |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---|---|")
+    for family in families:
+        chat = chat_model(tok, family)
+        for clients in client_counts:
+            for stream in (False, True):
+                for continuous in (True, False):
+                    row = load_test(chat, clients, per_client, stream, continuous)
+                    row["model"] = family
+                    rows.append(row)
+                    earlier = EARLIER.get(clients) if family == "masked" and not stream else None
+                    then = f"{earlier[0]:.1f} req/s, p95 {earlier[1]:.2f} s" if earlier else ""
+                    print(f"| {family} | {clients} | {'yes' if stream else 'no'} | "
+                          f"{'continuous' if continuous else 'whole'} | {row['requests']} | "
+                          f"{row['requests_per_s']:.1f} | {row['p50_s']:.3f} | {row['p95_s']:.3f} | "
+                          f"{', '.join(f'{k}: {v}' for k, v in sorted(row['outcomes'].items()))} | {then} |",
+                          flush=True)
     latency = [reply_latency(tok, n, 2 if args.quick else 5) for n in ((32,) if args.quick else (32, 64))]
     print("\n| reply | " + " | ".join(latency[0]["seconds"]) + " |\n|---|" + "---:|" * len(latency[0]["seconds"]))
     for row in latency:
         print(f"| {row['reply_tokens']} tokens after {row['prompt_tokens']} | " +
               " | ".join(f"{t * 1000:.1f} ms" for t in row["seconds"].values()) + " |")
     out = ROOT / "bench" / "results" / ("serve_quick.json" if args.quick else "serve.json")
-    out.write_text(json.dumps({"machine": machine_info(), "model": "demo shape (random weights)" if not args.ckpt
-                               else args.ckpt, "load_test": rows, "reply_latency": latency}, indent=2))
+    out.write_text(json.dumps({"machine": machine_info(), "model": "demo shape (random weights)",
+                               "earlier_server": {str(k): {"requests_per_s": v[0], "p95_s": v[1]}
+                                                  for k, v in EARLIER.items()},
+                               "load_test": rows, "reply_latency": latency}, indent=2))
     print(f"\nwrote {out}")
 
 
