@@ -8,6 +8,9 @@ from collections import Counter
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.schemas
+
+# CPython 3.11.7 can fail compiling a module while other threads compile, 'AST constructor recursion depth')
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 

@@ -63,13 +63,26 @@ def network_of(args: argparse.Namespace, what: str) -> tuple[Any, Any]:
         warning = warning.split(" without an API key")[0] + f": anyone who can reach this machine can use {what}"
     if warning is not None:
         print(f"biglm: {warning}", file=sys.stderr, flush=True)
-    if not args.quiet:
-        handler = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger("biglm.serve")
+    if not args.quiet and not any(isinstance(h, CurrentStderr) for h in logger.handlers):
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
-        logger = logging.getLogger("biglm.serve")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     return security, limits
+
+
+class CurrentStderr(logging.StreamHandler):
+    """The request log on whatever ``sys.stderr`` is when a line is written (one handler per process, however
+    many servers it starts)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property decides
+        pass
 
 
 def register(subparsers: Any) -> None:
