@@ -6,5 +6,5 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 ruff check src tests bench
-lint-imports --no-cache  # the layers of docs/architecture.md ([tool.importlinter] in pyproject.toml)
+lint-imports --no-cache  # the layers of docs/explanation/architecture.md ([tool.importlinter] in pyproject.toml)
 python -m pytest -q "$@"

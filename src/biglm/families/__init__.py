@@ -1,7 +1,7 @@
 """Model families by name: one module each, registered in ``FAMILIES``.
 
 Adding a family is one new module here (a ``Family`` record, a subclass where a method differs) and one
-line in ``FAMILIES``; ``docs/architecture.md`` walks through an example.
+line in ``FAMILIES``; ``docs/explanation/architecture.md`` walks through an example.
 """
 
 from __future__ import annotations
