@@ -31,7 +31,7 @@ done
 # Fine-tuning: find the article's name in the first sentence of its (held-out) Wikipedia summary, as extractive
 # QA with a span head; trained on the articles the demo model pretrained on, scored on the ones it held out,
 # against the lead-k baseline (the sentence's first k words). make_titles also writes the seq2seq version
-# (configs/finetune/demo-titles.yaml, Mask-Predict with a length head; see the README for how it fares).
+# (configs/finetune/demo-titles.yaml, Mask-Predict with a length head; see docs/results/learning.md for how it fares).
 python -m biglm.data.builders.make_titles data/demo/wiki.jsonl --run runs/demo --out runs/demo/titles
 ft_resume=()
 if [ -d runs/demo-titles-qa/checkpoints ]; then ft_resume=(--resume); fi

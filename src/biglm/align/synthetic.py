@@ -1,5 +1,6 @@
 """A synthetic alignment task that runs in seconds on a laptop: prompts, a rule reward, a pretraining corpus and a
-micro "instruction-tuned" start policy (used by the tests, ``bench/align.py``, ``bench/rlhf.py`` and the README's demo).
+micro "instruction-tuned" start policy (used by the tests, ``bench/align.py``, ``bench/rlhf.py`` and the commands
+of docs/how-to/align.md).
 
 A prompt is 3-6 distinct letters of a..p and ``?`` (half of the prompts hold the letter a); the right answer is
 ``yes`` when a is among the letters, else ``no``. The pretraining documents are prompts followed by ``yes`` or ``no``

@@ -103,7 +103,7 @@ class Seq2SeqConfig:
     """Masked models: where the target sits (``ModelConfig.suffix_positions``): ``aligned`` starts it at the
     source's first position (target token j shares its position with source token j), ``continue`` after
     the source (the paper's code; the offset to "my" source token then changes with the source length, and
-    at small sizes copying is not learned: README, "Fine-tuning that learns")."""
+    at small sizes copying is not learned: docs/results/learning.md, "Fine-tuning that learns")."""
     source_mask_ratio: float = 0.0
     """Fraction of source tokens masked in training (0 in BiGLM's code; Instruct-XMLR used 0.15)."""
     min_mask_ratio: float = 0.0
@@ -111,7 +111,7 @@ class Seq2SeqConfig:
     full_mask_fraction: float = 0.3
     """Share of training rows whose whole target is masked (what Mask-Predict's first pass sees); the others
     are masked at a ratio ~ U(min_mask_ratio, 1). 0: the paper's code. On the demo's title task 0.3 reached
-    ROUGE-L 31 in 1,200 steps where 0 reached 24 (README, "Fine-tuning that learns")."""
+    ROUGE-L 31 in 1,200 steps where 0 reached 24 (docs/results/learning.md, "Fine-tuning that learns")."""
     label_smoothing: float = 0.0
     """Label smoothing of the token loss (0.1 in Instruct-XMLR)."""
     length_loss_weight: float = 0.1
@@ -123,7 +123,7 @@ class Seq2SeqConfig:
     length_rule: Literal["average", "joint"] = "joint"
     """How the winning length candidate is chosen: the best joint score log p(length) + Σ log p(token), or the
     best average token log-probability (BiGLM's code; on a copy task it picks a wrong length 82% of the time
-    where the length head itself is right: see the README)."""
+    where the length head itself is right: see docs/how-to/finetune.md)."""
     strategy: str = "mask-predict"
     """Decoding strategy (``biglm.generate.STRATEGIES``)."""
     prefix_cache: bool = True

@@ -89,7 +89,7 @@ def register(subparsers: Any) -> None:
     from biglm.chat.cli import model_args
 
     text = "serve a model: OpenAI-compatible API and a live web page"
-    p = subparsers.add_parser("serve", help=text, description=text + " (FastAPI on uvicorn; see the README: "
+    p = subparsers.add_parser("serve", help=text, description=text + " (FastAPI on uvicorn; see docs/how-to/serve.md: "
                               "exposing the server to colleagues safely)")
     model_args(p)
     p.add_argument("--queue", type=int, default=64, help="requests waiting at most; more get HTTP 503 (64)")

@@ -50,7 +50,7 @@ def exposure_warning(host: str, api_key: str | None, what: str = "the model") ->
     if is_loopback(host) or api_key:
         return None
     return (f"WARNING: listening on {host}, not loopback, without an API key: anyone who can reach this machine "
-            f"can use {what}. Set --api-key KEY (or {API_KEY_ENV}), or bind 127.0.0.1 (see the README: "
+            f"can use {what}. Set --api-key KEY (or {API_KEY_ENV}), or bind 127.0.0.1 (see docs/how-to/serve.md: "
             "exposing the server to colleagues)")
 
 

@@ -14,7 +14,7 @@ verbalizer (``"Answer: {blank}"`` fills ``" Yes"``), which is how the word is to
 Equal blanks: verbalizers of different token counts are padded with EOS to the longest (``" yes"`` may be
 two tokens where ``" no"`` is one: ``" no" EOS``), in training and at prediction. Otherwise the number of
 [MASK] tokens in the blank tells the label in training, and a model learns that instead of the task: it
-fits the training set and stays at chance on new text (measured: README, "Fine-tuning that learns").
+fits the training set and stays at chance on new text (measured: docs/results/learning.md, "Fine-tuning that learns").
 """
 
 from __future__ import annotations

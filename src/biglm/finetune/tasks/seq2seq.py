@@ -6,9 +6,10 @@ at a ratio ~ U(min_mask_ratio, 1) (at least one token), under the prefix-blind l
 in BiGLM's fine-tuning code. Y's positions follow ``target_positions``: ``aligned`` (the default)
 starts Y at the source's first position, so target token j and source token j share a position and "the
 source token at my place" is one fixed relative offset; ``continue`` (the paper's code) counts on after X,
-where that offset changes with the source's length and a small model does not learn to copy (see the
-README, "Fine-tuning that learns"). The fine-tuned model records it (``ModelConfig.suffix_positions``) for
-decoding and scoring. Source and target are tokenised as running text (``source_space``/``target_space``).
+where that offset changes with the source's length and a small model does not learn to copy (see
+docs/results/learning.md, "Fine-tuning that learns"). The fine-tuned model records it
+(``ModelConfig.suffix_positions``) for decoding and scoring. Source and target are tokenised as running text
+(``source_space``/``target_space``).
 The output length is decided one of two ways:
 
 - ``length: head`` trains the length head on the mean-pooled X (every X token, BOS included: the tokens
