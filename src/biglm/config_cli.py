@@ -5,7 +5,8 @@ when it registers its sub-parser: its ``--help`` then lists each field of each s
 (nested ones and lists of them included) with its type, default and the first sentence of the
 docstring under the field, and ``--print-config`` asks the handler to print the resolved config (see
 ``print_config``) instead of running. The field list is built only when help is asked for, so
-registering costs no import of the config classes.
+registering costs no import of the config classes. ``parser_config_rows`` gives the same rows to the
+documentation's generated reference (``docs/gen_reference.py``).
 
 The rest of a verb's config glue is here too, once: ``sections_of`` (the sections ``--help`` lists),
 ``flag_overrides`` (shortcut flags such as ``--init`` as overrides), ``config_from_args`` (defaults < a saved
@@ -126,23 +127,36 @@ def describe(cls: type, prefix: str, listed: dict[type, str] | None = None) -> l
     return out
 
 
-def config_help(sections: Mapping[str, type], extra: Mapping[str, tuple[str, str, str]] | None = None) -> str:
-    """The field table shown under ``--help``."""
+def config_rows(sections: Mapping[str, type],
+                extra: Mapping[str, tuple[str, str, str]] | None = None) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) of every config field a verb takes, in ``--help``'s order: the ``extra``
+    keys outside the sections first (top-level keys such as ``init``, ``model.FIELD``), then each section's."""
     extra = dict(extra or {})
-    rows: list[tuple[str, str, str, str]] = []
+    rows = [(k, *extra[k]) for k in extra if k.split(".")[0] not in sections]
     for name, cls in sections.items():
         generated = describe(cls, name)
         keys = {r[0] for r in generated}
         rows += [(k, *extra[k]) for k in extra if k.split(".")[0] == name and k not in keys]
         rows += [(k, *extra[k]) if k in extra else (k, t, d, h) for k, t, d, h in generated]
+    return rows
+
+
+def row_group(key: str) -> str:
+    """The group a config key is listed under: its section, or ``top level`` for a key outside every section."""
+    return key.split(".")[0] if "." in key else "top level"
+
+
+def config_help(sections: Mapping[str, type], extra: Mapping[str, tuple[str, str, str]] | None = None) -> str:
+    """The field table shown under ``--help``."""
+    rows = config_rows(sections, extra)
     width = min(44, max(len(f"--{k} {t}") for k, t, _, _ in rows) + 2)
+    lists = list(dict.fromkeys(r[0].split("[i]")[0] for r in rows if "[i]" in r[0]))
     lines = ["config fields: --section.field VALUE (or --section.field=VALUE), after the YAML file"
-             + ("; data.sources[i] are the fields of each source given in data.sources:"
-                if any("[i]" in r[0] for r in rows) else ":")]
+             + "".join(f"; {k}[i] are the fields of each item given in {k}" for k in lists) + ":"]
     section = ""
     for key, tp, default, doc in rows:
-        if key.split(".")[0] != section:
-            section = key.split(".")[0]
+        if row_group(key) != section:
+            section = row_group(key)
             lines.append(f"\n{section}:")
         left = f"    {key} {tp}" if "[i]" in key else f"  --{key} {tp}"
         pad = left.ljust(width) if len(left) < width else left + "\n" + " " * width
@@ -171,6 +185,15 @@ def add_config_options(parser: argparse.ArgumentParser, sections: Sections, extr
                         help="show this help, with every config field, and exit")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults < YAML < overrides) as YAML and exit")
+
+
+def parser_config_rows(parser: argparse.ArgumentParser) -> list[tuple[str, str, str, str]] | None:
+    """The config fields a verb's ``--help`` lists (see ``config_rows``), or None for a verb without config
+    fields: what the documentation's reference page is generated from."""
+    for action in parser._actions:
+        if isinstance(action, _ConfigHelp):
+            return config_rows(action.sections(), action.extra() if action.extra else None)
+    return None
 
 
 def sections_of(cls: type, names: Iterable[str]) -> dict[str, type]:
