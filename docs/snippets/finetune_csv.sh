@@ -8,8 +8,8 @@ N=${N:-600} EPOCHS=${EPOCHS:-10} STEPS=${STEPS:-900}
 rm -rf "$OUT" && mkdir -p "$OUT/data"
 
 # 1. The data. Yours can have any field names (they are mapped below); here both files are made from the
-#    demo's Wikipedia summaries: sentences labelled yes/no for "does it contain a number?" (CSV), and each
-#    article's first sentence with the article's title (JSONL). 80% train, 10% valid, 10% test.
+#    demo's Wikipedia summaries: N sentences labelled yes/no for "does it contain a number?" (CSV), and each
+#    article's first sentence with the article's title (JSONL). 10% of each for validation, 10% for test.
 python - "$OUT/data" "$N" <<'PY'
 import csv, json, re, sys
 out, n = sys.argv[1], int(sys.argv[2])
@@ -20,15 +20,19 @@ for _, sentences in docs:
     for s in sentences:
         if 5 <= len(s.split()) <= 30:
             numbered[bool(re.search(r"\d", s))].append(s)
-rows = [r for pair in zip(numbered[True], numbered[False]) for r in pair][:n]   # half with a number
-titles = [{"sentence": s[0], "title": t} for t, s in docs if t and len(s[0].split()) >= 4][:n]
-for split, lo, hi in (("train", 0, 0.8), ("valid", 0.8, 0.9), ("test", 0.9, 1.0)):
+labelled = [[s, "yes" if re.search(r"\d", s) else "no"] for pair in zip(numbered[True], numbered[False]) for s in pair]
+titles = [{"sentence": s[0], "title": t} for t, s in docs if t and len(s[0].split()) >= 4]
+
+def splits(rows):
+    k = min(len(rows) // 10, 200)
+    return {"train": rows[:-2 * k], "valid": rows[-2 * k:-k], "test": rows[-k:]}
+
+for split, rows in splits(labelled[:n]).items():
     with open(f"{out}/numbers_{split}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sentence", "has_number"])
-        w.writerows([s, "yes" if re.search(r"\d", s) else "no"] for s in rows[int(lo * len(rows)):int(hi * len(rows))])
+        csv.writer(f).writerows([["sentence", "has_number"], *rows])
+for split, rows in splits(titles).items():
     with open(f"{out}/titles_{split}.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in titles[int(lo * len(titles)):int(hi * len(titles))])
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 PY
 head -n 3 "$OUT/data/numbers_train.csv" "$OUT/data/titles_train.jsonl"
 
