@@ -48,14 +48,19 @@ biglm align --method ppo --init "$POLICY" --reward "$OUT/rm" --prompts "$OUT/dat
 
 # 5. DPO on the judged pairs directly (no reward model).
 biglm align --method dpo --init "$POLICY" --preferences "$OUT/data/prefs-prompts.jsonl" \
-  --valid-preferences "$OUT/data/prefs-valid.jsonl" --dpo.beta 0.5 --steps "$STEPS" --train.lr 3e-4 --out "$OUT/dpo"
+  --valid-preferences "$OUT/data/prefs-valid.jsonl" --dpo.beta 0.5 --steps "$STEPS" --train.lr 3e-3 --out "$OUT/dpo"
 
-# 6. What PPO changed: the reward model's mean reward on the held-out prompts before (step 0) and after, the KL
-#    to the start policy, and the PPO policy's answers (greedy) to a prompt with an a and one without.
-python - "$OUT/ppo/metrics.jsonl" <<'PY'
+# 6. What each changed, at the first and last evaluation. PPO: the reward model's mean reward on the held-out
+#    prompts and the KL to the start policy. DPO: the held-out pairs its implicit reward orders right, and how
+#    the chosen responses' log-likelihood moved (DPO may widen the margin by lowering both responses). Then
+#    each policy's greedy answers to a prompt with the letter a and one without.
+python - "$OUT" <<'PY'
 import json, sys
-for r in map(json.loads, open(sys.argv[1])):
-    if "val_reward" in r:
-        print(f"step {r['step']}: held-out reward {r['val_reward']:.3f}, KL to the start policy {r['val_kl']:.3f}")
+for run, key, show in (("ppo", "val_reward", "val_reward val_kl"), ("dpo", "val_margin", "val_accuracy val_chosen_shift")):
+    rows = [r for r in map(json.loads, open(f"{sys.argv[1]}/{run}/metrics.jsonl")) if key in r]
+    for r in (rows[0], rows[-1]):
+        print(f"{run} step {r['step']}: " + ", ".join(f"{k} {r[k]:.3f}" for k in show.split()))
 PY
-biglm generate --ckpt "$OUT/ppo" --prompt "c a f ?" --prompt "c b f ?" --max-new-tokens 2
+for policy in "$OUT/ppo" "$OUT/dpo"; do
+  biglm generate --ckpt "$policy" --prompt "c a f ?" --prompt "c b f ?" --max-new-tokens 2
+done

@@ -28,7 +28,7 @@ printf '%s\n' 'Give the first three words.\n\nThe Pacific Ocean is the largest o
 # 4. Serve it: the OpenAI chat API under /v1 (and a live page at http://127.0.0.1:$PORT/), stopped at the end.
 biglm serve --ckpt "$OUT/chat" --port "$PORT" --quiet & server=$!
 trap 'kill "$server"' EXIT
-curl -s --fail --retry 30 --retry-connrefused --retry-delay 1 "http://127.0.0.1:$PORT/v1/chat/completions" \
+curl -s --fail --retry 60 --retry-connrefused --retry-delay 1 "http://127.0.0.1:$PORT/v1/chat/completions" \
   -H 'Content-Type: application/json' \
   -d '{"messages": [{"role": "user", "content": "What is the last word?\n\nThe cat sat on the mat."}], "seed": 0}'
 echo

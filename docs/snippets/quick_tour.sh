@@ -15,5 +15,5 @@ biglm export-hf --ckpt runs/demo --out "$OUT/hf"          # loads with transform
 biglm expand --ckpt runs/demo --out "$OUT/wide" --hidden-size 2x   # grown in width, same function
 biglm serve --ckpt runs/demo --port "$PORT" --quiet & server=$!
 trap 'kill "$server"' EXIT
-curl -s --fail --retry 30 --retry-connrefused --retry-delay 1 "http://127.0.0.1:$PORT/v1/completions" \
+curl -s --fail --retry 60 --retry-connrefused --retry-delay 1 "http://127.0.0.1:$PORT/v1/completions" \
   -H 'Content-Type: application/json' -d '{"prompt": "The Pacific Ocean is", "max_tokens": 16}'

@@ -208,4 +208,5 @@ def test_align_preferences(demo, snippets):
     assert len(prefs) == 256 and {p["choice"] for p in prefs} <= {"A", "B", "both_good", "both_bad"}
     assert (align / "rm" / "best").is_dir() and (align / "ppo" / "metrics.jsonl").is_file()
     assert (align / "dpo" / "metrics.jsonl").is_file()
-    assert "step 0: held-out reward" in out and "step 4: held-out reward" in out
+    assert "ppo step 0: val_reward" in out and "ppo step 4: val_reward" in out and "dpo step 4: val_accuracy" in out
+    assert out.count("=== [1] c b f ?") == 2  # both policies answered
