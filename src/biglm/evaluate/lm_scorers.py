@@ -130,24 +130,25 @@ class ChainRuleScorer:
                                pad_token_id=lm.pad_token_id, direction=lm.direction, progress=progress)
 
     def continuations(self, lm: Any, pairs: Pairs, disable_tqdm: bool) -> list[Any]:
-        bar = tqdm(total=None, desc=f"biglm chain rule {lm.direction}", disable=disable_tqdm)
-        try:
-            scores = self._continuations(lm, pairs, bar.update)
-        finally:
-            bar.close()
-        if lm.direction == "mean":
-            lm.direction_agreement["loglikelihood"] = agreement(scores)
-        return scores
+        return self._scored(lm, "chain rule", "loglikelihood", lambda bar: self._continuations(lm, pairs, bar),
+                            disable_tqdm)
 
     def documents(self, lm: Any, docs: list[list[int]], disable_tqdm: bool) -> list[float]:
-        bar = tqdm(total=None, desc=f"biglm rolling {lm.direction}", disable=disable_tqdm)
+        scores = self._scored(lm, "rolling", "loglikelihood_rolling", lambda bar: self._documents(lm, docs, bar),
+                              disable_tqdm)
+        return [s.logprob for s in scores]
+
+    @staticmethod
+    def _scored(lm: Any, what: str, request: str, run: Any, disable_tqdm: bool) -> list[Any]:
+        """``run(progress)`` under a progress bar; with ``direction=mean`` the L2R/R2L agreement of ``request``."""
+        bar = tqdm(total=None, desc=f"biglm {what} {lm.direction}", disable=disable_tqdm)
         try:
-            scores = self._documents(lm, docs, bar.update)
+            scores = run(bar.update)
         finally:
             bar.close()
         if lm.direction == "mean":
-            lm.direction_agreement["loglikelihood_rolling"] = agreement(scores)
-        return [s.logprob for s in scores]
+            lm.direction_agreement[request] = agreement(scores)
+        return scores
 
 
 class BlankInfillingScorer(ChainRuleScorer):
