@@ -17,6 +17,7 @@ from biglm.serve.app import create_app
 from biglm.serve.validation import CHAT_PATH, COMPLETIONS_PATH, HTTPError, parse_request
 from serving import USER, served, sse
 from test_chat import chat_checkpoint
+from test_parallel_options import ALL, spy_engine
 
 BLOCKS = {"messages": USER, "strategy": "blocks", "steps": 2, "max_tokens": 8, "length": "fixed"}
 
@@ -44,6 +45,21 @@ def test_block_size_and_threshold_reach_the_stepper(server):
     assert [e["biglm"]["index"] for e in events if "biglm" in e] == [0, 1, 2, 3]  # streamed: the same passes
 
 
+@pytest.mark.parametrize("options", ALL)
+def test_every_option_reaches_the_engine(server, monkeypatch, options):
+    calls = spy_engine(monkeypatch)
+    assert passes(server, steps=4, **options) > 1
+    r = requests.post(f"{server.url}/v1/completions", json={"prompt": "a b c", "max_tokens": 8, "length": "fixed",
+                                                            "steps": 4, **options}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert calls == [options, options]  # each request's DecodeJob (the chat, then the completion)
+
+
+def test_the_commit_rule_reaches_the_stepper(server):
+    assert passes(server, steps=8, block_size=4) == 9  # Mask-Predict in each block: 4 passes a block, and the prefix
+    assert passes(server, steps=8, block_size=4, commit="threshold", threshold=1e-9) == 3  # a pass a block
+
+
 def test_the_schema_has_every_field_with_its_doc(server):
     schema = requests.get(f"{server.url}/openapi.json", timeout=30).json()["components"]["schemas"]
     for request in ("ChatCompletionRequest", "CompletionRequest"):
@@ -53,12 +69,16 @@ def test_the_schema_has_every_field_with_its_doc(server):
 
 
 @pytest.mark.parametrize(("path", "fields", "message"), [
-    (CHAT_PATH, {"block_size": 0}, "block_size=0: must be > 0"),
+    (CHAT_PATH, {"block_size": 0}, "block_size=0: must be an integer > 0"),
     (CHAT_PATH, {"strategy": "threshold", "threshold": 1.5}, "threshold=1.5: must be in (0, 1]"),
     (CHAT_PATH, {"strategy": "mask-predict", "block_size": 4}, "strategy 'mask-predict' has no option 'block_size'"),
     (CHAT_PATH, {"block_size": "16"}, "'block_size' must be a valid integer (got '16')"),
     (CHAT_PATH, {"eos_exit": "yes"}, "'eos_exit' must be true or false (got 'yes')"),
     (COMPLETIONS_PATH, {"strategy": "threshold", "block_size": 4}, "strategy 'threshold' has no option 'block_size'"),
+    (CHAT_PATH, {"commit": "guess"}, "unknown commit rule 'guess'"),
+    (CHAT_PATH, {"strategy": "threshold", "cache": "dual"}, "cache='dual' caches blocks: it needs strategy 'blocks'"),
+    (CHAT_PATH, {"cache": "blocks", "refresh": -1}, "refresh=-1: must be"),
+    (CHAT_PATH, {"strategy": "mask-predict", "eos_exit": True}, "strategy 'mask-predict' has no option 'eos_exit'"),
 ])
 def test_a_bad_value_is_a_400_naming_the_field(server, path, fields, message):
     body = {**BLOCKS, **fields}

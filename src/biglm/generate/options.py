@@ -17,7 +17,8 @@ import torch
 
 from biglm.config_cli import field_docs
 from biglm.errors import BiglmError
-from biglm.generate.strategies import DecodeState, start_strategy
+from biglm.generate.engine import start_decoding
+from biglm.generate.strategies import DecodeState
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,12 @@ class ParallelOptions:
             if value is not None and not (ok or (kind is float and type(value) is int)):
                 raise BiglmError(f"{name}={repr(value)[:40]}: expected {kind.__name__}")
 
-    def check(self, strategy: str) -> None:
-        """One-line ``BiglmError`` for options strategy ``strategy`` does not take or a value it refuses: the
-        engine's own checks, run by starting the strategy on a one-token dummy state."""
+    def check(self, strategy: str, prefix_cache: bool = True) -> None:
+        """One-line ``BiglmError`` for options strategy ``strategy`` does not take or a value it (or the suffix
+        cache) refuses: the engine's own checks, run by starting the decoding on a one-token dummy state."""
         self.check_types()
-        state = DecodeState.all_masked(torch.ones(1, 1, dtype=torch.bool), mask_token_id=0)
-        start_strategy(strategy, state, 1, **self.as_strategy_options())
+        state = DecodeState.all_masked(torch.ones(1, 1, dtype=torch.bool), mask_token_id=0, eos_token_id=1)
+        start_decoding(strategy, state, 1, prefix_cache, self.as_strategy_options())
 
 
 @functools.cache
