@@ -1,7 +1,8 @@
 """``BiGLMForMaskedLM.generate_parallel`` (``biglm/hf/decoding_biglm.py``, remote code): an exported masked model,
-loaded with transformers, decodes token for token as biglm's engine (``generate_ids``, greedy) for every strategy
-and commit rule, on a batch of prompts of different lengths (one left-truncated), with either suffix position
-mode; its forward passes are the engine's without the prefix cache. Bad options are one-line errors."""
+loaded with transformers, decodes token for token as biglm's engine (``generate_ids``, greedy) for every strategy,
+commit rule and ``eos_exit``, on a batch of prompts of different lengths (one left-truncated), with either suffix
+position mode; its forward passes are the engine's without the prefix cache. Bad options are one-line errors, the
+same as biglm's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from biglm import BiGLM, ModelConfig
+from biglm import BiGLM, BiglmError, ModelConfig
 from biglm.checkpoint import load_model, model_state_dict, write_checkpoint
 from biglm.generate import generate_ids
 from biglm.generate.specials import banned_ids, special_ids
@@ -26,6 +27,11 @@ CASES = [
     ("mask-predict", 1, {}), ("mask-predict", 4, {}), ("mask-predict", L, {}),
     ("threshold", 3, {}), ("threshold", 5, {"threshold": 0.5}), ("threshold", L, {"threshold": 0.3}),
     ("blocks", 4, {"block_size": 4}), ("blocks", 2, {"block_size": 3}), ("blocks", L, {"block_size": 2}),
+    ("threshold", 5, {"commit": "factor"}), ("threshold", L, {"commit": "factor", "factor": 0.3}),
+    ("threshold", 4, {"commit": "margin"}), ("threshold", L, {"commit": "margin", "margin": 0.8}),
+    ("blocks", 6, {"block_size": 4, "commit": "threshold", "threshold": 0.6}),
+    ("blocks", 5, {"block_size": 5, "commit": "factor", "factor": 2.0}),
+    ("blocks", L, {"block_size": 3, "commit": "margin", "margin": 0.3}),
 ]
 
 
@@ -47,15 +53,17 @@ def export(root: Path, **overrides: Any) -> tuple[Any, BiGLMForMaskedLM]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, BiGLMForMaskedLM]]:
     root = tmp_path_factory.mktemp("hfdec")
-    return {mode: export(root / mode, suffix_positions=mode) for mode in ("continue", "aligned")}
+    return {**{mode: export(root / mode, suffix_positions=mode) for mode in ("continue", "aligned")},
+            "folder": root / "continue" / "hf"}
 
 
 def engine(loaded: Any, prompts: list[list[int]], steps: int, strategy: str, prefix_cache: bool = False,
-           **options: Any) -> Any:
+           eos: int | None = None, **options: Any) -> Any:
     """biglm's greedy decoding of ``prompts`` (by default with full recompute, as the exported model does)."""
     tok, vocab = loaded.tokenizer, loaded.config.vocab_size
     ids = special_ids(tok)
-    return generate_ids(loaded.model.eval(), prompts, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+    eos = ids["eos"] if eos is None else eos
+    return generate_ids(loaded.model.eval(), prompts, bos_token_id=ids["bos"], eos_token_id=eos,
                         mask_token_id=ids["mask"], pad_token_id=ids["pad"], max_new_tokens=L, steps=steps,
                         strategy=strategy, banned_token_ids=banned_ids(tok, vocab), prefix_cache=prefix_cache,
                         **options)
@@ -76,6 +84,25 @@ def test_tokens_equal_biglm_engine(models: dict[str, Any], mode: str) -> None:
         passes.add((strategy, steps, out.forward_passes))
     # the rules did decide: threshold stopped early somewhere, Mask-Predict ran its T passes
     assert any(s == "threshold" and n < t for s, t, n in passes) and ("mask-predict", 4, 4) in passes
+
+
+EOS_CASES = [("threshold", L, {}), ("threshold", 6, {"commit": "factor"}), ("threshold", L, {"commit": "margin"}),
+             ("blocks", L, {"block_size": 3}), ("blocks", 6, {"block_size": 2, "commit": "threshold"})]
+
+
+def test_eos_exit_equals_biglm_engine(models: dict[str, Any], tmp_path: Path) -> None:
+    loaded, _ = models["continue"]
+    eos = 13  # the word these random weights write most plays EOS, so that rows end early
+    hf = BiGLMForMaskedLM.from_pretrained(str(models["folder"]), eos_token_id=eos).eval()
+    saved = []
+    for strategy, steps, options in EOS_CASES:
+        ref = engine(loaded, PROMPTS, steps, strategy, eos=eos, eos_exit=True, **options)
+        out = hf.generate_parallel(PROMPTS, max_new_tokens=L, steps=steps, strategy=strategy, eos_exit=True, **options)
+        what = f"eos_exit {strategy} T={steps} {options}"
+        assert out.sequences.tolist() == ref.full_token_ids and out.forward_passes == ref.forward_passes, what
+        plain = hf.generate_parallel(PROMPTS, max_new_tokens=L, steps=steps, strategy=strategy, **options)
+        saved.append(plain.forward_passes - out.forward_passes)
+    assert max(saved) > 0  # the exit did stop rows early
 
 
 def test_inputs_tensor_text_and_banned_ids(models: dict[str, Any]) -> None:
@@ -101,16 +128,32 @@ def test_inputs_tensor_text_and_banned_ids(models: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"strategy": "beam"}, "unknown strategy 'beam': expected one of mask-predict, threshold, blocks"),
-    ({"strategy": "mask-predict", "threshold": 0.5}, "strategy 'mask-predict' has no option 'threshold'"),
-    ({"strategy": "threshold", "block_size": 4}, "strategy 'threshold' has no option 'block_size'"),
-    ({"strategy": "threshold", "commit": "vote"}, "commit='vote': strategy 'threshold' commits by one of"),
+    ({"strategy": "mask-predict", "threshold": 0.5},
+     "strategy 'mask-predict' has no option 'threshold' (options: none)"),
+    ({"strategy": "mask-predict", "eos_exit": True}, "strategy 'mask-predict' has no option 'eos_exit'"),
+    ({"strategy": "threshold", "block_size": 4}, "strategy 'threshold' has no option 'block_size' (options: commit, "
+                                                 "eos_exit, factor, margin, threshold)"),
+    ({"strategy": "threshold", "commit": "vote"},
+     "unknown commit rule 'vote': expected one of threshold, factor, margin"),
     ({"strategy": "threshold", "threshold": 1.5}, "threshold=1.5: must be in (0, 1]"),
-    ({"strategy": "blocks", "block_size": 0}, "block_size=0: must be > 0"),
-    ({"cache": "dual"}, "unknown option 'cache' (the exported model recomputes the whole sequence"),
+    ({"strategy": "threshold", "commit": "margin", "margin": -0.1}, "margin=-0.1: must be in [0, 1]"),
+    ({"strategy": "threshold", "factor": 2.0}, "option 'factor' is the parameter of commit rule 'factor' (this "
+                                               "decoding commits by 'threshold')"),
+    ({"strategy": "blocks", "threshold": 0.5}, "option 'threshold' needs a commit rule (commit='threshold')"),
+    ({"strategy": "blocks", "block_size": 0}, "block_size=0: must be an integer > 0"),
+    ({"strategy": "blocks", "eos_exit": "yes"}, "eos_exit=yes: must be true or false"),
     ({"steps": 10}, "steps=10: must be in 1..max_new_tokens=9"),
+    ({"strategy": "blocks", "commit": "vote"}, "unknown commit rule 'vote': expected one of mask-predict, threshold,"),
+    ({"cache": "dual"}, "unknown option 'cache' (the exported model recomputes the whole sequence"),
 ])
 def test_bad_options_are_one_line_errors(models: dict[str, Any], options: dict[str, Any], message: str) -> None:
-    _, hf = models["continue"]
+    """One line each, and biglm's own message where biglm's engine takes the same option."""
+    loaded, hf = models["continue"]
     with pytest.raises(ValueError) as info:
         hf.generate_parallel(PROMPTS[:1], **{"max_new_tokens": L, **options})
     assert message in str(info.value) and "\n" not in str(info.value)
+    if (options.get("commit") == "vote" and options["strategy"] == "blocks") or "cache" in options:
+        return  # blocks also commit by mask-predict (biglm's message names the rules only); biglm has caches
+    with pytest.raises(BiglmError) as ours:
+        engine(loaded, PROMPTS[:1], options.pop("steps", 3), options.pop("strategy", "mask-predict"), **options)
+    assert str(ours.value) == str(info.value)

@@ -209,7 +209,7 @@ def _write_masked_lm(loaded: Any, tmp: Path) -> None:
         "print(out.texts[0])  # greedy Mask-Predict, as `biglm generate`\n```\n\n"
         "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM. `generate_parallel` also "
         "takes `strategy` (`mask-predict`, `threshold`, `blocks`), `block_size`, `commit` (`threshold`, `factor`, "
-        "`margin`) and its value.\n"), banned)
+        "`margin`), its value and `eos_exit`.\n"), banned)
 
 
 def _write_glm(loaded: Any, tmp: Path) -> None:

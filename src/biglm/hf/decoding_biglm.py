@@ -22,10 +22,14 @@ whole softmax):
   blocks, at least one each), each block by Mask-Predict (``commit="mask-predict"``, the default) or by a commit
   rule, the later blocks still masked.
 
-Commit rules (each also commits at least ⌈remaining / passes left⌉ of a row's most confident predictions):
-``threshold`` (p ≥ threshold, default 0.9), ``factor`` (Fast-dLLM: the row's probabilities sorted,
-p_1 ≥ p_2 ≥ …, the leading n with p_i ≥ 1 − factor/(i+1) for every i ≤ n; default 1.0), ``margin`` (top-1 minus
-top-2 probability ≥ margin, default 0.5).
+Commit rules (each also commits at least ⌈remaining / passes left⌉ of a row's most confident predictions, by
+its own confidence): ``threshold`` (p ≥ threshold, default 0.9), ``factor`` (Fast-dLLM: the row's probabilities
+sorted, p_1 ≥ p_2 ≥ …, the leading n with p_i ≥ 1 − factor/(i+1) for every i ≤ n; default 1.0), ``margin``
+(top-1 minus top-2 probability, banned ids excluded, ≥ margin; default 0.5).
+
+``eos_exit`` (``threshold``, ``blocks``): a row stops once it has a final EOS with only final tokens before it
+(committed tokens are final; with Mask-Predict inside blocks, a block's tokens are final when the block ends);
+the rest of the row is filled with EOS without passes. For models that pad their targets with EOS.
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ COMMIT_DEFAULTS = {"threshold": 0.9, "factor": 1.0, "margin": 0.5}
 """Commit rule -> its parameter's default; the parameter is named as the rule."""
 COMMIT_RANGES = {"threshold": (0.0, 1.0, True), "factor": (0.0, math.inf, True), "margin": (0.0, 1.0, False)}
 """Commit rule -> (low, high, low end open) of its parameter."""
-OPTIONS = {"mask-predict": (), "threshold": ("commit", *COMMIT_DEFAULTS),
-           "blocks": ("block_size", "commit", *COMMIT_DEFAULTS)}
-"""Strategy -> the options it takes (besides ``eos_exit``)."""
+OPTIONS = {"mask-predict": (), "threshold": ("commit", "eos_exit", *COMMIT_DEFAULTS),
+           "blocks": ("block_size", "commit", "eos_exit", *COMMIT_DEFAULTS)}
+"""Strategy -> the options it takes."""
 
 
 @dataclass
@@ -108,19 +112,31 @@ class _Rows:
         attention = torch.cat([self.x_real, torch.ones_like(self.tokens, dtype=torch.bool)], dim=1).long()
         logits = self.model(torch.cat([self.x, self.tokens], dim=1), attention_mask=attention, regions=self.regions,
                             position_ids=self.positions).logits[:, self.x.shape[1]:][where].float()
-        logprobs = logits.log_softmax(dim=-1)
         ids = logits.index_fill(-1, self.banned, float("-inf")).argmax(dim=-1)
-        top2 = logprobs.exp().topk(min(2, logits.shape[-1]), dim=-1).values
-        out = [torch.zeros(self.tokens.shape, dtype=t.dtype, device=t.device)
-               for t in (ids, logprobs[:, 0], top2[:, 0])]
-        out[0][where], out[1][where] = ids, logprobs.gather(-1, ids[:, None])[:, 0]
-        out[2][where] = top2[:, 0] - top2[:, -1]
+        logprobs = logits.log_softmax(dim=-1).gather(-1, ids[:, None])[:, 0]  # under the whole softmax
+        top2 = logits.softmax(dim=-1).index_fill(-1, self.banned, 0.0).topk(2, dim=-1).values
         self.passes += 1
-        return out[0], out[1], out[2]
+        return self._spread(ids, where), self._spread(logprobs, where), self._spread(top2[:, 0] - top2[:, 1], where)
+
+    def _spread(self, values: Tensor, where: Tensor) -> Tensor:
+        """``values`` (N,) at the N positions of ``where`` (row-major) in a (B, L) tensor, 0 elsewhere."""
+        out = torch.zeros(self.tokens.shape, dtype=values.dtype, device=values.device)
+        out[where] = values
+        return out
 
     def fill(self, where: Tensor, ids: Tensor, logprobs: Tensor) -> None:
         self.tokens = torch.where(where, ids, self.tokens)
         self.scores = torch.where(where, logprobs, self.scores)
+
+    def settle_at_eos(self, eos_id: int) -> None:
+        """Fill with EOS every masked position of the rows whose decided (final) tokens hold an EOS with no masked
+        position before it."""
+        masked = self.masked
+        is_eos = ~masked & (self.tokens == eos_id)
+        first = torch.where(is_eos.any(dim=1), is_eos.to(torch.int8).argmax(dim=1), self.tokens.shape[1])
+        columns = torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :]
+        settled = is_eos.any(dim=1) & ~(masked & (columns < first[:, None])).any(dim=1)
+        self.fill(masked & settled[:, None], torch.full_like(self.tokens, eos_id), torch.zeros_like(self.scores))
 
 
 def mask_predict(rows: _Rows, steps: int, region: Tensor) -> None:
@@ -141,8 +157,9 @@ def mask_predict(rows: _Rows, steps: int, region: Tensor) -> None:
 
 def commit_select(rule: str, value: float, logprobs: Tensor, margins: Tensor, where: Tensor, remaining: Tensor,
                   passes_left: int) -> Tensor:
-    """The positions of ``where`` that ``rule`` commits, with at least ⌈remaining / passes_left⌉ per row."""
-    ranks = rank_in_row(logprobs, where, descending=True)
+    """The positions of ``where`` that ``rule`` commits, with at least ⌈remaining / passes_left⌉ per row (the most
+    confident by the rule's confidence: the margin for ``margin``, else the probability)."""
+    ranks = rank_in_row(margins if rule == "margin" else logprobs, where, descending=True)
     if rule == "threshold":
         keep = logprobs >= math.log(value)
     elif rule == "margin":
@@ -155,9 +172,9 @@ def commit_select(rule: str, value: float, logprobs: Tensor, margins: Tensor, wh
     return where & (keep | (ranks < at_least[:, None]))
 
 
-def commit_decode(rows: _Rows, steps: int, region: Tensor, rule: str, value: float) -> None:
-    """Predict ``region``'s masked positions each pass, commit by ``rule`` (never revised); ``steps`` passes at most."""
-    rows.remask(region)
+def commit_decode(rows: _Rows, steps: int, region: Tensor, rule: str, value: float, eos_id: int | None) -> None:
+    """Predict ``region``'s masked positions each pass and commit by ``rule`` (never revised), ``steps`` passes at
+    most; with ``eos_id`` (``eos_exit``) rows whose text is final are settled after each pass."""
     for t in range(steps):
         masked = rows.masked & region
         remaining = masked.sum(dim=1)
@@ -165,20 +182,25 @@ def commit_decode(rows: _Rows, steps: int, region: Tensor, rule: str, value: flo
             return
         ids, logprobs, margins = rows.predict(masked)
         rows.fill(commit_select(rule, value, logprobs, margins, masked, remaining, steps - t), ids, logprobs)
+        if eos_id is not None:
+            rows.settle_at_eos(eos_id)
 
 
-def decode_blocks(rows: _Rows, steps: int, block_size: int, rule: str, value: float) -> None:
-    """Blocks of ``block_size`` left to right, the ``steps`` passes shared out among them."""
+def decode_blocks(rows: _Rows, steps: int, block_size: int, rule: str, value: float, eos_id: int | None) -> None:
+    """Blocks of ``block_size`` left to right, the ``steps`` passes shared out among them; with ``eos_id``
+    (``eos_exit``) rows whose text is final are settled as each block starts."""
     width = rows.tokens.shape[1]
     count = max(1, -(-width // block_size))
     columns = torch.arange(width, device=rows.tokens.device)
     for b in range(count):
-        region = ((columns >= b * block_size) & (columns < (b + 1) * block_size))[None, :].expand_as(rows.tokens)
+        if eos_id is not None and b > 0:  # the finished blocks are final now
+            rows.settle_at_eos(eos_id)
+        region = ((columns >= b * block_size) & (columns < (b + 1) * block_size))[None, :] & rows.masked
         block_steps = max(1, steps // count + (b < steps % count))
         if rule == "mask-predict":
             mask_predict(rows, block_steps, region)
         else:
-            commit_decode(rows, block_steps, region, rule, value)
+            commit_decode(rows, block_steps, region, rule, value, eos_id)
 
 
 def _commit_value(strategy: str, commit: str | None, values: dict[str, float | None]) -> tuple[str, float]:
@@ -186,8 +208,11 @@ def _commit_value(strategy: str, commit: str | None, values: dict[str, float | N
     rules = ("mask-predict", *COMMIT_DEFAULTS) if strategy == "blocks" else tuple(COMMIT_DEFAULTS)
     rule = commit if commit is not None else rules[0]
     if rule not in rules:
-        raise ValueError(f"commit={str(rule)[:40]!r}: strategy '{strategy}' commits by one of {', '.join(rules)}")
+        raise ValueError(f"unknown commit rule {str(rule)[:40]!r}: expected one of {', '.join(rules)}")
     for name, value in values.items():
+        if value is not None and rule == "mask-predict":
+            raise ValueError(f"option '{name}' needs a commit rule (commit='{name}'); blocks decode by Mask-Predict "
+                             "without one")
         if value is not None and name != rule:
             raise ValueError(f"option '{name}' is the parameter of commit rule '{name}' (this decoding commits by "
                              f"'{rule}')")
@@ -207,13 +232,15 @@ def check_options(strategy: str, options: dict[str, Any]) -> tuple[str, float]:
         raise ValueError(f"unknown strategy {str(strategy)[:40]!r}: expected one of {', '.join(STRATEGIES)}")
     for name, value in options.items():
         if value is not None and name not in OPTIONS[strategy]:
-            accepted = ", ".join(OPTIONS[strategy]) or "none"
+            accepted = ", ".join(sorted(OPTIONS[strategy])) or "none"
             raise ValueError(f"strategy '{strategy}' has no option '{name}' (options: {accepted})")
     if strategy == "mask-predict":
         return "mask-predict", 0.0
-    block_size = options.get("block_size")
-    if block_size is not None and (not isinstance(block_size, int) or block_size <= 0):
-        raise ValueError(f"block_size={str(block_size)[:40]}: must be > 0")
+    block_size, eos_exit = options.get("block_size"), options.get("eos_exit")
+    if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0):
+        raise ValueError(f"block_size={str(block_size)[:40]}: must be an integer > 0")
+    if eos_exit is not None and not isinstance(eos_exit, bool):
+        raise ValueError(f"eos_exit={str(eos_exit)[:40]}: must be true or false")
     return _commit_value(strategy, options.get("commit"), {k: options.get(k) for k in COMMIT_DEFAULTS})
 
 
@@ -252,7 +279,8 @@ def generate_parallel(model: Any, input_ids: Any = None, attention_mask: Any = N
                       text: str | list[str] | None = None, max_new_tokens: int = 32, steps: int | None = None,
                       strategy: str = "mask-predict", block_size: int | None = None, commit: str | None = None,
                       threshold: float | None = None, factor: float | None = None, margin: float | None = None,
-                      banned_token_ids: list[int] | None = None, **unknown: Any) -> ParallelDecodeOutput:
+                      eos_exit: bool | None = None, banned_token_ids: list[int] | None = None,
+                      **unknown: Any) -> ParallelDecodeOutput:
     """Generate ``max_new_tokens`` tokens after each prompt by greedy parallel decoding, as ``biglm generate`` does
     with the same options (see the module docstring), recomputing the whole sequence every pass.
 
@@ -270,7 +298,10 @@ def generate_parallel(model: Any, input_ids: Any = None, attention_mask: Any = N
             if name in ("cache", "refresh", "prefix_cache") else ""
         raise ValueError(f"generate_parallel: unknown option '{name}'{why}")
     rule, value = check_options(strategy, {"block_size": block_size, "commit": commit, "threshold": threshold,
-                                           "factor": factor, "margin": margin})
+                                           "factor": factor, "margin": margin, "eos_exit": eos_exit})
+    if eos_exit and config.eos_token_id is None:
+        raise ValueError("eos_exit needs the tokenizer's EOS token (config.eos_token_id)")
+    eos_id = config.eos_token_id if eos_exit else None
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens={str(max_new_tokens)[:40]}: must be > 0")
     steps = min(10, max_new_tokens) if steps is None else steps
@@ -295,9 +326,9 @@ def generate_parallel(model: Any, input_ids: Any = None, attention_mask: Any = N
     if strategy == "mask-predict":
         mask_predict(rows, steps, everything)
     elif strategy == "threshold":
-        commit_decode(rows, steps, everything, rule, value)
+        commit_decode(rows, steps, everything, rule, value, eos_id)
     else:
-        decode_blocks(rows, steps, 32 if block_size is None else block_size, rule, value)
+        decode_blocks(rows, steps, 32 if block_size is None else block_size, rule, value, eos_id)
     full = rows.tokens.cpu().tolist()
     eos = config.eos_token_id
     cut = [ids[:ids.index(eos)] if eos in ids else ids for ids in full]
