@@ -41,6 +41,14 @@ class KVCache:
         layout = AttentionLayout(self.layout.kind, pick(self.layout.document_ids), pick(self.layout.regions))
         return KVCache([pick(k) for k in self.keys], [pick(v) for v in self.values], layout)
 
+    def select_positions(self, index: Tensor) -> KVCache:
+        """The cache of the cached tokens at ``index`` (K,) only (keys carry their rotary positions, so any
+        subset, in any order, is a valid cache for a layout whose rule ignores token order)."""
+        index = index.to(self.keys[0].device)
+        pick = lambda t, dim: None if t is None else t.index_select(dim, index)
+        layout = AttentionLayout(self.layout.kind, pick(self.layout.document_ids, 1), pick(self.layout.regions, 1))
+        return KVCache([pick(k, 2) for k in self.keys], [pick(v, 2) for v in self.values], layout)
+
 
 ALIGNED_START = 1
 """Position of a prompt's first token after BOS: where an ``aligned`` suffix starts."""

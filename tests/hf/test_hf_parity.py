@@ -44,7 +44,7 @@ def export(root: Path, family: str, encoding: str, **overrides: Any) -> tuple[Bi
     arch = json.loads((out / "config.json").read_text())["architectures"][0]
     if arch == "LlamaForCausalLM":
         return load_model(ckpt).model.eval(), LlamaForCausalLM.from_pretrained(str(out)).eval()
-    for name in ("modeling_biglm.py", "configuration_biglm.py"):  # the folder's remote code is this very file
+    for name in ("modeling_biglm.py", "configuration_biglm.py", "decoding_biglm.py"):  # the remote code is these files
         assert (out / name).read_bytes() == (HF_DIR / name).read_bytes(), name
     cls = getattr(remote, arch)
     return load_model(ckpt).model.eval(), cls.from_pretrained(str(out)).eval()

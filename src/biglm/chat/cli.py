@@ -2,6 +2,7 @@
 (``biglm.serve.cli``).
 
     biglm chat --ckpt runs/instruct                 # type a message; /reset, /settings [k=v ...], /quit
+    biglm chat --ckpt runs/instruct --strategy blocks --block-size 8 --commit threshold
     echo "reverse a b c" | biglm chat --ckpt runs/instruct
 """
 
@@ -12,6 +13,7 @@ import sys
 from typing import Any, TextIO
 
 from biglm.errors import BiglmError
+from biglm.generate.options import ParallelOptions, add_parallel_args
 
 HELP = ("commands: /reset (forget the conversation), /settings (show), /settings key=value ... (change), "
         "/quit; type \\n for a line break")
@@ -26,6 +28,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--system", default=None, help="system prompt put first in every conversation")
+    p.add_argument("--strategy", default=None,
+                   help="masked models: mask-predict (default), threshold or blocks; autoregressive: greedy or sample")
+    add_parallel_args(p, "parallel strategies of masked models (threshold, blocks); unset: the strategy's default")
 
 
 def register(subparsers: Any) -> None:
@@ -45,8 +50,9 @@ def load(args: argparse.Namespace) -> Any:
     chat = ChatModel.load(args.ckpt, device=args.device)
     changes = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("steps", args.steps),
                                  ("temperature", args.temperature), ("seed", args.seed),
-                                 ("system_prompt", args.system)) if v is not None}
-    chat.settings = chat.settings.updated(**changes)
+                                 ("system_prompt", args.system), ("strategy", args.strategy)) if v is not None}
+    chat.settings = chat.settings.updated(**changes, **ParallelOptions.of(args).as_strategy_options())
+    chat.check_settings(chat.settings)  # against the model too: its family's strategies and their options
     return chat
 
 

@@ -32,9 +32,9 @@ from biglm.finetune.predict import finetune_config_of, resolve_finetuned
 from biglm.generate.autoregressive import AROptions, generate_ar_ids
 from biglm.generate.engine import GenerationOutput, generate_ids
 from biglm.generate.glm import GLMTokens, infill_ids
+from biglm.generate.options import ParallelOptions
 from biglm.generate.sampling import SamplingConfig, check_seed
 from biglm.generate.specials import MASK_SYMBOL, banned_ids, special_ids
-from biglm.generate.strategies import get_strategy
 
 
 @dataclass
@@ -56,6 +56,21 @@ class ChatSettings:
     ``fixed`` (max_new_tokens, cut at the first EOS)."""
     length_candidates: int = 3
     system_prompt: str = ""
+    # The parallel strategies' options (``biglm.generate.options.ParallelOptions``, whose docstrings say what
+    # each does); None: the strategy's default. Masked models only.
+    block_size: int | None = None
+    commit: str | None = None
+    threshold: float | None = None
+    factor: float | None = None
+    margin: float | None = None
+    cache: str | None = None
+    refresh: int | None = None
+    eos_exit: bool | None = None
+
+    @property
+    def parallel(self) -> ParallelOptions:
+        """The parallel strategies' options these settings carry."""
+        return ParallelOptions.of(self)
 
     def updated(self, **changes: Any) -> ChatSettings:
         """A copy with ``changes`` (strings converted to the field's type; one-line errors)."""
@@ -83,17 +98,27 @@ class ChatSettings:
         for name in ("strategy", "system_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise BiglmError(f"{name}: must be a string")
+        self.parallel.check_types()  # the values against the strategy: ChatModel.check_settings
+
+
+BOOLEANS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
 
 
 def _convert(key: str, value: Any, kind: str) -> Any:
+    """A setting typed as a string (``/settings key=value``) as the field's type ``kind`` (``int | None`` ...)."""
     if not isinstance(value, str):
         return value
+    base = kind.removesuffix(" | None")
+    if base != kind and value.lower() in ("none", ""):
+        return None
     try:
-        if kind.startswith("int"):
-            return None if value.lower() in ("none", "") and "None" in kind else int(value)
-        if kind == "float":
+        if base == "int":
+            return int(value)
+        if base == "float":
             return float(value)
-    except ValueError:  # also an integer of more digits than Python converts
+        if base == "bool":
+            return BOOLEANS[value.lower()]
+    except (ValueError, KeyError):  # also an integer of more digits than Python converts
         raise BiglmError(f"setting {key}={value[:40]!r}: expected {kind}") from None
     return value
 
@@ -220,8 +245,8 @@ class ChatModel:
                              f"max_seq_len={self.model.config.max_seq_len}")
         if self.decoder != "mask-predict":
             self.ar_options(settings, SamplingConfig(settings.temperature, settings.top_k, settings.top_p))
-        elif settings.strategy:
-            get_strategy(settings.strategy)
+        else:  # the engine's own checks of the strategy and its options
+            settings.parallel.check(settings.strategy or "mask-predict")
 
     def check_request(self, messages: Any, settings: ChatSettings) -> list[Message]:
         """``messages`` checked (known roles, non-empty content, a user turn last) and ``settings`` against the
@@ -281,7 +306,8 @@ class ChatModel:
                     pad_token_id=self.ids["pad"], max_new_tokens=max_new, steps=min(s.steps, max_new),
                     strategy=s.strategy or "mask-predict",
                     sampling=sampling or SamplingConfig(s.temperature, s.top_k, s.top_p), seed=s.seed, length=length,
-                    length_candidates_k=s.length_candidates, banned_token_ids=self.banned)
+                    length_candidates_k=s.length_candidates, banned_token_ids=self.banned,
+                    **s.parallel.as_strategy_options())
 
     def pass_update(self, t: int, ids: Sequence[int]) -> ReplyUpdate:
         """The live view of Mask-Predict pass ``t``, fed the suffix ``ids`` ([MASK] where undecided)."""
@@ -324,6 +350,11 @@ class ChatModel:
         """How a reply is decoded token by token (greedy or sample: chat's strategies; reply length; banned ids)."""
         if s.strategy not in ("", "greedy", "sample"):
             raise BiglmError(f"strategy {s.strategy!r}: chat decodes {self.family} models with greedy or sample")
+        parallel = s.parallel.as_strategy_options()
+        if parallel:
+            name = next(iter(parallel))
+            raise BiglmError(f"{name}={parallel[name]!r}: an option of the masked models' parallel strategies; "
+                             f"{self.family} models decode token by token (set it to none)")
         return AROptions(max_new_tokens=s.max_new_tokens, sampling=sampling, banned_token_ids=tuple(self.banned))
 
     def _reply_ar(self, prompts: Sequence[tuple[list[int], int]], s: ChatSettings, sampling: SamplingConfig,

@@ -8,7 +8,7 @@
     biglm finetune --task extractive-qa --init runs/demo --train squad-train.json --valid squad-dev.json --out runs/qa
     biglm finetune --config configs/finetune/xsum.yaml --init runs/136m --out runs/xsum
     biglm finetune --eval-only --ckpt runs/ft [--split test]          # score a fine-tuned checkpoint
-    biglm predict --ckpt runs/ft --input new.jsonl --out predictions.jsonl
+    biglm predict --ckpt runs/ft --input new.jsonl --out predictions.jsonl [--strategy blocks --block-size 8 ...]
     biglm finetune --task reward --init runs/demo --train prefs.jsonl --valid prefs-dev.jsonl --out runs/rm
     biglm reward --ckpt runs/rm --input responses.jsonl [--out rewards.jsonl]   # prompt/response records
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 from biglm.config_cli import add_config_options, config_from_args, sections_of
 from biglm.errors import BiglmError
+from biglm.generate.options import ParallelOptions, add_parallel_args
 
 # flag -> config key it sets (values are passed as JSON strings so that YAML keeps them verbatim)
 SHORTCUTS = {
@@ -76,6 +77,12 @@ def register(subparsers: Any) -> None:
                    help="JSONL, one object per input example (extractive QA: a .json path gets {id: answer})")
     q.add_argument("--batch-size", type=int, default=None, help="examples predicted together")
     q.add_argument("--device", default="cpu", help="torch device")
+    d = q.add_argument_group("decoding of seq2seq and instruction fine-tunes (default: the fine-tune's "
+                             "task.KIND.steps, strategy and parallel settings)")
+    d.add_argument("--steps", type=int, default=None, help="refinement passes T")
+    d.add_argument("--strategy", default=None,
+                   help="mask-predict, threshold or blocks (a new strategy starts from its own option defaults)")
+    add_parallel_args(q, "parallel strategies (threshold, blocks); unset: the fine-tune's setting")
     q.set_defaults(func=predict_command)
 
     r = subparsers.add_parser("reward", help="score responses with a reward model",
@@ -199,11 +206,20 @@ def eval_only(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from biglm.finetune.predict import load_predictor, predict_file
+    from biglm.finetune.predict import (
+        finetune_config_of,
+        load_predictor,
+        predict_file,
+        resolve_finetuned,
+        with_decoding,
+    )
     from biglm.outputs import FILE, check_output
 
     check_output(args.out, FILE, [args.ckpt, args.input])  # before the model loads; predict_file checks again
-    predictor = load_predictor(args.ckpt, device=args.device)  # the default hint: fine-tune it first
+    folder = resolve_finetuned(args.ckpt)
+    saved = finetune_config_of(folder)
+    cfg = with_decoding(saved, args.strategy, args.steps, ParallelOptions.of(args)) if saved is not None else None
+    predictor = load_predictor(folder, cfg, device=args.device)  # the default hint: fine-tune it first
     if args.batch_size is not None:
         if args.batch_size <= 0:
             raise BiglmError(f"--batch-size {args.batch_size}: must be > 0")

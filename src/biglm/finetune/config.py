@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Literal
 
 from biglm.config import ModelConfig
 from biglm.configurable import from_dict, load_config, to_dict
-from biglm.errors import ConfigError, check
+from biglm.errors import BiglmError, ConfigError, check
 from biglm.evaluate.sequence_score import MASKED_SCORES, MaskedScore
+from biglm.generate.options import ParallelOptions
 from biglm.train.config import TrainConfig
 from biglm.train.schedule import Schedule
 
@@ -125,7 +126,10 @@ class Seq2SeqConfig:
     best average token log-probability (BiGLM's code; on a copy task it picks a wrong length 82% of the time
     where the length head itself is right: see docs/how-to/finetune.md)."""
     strategy: str = "mask-predict"
-    """Decoding strategy (``biglm.generate.STRATEGIES``)."""
+    """Decoding strategy (``biglm.generate.STRATEGIES``): mask-predict, threshold or blocks."""
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)
+    """The parallel strategies' options (``biglm.generate.options.ParallelOptions``), checked against
+    ``strategy``; unset (null) fields keep the strategy's defaults; masked models only."""
     prefix_cache: bool = True
     """Encode the source once and reuse its keys/values in every pass (exact; false re-encodes, to check)."""
     metrics: list[str] = field(default_factory=lambda: ["rouge", "bleu", "exact_match"])
@@ -161,6 +165,10 @@ class Seq2SeqConfig:
         check(self.num_beams >= 1 and self.no_repeat_ngram_size >= 0 and self.min_target_length >= 0,
               f"{w}.num_beams={self.num_beams}, no_repeat_ngram_size={self.no_repeat_ngram_size}, min_target_length="
               f"{self.min_target_length}: need num_beams >= 1 and the others >= 0")
+        try:  # the engine's checks of the strategy and its options
+            self.parallel.check(self.strategy, self.prefix_cache)
+        except BiglmError as e:
+            raise ConfigError(f"{w}.{'parallel' if self.parallel.as_strategy_options() else 'strategy'}: {e}") from None
         known = ("rouge", "bleu", "bleu2", "distinct", "meteor", "exact_match")
         for m in self.metrics:
             check(m in known, f"{w}.metrics: unknown metric {m!r}; expected some of {', '.join(known)}")

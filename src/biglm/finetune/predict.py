@@ -7,6 +7,7 @@ folder resolves to its ``best/`` checkpoint when it has one (the best epoch), el
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from biglm.files import atomic_write_text
 from biglm.finetune.config import FinetuneConfig, saved_finetune_config
 from biglm.finetune.setup import prepare, read_split
 from biglm.finetune.tasks import FinetuneTask, build_task
+from biglm.generate.options import ParallelOptions
 from biglm.outputs import FILE, check_output
 from biglm.train.checkpointing import BEST, CONFIG
 
@@ -79,6 +81,27 @@ def load_predictor(ckpt: str | Path, cfg: FinetuneConfig | None = None, device: 
         raise BiglmError(f"{folder}: task {cfg.task.kind} as configured needs {diff}; fine-tune for it, or keep the "
                          "task settings the checkpoint was fine-tuned with")
     return Predictor(loaded, cfg, task)
+
+
+def with_decoding(cfg: FinetuneConfig, strategy: str | None = None, steps: int | None = None,
+                  parallel: ParallelOptions | None = None) -> FinetuneConfig:
+    """``cfg`` with the decoding settings of its seq2seq / instruction section changed (``biglm predict``'s
+    flags over the fine-tune's): the ``strategy``, passes ``steps`` and ``parallel`` options given (None: kept;
+    a new strategy starts from its own defaults, not the options saved for the old one), checked as the
+    config's own fields are (one-line ``ConfigError``)."""
+    given = parallel.as_strategy_options() if parallel is not None else {}
+    changes: dict[str, Any] = {k: v for k, v in (("strategy", strategy), ("steps", steps)) if v is not None}
+    if not changes and not given:
+        return cfg
+    section = cfg.task.options
+    if not isinstance(getattr(section, "parallel", None), ParallelOptions):
+        name = next(iter(given), "strategy" if strategy is not None else "steps")
+        raise BiglmError(f"--{name.replace('_', '-')}: a decoding setting of seq2seq and instruction fine-tunes; "
+                         f"this checkpoint is a {cfg.task.kind} one")
+    kept = section.parallel if strategy in (None, section.strategy) else ParallelOptions()
+    changes["parallel"] = dataclasses.replace(kept, **given)
+    task = dataclasses.replace(cfg.task, **{cfg.task.kind.replace("-", "_"): dataclasses.replace(section, **changes)})
+    return dataclasses.replace(cfg, task=task)
 
 
 def evaluate_split(predictor: Predictor, split: str = "valid") -> tuple[dict[str, Any], list[Any], list[dict]]:

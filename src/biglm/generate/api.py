@@ -85,8 +85,16 @@ def generate(model_or_ckpt: Any, prompts: str | Sequence[str], tokenizer: Any = 
 
     ``model_or_ckpt``: a ``BiGLM`` (then ``tokenizer`` is required), a ``LoadedModel`` or a checkpoint
     / run folder. ``max_new_tokens`` is L (the largest candidate with ``length='predict'``), ``steps``
-    is T (1..L; default min(10, L)). ``strategy`` is ``mask-predict``, ``threshold`` (option ``threshold=0.9``) or
-    ``blocks`` (option ``block_size=32``). ``temperature=0`` is greedy; sampling is deterministic for
+    is T (1..L; default min(10, L)). ``strategy`` is ``mask-predict``, ``threshold`` or ``blocks``;
+    ``strategy_options`` are the parallel strategies' options, the fields of
+    ``biglm.generate.options.ParallelOptions`` (``ParallelOptions(...).as_strategy_options()`` gives them):
+    ``block_size`` (blocks: tokens per block, 32), ``commit`` (the commit rule: ``threshold``, ``factor``,
+    ``margin``; blocks also ``mask-predict``, its default), ``threshold`` / ``factor`` / ``margin`` (each rule's
+    bound: 0.9, 1.0, 0.5), ``cache`` (blocks: ``prefix`` exact, or the approximate ``blocks`` / ``dual``
+    suffix caches), ``refresh`` (approximate caches: refresh every this many passes; 0: at each block's
+    start) and ``eos_exit`` (end a row once its text cannot change, for EOS-padded models); an option the
+    strategy does not take, or a bad value, is a one-line error (autoregressive models take none).
+    ``temperature=0`` is greedy; sampling is deterministic for
     a given ``seed``. ``prefix_cache=False`` re-encodes the prompt every pass (same result, slower).
     ``length='predict'`` decodes the length head's ``length_candidates`` best lengths and keeps the winner
     by ``length_rule`` (``average`` or ``joint``, see ``biglm.generate.length``).

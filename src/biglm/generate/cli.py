@@ -6,6 +6,7 @@ bidirectional-ar ones).
     biglm generate --ckpt runs/ar --prompt "The cat" --num-beams 4 --no-repeat-ngram-size 3
     biglm generate --ckpt runs/ar --prompt "and the story ends here." --direction r2l
     biglm generate --ckpt runs/tiny --prompts-file prompts.txt --strategy threshold --threshold 0.8
+    biglm generate --ckpt runs/tiny --prompt "The cat" --strategy blocks --block-size 16 --commit threshold
     echo "Once upon a time" | biglm generate --ckpt runs/tiny --prompts-file - --show-steps
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from biglm.errors import BiglmError
 from biglm.generate.autoregressive import DIRECTIONS
+from biglm.generate.options import ParallelOptions, add_parallel_args
 
 
 def register(subparsers: Any) -> None:
@@ -36,9 +38,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--strategy", default=None,
                    help="masked: mask-predict (default), threshold or blocks; autoregressive: greedy (default), "
                         "sample or beam")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="threshold strategy: commit tokens at least this probable (default 0.9)")
-    p.add_argument("--block-size", type=int, default=None, help="blocks strategy: tokens per block (default 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
@@ -53,6 +52,7 @@ def register(subparsers: Any) -> None:
                    help="winner among length candidates: best average token log-prob, or log p(length) + sum")
     p.add_argument("--show-steps", action="store_true",
                    help="print the partly decoded text of every pass (▢ = still masked)")
+    add_parallel_args(p, "parallel strategies of masked models (threshold, blocks); unset: the strategy's default")
     ar = p.add_argument_group("autoregressive models (causal, bidirectional-ar)")
     ar.add_argument("--direction", choices=DIRECTIONS, default="l2r",
                     help="l2r: continue the prompt; r2l (bidirectional-ar): write the text that comes before it")
@@ -89,11 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device, "--device")
     prompts = read_prompts(args)
-    options = {}
-    if args.threshold is not None:
-        options["threshold"] = args.threshold
-    if args.block_size is not None:
-        options["block_size"] = args.block_size
+    options = ParallelOptions.of(args).as_strategy_options()
     start = time.perf_counter()
     result = generate(args.ckpt, prompts, max_new_tokens=args.max_new_tokens, steps=args.steps,
                       strategy=args.strategy, temperature=args.temperature, top_k=args.top_k,

@@ -12,7 +12,9 @@ the prefix-blind layout X never attends Y, so X's keys and values are the same i
   ``use_cache=False`` runs the full sequence every pass instead (same layout, same positions).
 
 Rows of Y shorter than the batch's longest (length candidates) are right-padded with document id -1.
-Only the positions being predicted go through the LM head (``logits_mask``).
+Only the positions being predicted go through the LM head (``logits_mask``). ``encode_prefix`` and the suffix
+pass live in ``biglm.generate.prefix``; the ``blocks`` strategy may also reuse Y's own keys and values between
+passes (the approximate suffix caches, ``cache='blocks' | 'dual'``: ``biglm.generate.suffix_cache``).
 
 ``encode_prefix`` + ``decode`` are the building blocks (evaluation uses them directly);
 ``generate_ids`` adds BOS, truncation, length candidates and EOS cutting.
@@ -26,96 +28,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biglm.attention import PREFIX, SUFFIX, AttentionLayout
-from biglm.devices import model_device
 from biglm.errors import BiglmError
+from biglm.generate.commit import Predictions
 from biglm.generate.length import length_candidates, pick_best
+from biglm.generate.prefix import PAD_DOCUMENT, EncodedPrefix, encode_prefix, suffix_forward, suffix_logits
 from biglm.generate.sampling import SamplingConfig, choose_tokens, seeded_generator
-from biglm.generate.strategies import DecodeState, get_strategy, run_strategy
-from biglm.model import KVCache, suffix_position_ids
+from biglm.generate.strategies import DecodeState, StepRule, get_strategy, run_strategy, start_strategy
+from biglm.generate.suffix_cache import SuffixRunner, start_suffix_cache
+
+__all__ = ["PAD_DOCUMENT", "DecodeResult", "EncodedPrefix", "GenerationOutput", "decode", "encode_prefix",
+           "generate_ids", "start_decoding", "suffix_forward", "suffix_logits"]
 
 log = logging.getLogger("biglm.generate")
-
-PAD_DOCUMENT = -1
-
-
-@dataclass
-class EncodedPrefix:
-    """A left-padded batch of prefixes X (B, P) and, with the cache on, their keys and values."""
-
-    input_ids: Tensor
-    document_ids: Tensor
-    """0 on real tokens, -1 on left padding."""
-    position_ids: Tensor
-    lengths: Tensor
-    """(B,) real tokens per row (BOS included): each row's Y starts at this position."""
-    cache: KVCache | None = None
-    length_logits: Tensor | None = None
-
-    @property
-    def width(self) -> int:
-        return self.input_ids.shape[1]
-
-    def index_select(self, index: Tensor) -> EncodedPrefix:
-        """Rows ``index`` (e.g. each prompt repeated once per length candidate)."""
-        pick = lambda t: None if t is None else t.index_select(0, index.to(t.device))
-        cache = self.cache.index_select(index) if self.cache is not None else None
-        return EncodedPrefix(pick(self.input_ids), pick(self.document_ids), pick(self.position_ids),
-                             pick(self.lengths), cache, pick(self.length_logits))
-
-
-@torch.inference_mode()
-def encode_prefix(model: nn.Module, prefixes: Sequence[Sequence[int]], *, pad_token_id: int = 0,
-                  use_cache: bool = True, length_logits: bool = False) -> EncodedPrefix:
-    """Left-pad ``prefixes`` (token ids, BOS included) into one batch; with ``use_cache`` encode them
-    once and keep the cache; with ``length_logits`` also read the length head over the real tokens."""
-    if not prefixes or any(len(p) == 0 for p in prefixes):
-        raise BiglmError("encode_prefix: every prefix needs at least one token")
-    device = model_device(model)
-    lengths = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
-    width = int(lengths.max())
-    ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long)
-    for i, p in enumerate(prefixes):
-        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-    pad = torch.arange(width)[None, :] < (width - lengths)[:, None]
-    docs = torch.where(pad, PAD_DOCUMENT, 0).to(torch.int32)
-    positions = (torch.arange(width)[None, :] - (width - lengths)[:, None]).clamp_min(0)
-    prefix = EncodedPrefix(ids.to(device), docs.to(device), positions.to(device), lengths.to(device))
-    if use_cache or length_logits:
-        layout = AttentionLayout("prefix_blind", prefix.document_ids,
-                                 torch.full_like(prefix.document_ids, PREFIX, dtype=torch.int8))
-        out = model(prefix.input_ids, layout, prefix.position_ids, logits_mask=torch.zeros_like(pad, device=device),
-                    length_mask=(~pad).to(device) if length_logits else None, use_cache=use_cache)
-        prefix.cache = out.cache if use_cache else None
-        if length_logits:
-            if out.length_logits is None:
-                raise BiglmError("length='predict' needs a model with a length head (config.length_head)")
-            prefix.length_logits = out.length_logits.float()
-    return prefix
-
-
-def suffix_logits(model: nn.Module, prefix: EncodedPrefix, tokens: Tensor, active: Tensor,
-                  logits_mask: Tensor | None = None) -> Tensor:
-    """One pass over the suffix ``tokens`` (B, L) after ``prefix``; ``active`` (B, L) marks each row's
-    real suffix positions. Returns logits (B, L, V), or (N, V) at ``logits_mask``. Uses the prefix cache
-    when ``prefix.cache`` is set, else the full sequence."""
-    y_docs = torch.where(active, 0, PAD_DOCUMENT).to(torch.int32)
-    y_regions = torch.full_like(y_docs, SUFFIX, dtype=torch.int8)
-    y_positions = suffix_position_ids(model.config.suffix_positions, prefix.lengths, tokens.shape[1])
-    if prefix.cache is not None:
-        layout = AttentionLayout("prefix_blind", y_docs, y_regions)
-        return model(tokens, layout, y_positions, logits_mask=logits_mask, past=prefix.cache).logits
-    layout = AttentionLayout(
-        "prefix_blind", torch.cat([prefix.document_ids, y_docs], dim=1),
-        torch.cat([torch.full_like(prefix.document_ids, PREFIX, dtype=torch.int8), y_regions], dim=1))
-    full_mask = None
-    if logits_mask is not None:
-        full_mask = torch.cat([torch.zeros_like(prefix.input_ids, dtype=torch.bool), logits_mask], dim=1)
-    out = model(torch.cat([prefix.input_ids, tokens], dim=1), layout,
-                torch.cat([prefix.position_ids, y_positions], dim=1), logits_mask=full_mask)
-    return out.logits if logits_mask is not None else out.logits[:, prefix.width:]
 
 
 @dataclass
@@ -136,38 +63,59 @@ def banned_tensor(banned_token_ids: Sequence[int], mask_token_id: int, device: t
 
 
 def fill_predictions(logits: Tensor, tokens: Tensor, where: Tensor, sampling: SamplingConfig,
-                     generator: torch.Generator | None, banned: Tensor | None) -> tuple[Tensor, Tensor]:
+                     generator: torch.Generator | None, banned: Tensor | None, margins: bool = False) -> Predictions:
     """A pass's predictions as a strategy takes them: tokens chosen from ``logits`` (N, V), the N positions of
-    ``where`` (B, L) in row-major order, written into a copy of ``tokens`` (B, L), and their log-probabilities
-    (B, L) (0 elsewhere)."""
+    ``where`` (B, L) in row-major order, written into a copy of ``tokens`` (B, L), their log-probabilities
+    (B, L) (0 elsewhere) and, with ``margins``, the top-1 minus top-2 probability of each position's
+    distribution (banned ids excluded)."""
     ids, logprobs = choose_tokens(logits, sampling, generator, banned)
     out_ids = tokens.clone()
     out_ids[where] = ids
     out_scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     out_scores[where] = logprobs
-    return out_ids, out_scores
+    out_margins = None
+    if margins:
+        probs = logits.float().softmax(dim=-1)
+        if banned is not None and banned.numel():
+            probs = probs.index_fill(-1, banned, 0.0)
+        top = probs.topk(2, dim=-1).values if probs.shape[-1] > 1 else F.pad(probs, (0, 1))
+        out_margins = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        out_margins[where] = top[:, 0] - top[:, 1]
+    return Predictions(out_ids, out_scores, out_margins)
+
+
+def start_decoding(strategy: str, state: DecodeState, steps: int, prefix_cached: bool,
+                   options: dict[str, Any]) -> tuple[StepRule, SuffixRunner]:
+    """The strategy's rule on ``state`` and the suffix cache it runs with (options ``cache`` and ``refresh``; the
+    rest are the strategy's), each checked with one-line errors."""
+    options = dict(options)
+    cache, refresh = options.pop("cache", None) or "prefix", options.pop("refresh", None)
+    rule = start_strategy(strategy, state, steps, **options)
+    runner = start_suffix_cache(cache, refresh, getattr(rule, "blockwise", False), prefix_cached)
+    return rule, runner
 
 
 class _ModelPredictor:
     """The strategies' view of the model: predict the selected positions, count passes, record inputs."""
 
-    def __init__(self, model: nn.Module, prefix: EncodedPrefix, active: Tensor, sampling: SamplingConfig,
-                 generator: torch.Generator | None, banned: Tensor | None, record: bool,
+    def __init__(self, model: nn.Module, prefix: EncodedPrefix, active: Tensor, runner: SuffixRunner,
+                 sampling: SamplingConfig, generator: torch.Generator | None, banned: Tensor | None, record: bool,
                  on_pass: Callable[[int, Tensor], None] | None = None) -> None:
-        self.model, self.prefix, self.active, self.sampling = model, prefix, active, sampling
+        self.model, self.prefix, self.active, self.runner, self.sampling = model, prefix, active, runner, sampling
         self.generator, self.banned, self.on_pass = generator, banned, on_pass
         self.passes = 0
         self.trajectory: list[Tensor] | None = [] if record else None
 
-    def __call__(self, tokens: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, tokens: Tensor, where: Tensor, span: tuple[int, int] | None = None,
+                 margins: bool = False) -> Predictions:
         where = where & self.active
         if self.trajectory is not None:
             self.trajectory.append(tokens.to("cpu", copy=True))
         if self.on_pass is not None:
             self.on_pass(self.passes, tokens.to("cpu", copy=True))
-        logits = suffix_logits(self.model, self.prefix, tokens, self.active, logits_mask=where)
+        logits = self.runner(self.model, self.prefix, tokens, self.active, where, span)
         self.passes += 1
-        return fill_predictions(logits, tokens, where, self.sampling, self.generator, self.banned)
+        return fill_predictions(logits, tokens, where, self.sampling, self.generator, self.banned, margins)
 
 
 @torch.inference_mode()
@@ -175,19 +123,21 @@ def decode(model: nn.Module, prefix: EncodedPrefix, active: Tensor, *, steps: in
            strategy: str = "mask-predict", sampling: SamplingConfig | None = None,
            generator: torch.Generator | None = None, banned_token_ids: Sequence[int] = (),
            record_trajectory: bool = False, on_pass: Callable[[int, Tensor], None] | None = None,
-           **strategy_options: Any) -> DecodeResult:
+           eos_token_id: int | None = None, **strategy_options: Any) -> DecodeResult:
     """Refine an all-[MASK] suffix after ``prefix`` with ``strategy`` in at most ``steps`` passes
     (``blocks``: at least one per block). ``active`` (B, L) bool gives each row's target positions.
+    ``strategy_options``: the strategy's, and ``cache`` / ``refresh`` (``biglm.generate.suffix_cache``).
     ``on_pass(t, tokens)`` sees the suffix fed to pass t ((B, L) on the CPU) as it happens."""
     if steps <= 0:
         raise BiglmError(f"steps={steps}: must be > 0")
     device = prefix.input_ids.device
     active = active.to(device)
     banned = banned_tensor(banned_token_ids, mask_token_id, device)
-    predictor = _ModelPredictor(model, prefix, active, sampling or SamplingConfig(), generator, banned,
+    state = DecodeState.all_masked(active, mask_token_id, eos_token_id)
+    rule, runner = start_decoding(strategy, state, steps, prefix.cache is not None, strategy_options)
+    predictor = _ModelPredictor(model, prefix, active, runner, sampling or SamplingConfig(), generator, banned,
                                 record_trajectory, on_pass)
-    state = DecodeState.all_masked(active, mask_token_id)
-    run_strategy(strategy, state, predictor, steps, **strategy_options)
+    run_strategy(rule, state, predictor)
     trajectory = predictor.trajectory or []
     if record_trajectory:
         trajectory.append(state.tokens.cpu())
@@ -272,7 +222,8 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], *, bos_toke
         shown = lambda t, tokens: on_pass(t, [tokens[r, :lens[r]].tolist() for r in rows])
     result = decode(model, prefix, active, steps=steps, mask_token_id=mask_token_id, strategy=strategy,
                     sampling=sampling, generator=generator, banned_token_ids=banned_token_ids,
-                    record_trajectory=record_trajectory, on_pass=shown, **strategy_options)
+                    record_trajectory=record_trajectory, on_pass=shown, eos_token_id=eos_token_id,
+                    **strategy_options)
     return collect_output(result, prefix, row_lengths, cands, length_rule, eos_token_id, prefixes, passes)
 
 

@@ -6,9 +6,19 @@ check the values (one-line errors) against the strategy chosen.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+from biglm.config_cli import field_docs
+from biglm.errors import BiglmError
+from biglm.generate.engine import start_decoding
+from biglm.generate.strategies import DecodeState
 
 
 @dataclass(frozen=True)
@@ -51,3 +61,46 @@ class ParallelOptions:
     def of(cls, settings: Any) -> ParallelOptions:
         """The options carried by ``settings``, any object with (some of) these fields as attributes."""
         return cls(**{name: getattr(settings, name) for name in cls.field_names() if hasattr(settings, name)})
+
+    def check_types(self) -> None:
+        """One-line ``BiglmError`` for a field whose value is not of its annotated type (an int is a float; a
+        bool is no int). The values themselves are the engine's to check (``check``)."""
+        for name, kind in field_types().items():
+            value = getattr(self, name)
+            ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+            if value is not None and not (ok or (kind is float and type(value) is int)):
+                raise BiglmError(f"{name}={repr(value)[:40]}: expected {kind.__name__}")
+
+    def check(self, strategy: str, prefix_cache: bool = True) -> None:
+        """One-line ``BiglmError`` for options strategy ``strategy`` does not take or a value it (or the suffix
+        cache) refuses: the engine's own checks, run by starting the decoding on a one-token dummy state."""
+        self.check_types()
+        state = DecodeState.all_masked(torch.ones(1, 1, dtype=torch.bool), mask_token_id=0, eos_token_id=1)
+        start_decoding(strategy, state, 1, prefix_cache, self.as_strategy_options())
+
+
+@functools.cache
+def field_types() -> dict[str, type]:
+    """Each field's type, ``None`` unwrapped: int, float, str or bool."""
+    hints = typing.get_type_hints(ParallelOptions)
+    return {name: next(a for a in typing.get_args(hints[name]) if a is not type(None))
+            for name in ParallelOptions.field_names()}
+
+
+def field_help(name: str) -> str:
+    """Field ``name``'s docstring on one line, ``code`` quotes dropped (help text, schema descriptions)."""
+    return " ".join(field_docs(ParallelOptions).get(name, "").split()).replace("``", "")
+
+
+def add_parallel_args(parser: argparse.ArgumentParser | Any, title: str = "parallel strategies (threshold, blocks)"
+                      ) -> None:
+    """A flag per ``ParallelOptions`` field (``--block-size N`` ... ``--eos-exit`` / ``--no-eos-exit``), default
+    None (the strategy's own), help from the field's docstring; ``ParallelOptions.of(args)`` reads them back."""
+    group = parser.add_argument_group(title)
+    for name, kind in field_types().items():
+        flag, text = "--" + name.replace("_", "-"), field_help(name).replace("%", "%%")
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            metavar = "NAME" if kind is str else kind.__name__.upper()
+            group.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=text)

@@ -33,11 +33,12 @@ from biglm.generate.engine import (
     encode_prefix,
     fill_predictions,
     prepare_prefixes,
+    start_decoding,
     suffix_logits,
     target_mask,
 )
 from biglm.generate.sampling import SamplingConfig, seeded_generator
-from biglm.generate.strategies import DecodeState, start_strategy
+from biglm.generate.strategies import DecodeState
 from biglm.model import KVCache
 
 
@@ -62,8 +63,8 @@ class DecodeJob:
         self.generator = None if self.sampling.greedy else seeded_generator(device, seed)
         self.banned = banned_tensor(banned_token_ids, mask_token_id, device)
         self.pad_token_id, self.eos_token_id, self.length_rule = pad_token_id, eos_token_id, length_rule
-        self.state = DecodeState.all_masked(self.active, mask_token_id)
-        self.rule = start_strategy(strategy, self.state, steps, **strategy_options)
+        self.state = DecodeState.all_masked(self.active, mask_token_id, eos_token_id)
+        self.rule, self.runner = start_decoding(strategy, self.state, steps, prefix_cache, strategy_options)
         self.passes = 0
         """Passes run so far (the prefix pass not counted): the index of the next one."""
         self.where = self.rule.plan()
@@ -90,11 +91,20 @@ class DecodeJob:
         """This job's logits of the pass (one row per position of ``predicted()``, row-major): choose its tokens
         and plan the next pass."""
         assert self.where is not None, "the job is done"
-        ids, scores = fill_predictions(logits, self.state.tokens, self.predicted(), self.sampling, self.generator,
-                                       self.banned)
-        self.rule.commit(self.where, ids, scores)
+        predictions = fill_predictions(logits, self.state.tokens, self.predicted(), self.sampling, self.generator,
+                                       self.banned, self.rule.needs_margins)
+        self.rule.commit(self.where, predictions)
         self.passes += 1
         self.where = self.rule.plan()
+
+    @property
+    def shares_passes(self) -> bool:
+        """False for a job with an approximate suffix cache: its passes run its own blocks, alone."""
+        return not self.runner.approximate
+
+    def step_alone(self, model: nn.Module) -> None:
+        """This job's next pass by itself (through its suffix cache)."""
+        self.take(self.runner(model, self.prefix, self.state.tokens, self.active, self.predicted(), self.rule.span))
 
     def output(self) -> GenerationOutput:
         """The result, as ``generate_ids`` of this prompt alone returns it (no trajectories)."""
@@ -137,7 +147,14 @@ def join_prefixes(prefixes: Sequence[EncodedPrefix], pad_token_id: int = 0) -> E
 @torch.inference_mode()
 def run_pass(model: nn.Module, jobs: Sequence[DecodeJob], prefix: EncodedPrefix | None = None) -> None:
     """One forward pass for ``jobs`` (none done) together; ``prefix``: their prefixes already joined
-    (``join_prefixes``, in this order)."""
+    (``join_prefixes``, in this order). Jobs with an approximate suffix cache (``shares_passes`` False) each run
+    their own pass instead (``prefix`` then joins the others only)."""
+    for job in jobs:
+        if not job.shares_passes:
+            job.step_alone(model)
+    jobs = [j for j in jobs if j.shares_passes]
+    if not jobs:
+        return
     if prefix is None:
         prefix = join_prefixes([j.prefix for j in jobs], jobs[0].pad_token_id)
     width = max(j.width for j in jobs)
@@ -174,8 +191,11 @@ class PassBatch:
         running = [(k, j) for k, j in self.jobs.items() if not j.done]
         if not running:
             return
-        keys = tuple(k for k, _ in running)
-        if self._joined is None or self._joined[0] != keys:
-            jobs = [j for _, j in running]
-            self._joined = keys, join_prefixes([j.prefix for j in jobs], jobs[0].pad_token_id)
-        run_pass(self.model, [j for _, j in running], self._joined[1])
+        shared = [(k, j) for k, j in running if j.shares_passes]
+        joined = None
+        if shared:
+            keys = tuple(k for k, _ in shared)
+            if self._joined is None or self._joined[0] != keys:
+                self._joined = keys, join_prefixes([j.prefix for _, j in shared], shared[0][1].pad_token_id)
+            joined = self._joined[1]
+        run_pass(self.model, [j for _, j in running], joined)

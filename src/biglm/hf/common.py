@@ -14,7 +14,8 @@ from biglm.families import get_family
 from biglm.hf.configuration_biglm import BiGLMConfig
 
 WEIGHTS = "model.safetensors"
-REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py")
+REMOTE_CODE = ("configuration_biglm.py", "modeling_biglm.py", "decoding_biglm.py")
+"""The remote code copied into every folder exported with it (``modeling_biglm.py`` imports the other two)."""
 AUTO_MAP = {
     "AutoConfig": "configuration_biglm.BiGLMConfig",
     "AutoModel": "modeling_biglm.BiGLMModel",

@@ -40,7 +40,7 @@ from biglm.data.tokenizer import ensure_special_tokens, glm_token_ids
 from biglm.errors import BiglmError
 from biglm.families import get_family
 from biglm.files import install_folder, new_temp_folder
-from biglm.hf.causal import loading_code, write_causal_lm
+from biglm.hf.causal import loading_code, suppressed_ids, write_causal_lm
 from biglm.hf.common import AUTO_MAP, REMOTE_CODE, WEIGHTS, hf_config
 from biglm.loaders import load_pickle, load_tokenizer_folder
 from biglm.model import BiGLM
@@ -195,11 +195,21 @@ def _write_remote_code(loaded: Any, tmp: Path, readme: str, edit_config: Any = N
 
 
 def _write_masked_lm(loaded: Any, tmp: Path) -> None:
+    """A masked model: remote code ``BiGLMForMaskedLM``, with the ids biglm's decoding never emits in the config
+    (``banned_token_ids``, read by ``generate_parallel``)."""
+    def banned(cfg: Any) -> None:
+        if loaded.tokenizer is not None:
+            cfg.banned_token_ids = suppressed_ids(loaded.tokenizer, loaded.config.vocab_size)
+
     _write_remote_code(loaded, tmp, (
         f"---\nlibrary_name: transformers\ntags: [biglm, fill-mask]\n---\n# {loaded.config.name}\n\n"
         "A BiGLM (bidirectional general language model) exported by `biglm export-hf`.\n\n"
-        "```python\n" + loading_code("AutoModelForMaskedLM", remote_code=True) + "```\n\n"
-        "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM.\n"))
+        "```python\n" + loading_code("AutoModelForMaskedLM", remote_code=True) +
+        "out = model.generate_parallel(tokenizer=tokenizer, text='The cat', max_new_tokens=8, steps=4)\n"
+        "print(out.texts[0])  # greedy Mask-Predict, as `biglm generate`\n```\n\n"
+        "Pass `regions` (0 = prefix, 1 = suffix) for the prefix-blind attention of BiGLM. `generate_parallel` also "
+        "takes `strategy` (`mask-predict`, `threshold`, `blocks`), `block_size`, `commit` (`threshold`, `factor`, "
+        "`margin`), its value and `eos_exit`.\n"), banned)
 
 
 def _write_glm(loaded: Any, tmp: Path) -> None:

@@ -43,6 +43,7 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPas
 from transformers.utils import ModelOutput
 
 from .configuration_biglm import BiGLMConfig
+from .decoding_biglm import ParallelDecodeOutput, generate_parallel
 
 _TRANSFORMERS_V5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
 
@@ -325,7 +326,7 @@ class BiGLMWithLMHead(BiGLMPreTrainedModel):
 
 class BiGLMForMaskedLM(BiGLMWithLMHead):
     """BiGLM with the (tied) LM head and the optional length head; loss = mean cross-entropy over
-    ``labels != -100``."""
+    ``labels != -100``. ``generate_parallel`` decodes as ``biglm generate`` (``decoding_biglm.py``)."""
 
     def __init__(self, config: BiGLMConfig) -> None:
         super().__init__(config)
@@ -372,6 +373,14 @@ class BiGLMForMaskedLM(BiGLMWithLMHead):
             items = (loss, logits, length_logits, out.hidden_states)
             return tuple(t for t in items if t is not None)
         return BiGLMMaskedLMOutput(loss, logits, length_logits, out.hidden_states)
+
+    def generate_parallel(self, input_ids: Any = None, attention_mask: Any = None,
+                          **options: Any) -> ParallelDecodeOutput:
+        """Greedy parallel decoding of ``max_new_tokens`` after each prompt, with biglm's strategies
+        (``mask-predict``, ``threshold``, ``blocks``) and commit rules (``threshold``, ``factor``, ``margin``):
+        the tokens ``biglm generate`` gives with the same options. Every pass recomputes the whole sequence
+        (no prefix or suffix caches). See ``decoding_biglm.generate_parallel`` for the options."""
+        return generate_parallel(self, input_ids, attention_mask, **options)
 
 
 class BiGLMForQuestionAnswering(BiGLMPreTrainedModel):

@@ -3,8 +3,9 @@
 Types are strict (``"stream": "no"`` and ``"max_tokens": "4"`` are refused, not converted) and unknown fields
 are refused, as OpenAI does. A message's ``content`` is a string or OpenAI's list of content parts (text parts
 are joined; other part types are refused). The values of the generation settings (temperature, top_p, top_k,
-seed, max_tokens, steps, ...) are checked by ``ChatSettings.check`` and ``ChatModel.check_settings``, the same
-checks ``biglm chat`` and ``biglm generate`` apply; the schema states the same bounds for clients
+seed, max_tokens, steps, the parallel strategies' block_size, commit, cache ...) are checked by
+``ChatSettings.check`` and ``ChatModel.check_settings``, the same checks ``biglm chat`` and ``biglm generate``
+apply (the engine's own, for the strategies' options); the schema states the same bounds for clients
 (``TEMPERATURE_RANGE``, ``SEED_RANGE``). Strings reach these models through ``biglm.textio.parse_json``, which
 refuses unpaired surrogates, NaN, over-deep nesting and oversized integers first.
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
+from biglm.generate.options import field_help, field_types
 from biglm.generate.sampling import SEED_RANGE, TEMPERATURE_RANGE
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -102,8 +104,17 @@ class ChatMessage(BaseModel):
     annotations: list[Any] | None = None
 
 
-class GenerationFields(BaseModel):
-    """The fields both endpoints share: OpenAI's sampling options and biglm's own (steps, strategy, length)."""
+ParallelFields: Any = create_model(
+    "ParallelFields", __config__=STRICT, __doc__="The parallel strategies' options (masked models), one field per "
+    "field of ``biglm.generate.options.ParallelOptions``; null: the strategy's default.",
+    **{name: (kind | None, Field(None, description=field_help(name))) for name, kind in field_types().items()})
+"""One request field per ``ParallelOptions`` field, built from it (types and descriptions); the values are the
+engine's to check (``ChatModel.check_settings``)."""
+
+
+class GenerationFields(ParallelFields):
+    """The fields both endpoints share: OpenAI's sampling options and biglm's own (steps, strategy, length, and the
+    parallel strategies' options of ``ParallelFields``)."""
 
     model_config = STRICT
     model: str | None = None

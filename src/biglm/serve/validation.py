@@ -19,6 +19,7 @@ from starlette.types import Send
 
 from biglm.chat.session import ChatModel, ChatSettings, Reply
 from biglm.errors import BiglmError
+from biglm.generate.options import ParallelOptions
 from biglm.serve.scheduler import ReplyRequest
 from biglm.serve.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from biglm.textio import parse_json
@@ -115,8 +116,8 @@ def settings_from(req: GenerationFields, base: ChatSettings) -> ChatSettings:
     """The request's generation settings over the server's defaults, checked (``ChatSettings.check``)."""
     changes = {name: getattr(req, key) for key, name in (
         ("max_tokens", "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-        ("seed", "seed"), ("steps", "steps"), ("strategy", "strategy"), ("length", "length"))
-        if getattr(req, key) is not None}
+        ("seed", "seed"), ("steps", "steps"), ("strategy", "strategy"), ("length", "length"),
+        *((name, name) for name in ParallelOptions.field_names())) if getattr(req, key) is not None}
     if getattr(req, "max_completion_tokens", None) is not None:
         changes["max_new_tokens"] = req.max_completion_tokens  # type: ignore[attr-defined]
     try:

@@ -51,6 +51,11 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, max_seq_len: int, family: st
         fits = [k for k in TASKS if task_class(k, family) is not None]
         raise ConfigError(f"task.kind={kind}: needs a {', '.join(takes[:-1])} or {takes[-1]} model, the checkpoint "
                           f"is {family} (a {family} model fine-tunes with: {', '.join(fits)})")
+    parallel = getattr(cfg.task.options, "parallel", None)
+    if parallel is not None and parallel.as_strategy_options() and get_family(family).autoregressive:
+        name, value = next(iter(parallel.as_strategy_options().items()))  # said before training, not ignored later
+        raise ConfigError(f"{cfg.task.options.section}.parallel.{name}={value!r}: an option of the masked models' "
+                          f"parallel strategies; a {family} model decodes token by token")
     if kind in ("reward", "dpo"):  # these read the family (pooling and attention; dpo needs an AR policy)
         return cls(cfg, tokenizer, max_seq_len, family=family)  # type: ignore
     return cls(cfg, tokenizer, max_seq_len)  # type: ignore

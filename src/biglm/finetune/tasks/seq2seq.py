@@ -166,7 +166,7 @@ class Seq2SeqTask(TaskBase):
                 mask_token_id=self.ids.mask, pad_token_id=self.ids.pad, max_new_tokens=self.max_target,
                 steps=min(o.steps, self.max_target), strategy=o.strategy, length="predict" if head else "fixed",
                 length_candidates_k=o.length_candidates, length_rule=o.length_rule, banned_token_ids=banned,
-                prefix_cache=o.prefix_cache)
+                prefix_cache=o.prefix_cache, **o.parallel.as_strategy_options())
             texts = self.tokenizer.batch_decode(result.token_ids, skip_special_tokens=True)
             for i, text in enumerate(texts):
                 pred: dict[str, Any] = {"prediction": text.strip(), "length": len(result.token_ids[i]),
