@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"note: the copy model's exact match at full recompute is {ref_em:.1f}% (< {COPY_EM_WANTED}%): "
               "too few --copy-steps for its deltas to mean much", flush=True)
     results["best"] = best_settings(timing)
-    results["goal"] = goal(results["best"], a.shapes)
+    results["goal"] = goal(results["best"], a.shapes, results["copy_reference_ok"])
     results["env"]["seconds"]["total"] = round(time.perf_counter() - tic, 1)
     print_report(results)
     a.out.parent.mkdir(parents=True, exist_ok=True)
