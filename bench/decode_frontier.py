@@ -80,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, help="held-out prompts for the continuation quality (32; quick 8)")
     p.add_argument("--prompt-tokens", type=int, default=24)
     p.add_argument("--new", type=int, default=64, help="new tokens of the continuations and timings")
-    p.add_argument("--copy-batch1", type=int, help="copy examples decoded one at a time for passes (10; quick 5)")
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats after a warm-up, best kept (larger "
-                                                          "shapes: batch 1 without warm-up, batch > 1 once)")
+    p.add_argument("--copy-batch1", type=int, help="copy examples decoded one at a time for passes (5)")
+    p.add_argument("--repeats", type=int, default=2, help="timed interleaved runs, the best kept (larger shapes "
+                                                          "at batch > 1: one)")
     p.add_argument("--candidates", type=int, default=1, help="settings timed at the larger shapes per batch")
     p.add_argument("--out", type=Path, help="JSON (default bench/results/decode_frontier[_quick].json)")
     p.add_argument("--plot", type=Path, help="PNG (default docs/results/decode_frontier.png; quick: none)")
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.shapes = (a.shapes or ("demo" if q else "demo,biglm-136m")).split(",")
     a.batches = [int(b) for b in (a.batches or ("1" if q else "1,8")).split(",")]
     a.prompts = a.prompts or (8 if q else 32)
-    a.copy_batch1 = a.copy_batch1 if a.copy_batch1 is not None else (5 if q else 10)
+    a.copy_batch1 = a.copy_batch1 if a.copy_batch1 is not None else 5
     a.out = a.out or ROOT / "bench/results" / ("decode_frontier_quick.json" if q else "decode_frontier.json")
     if a.plot is None and not q:
         a.plot = ROOT / "docs/results/decode_frontier.png"
@@ -177,14 +177,15 @@ def measure_cost(a: argparse.Namespace, quality: dict[str, dict[str, Any]], mask
                 fns[name] = cost.masked_fn(model, batch_prompts, ids, banned, a.new, kwargs)
             repeats = 1 if big and batch > 1 else a.repeats
             print(f"  timing {shape} batch {batch}: {len(fns)} runs × {repeats}", flush=True)
-            timed = cost.timed_rows(shape, batch, fns, a.new, repeats, warmup=not big)
+            timed = cost.timed_rows(shape, batch, fns, a.new, repeats)
             for r in timed:
                 r["kwargs"] = chosen.get(r["setting"])
                 r["load_average"] = [round(x, 2) for x in os.getloadavg()]
                 if r["setting"] in quality:
                     q = quality[r["setting"]]
                     r["quality_delta"], r["within_tolerance"] = q["quality_delta"], q["within_tolerance"]
-                    r["readable"] = f"{r['setting']} ({readable(r['kwargs'])})"
+                    how = f"run at the {trained_shape} model's pass count: " if big else ""
+                    r["readable"] = f"{r['setting']} ({how}{readable(r['kwargs'])})"
             rows += timed
         if shape != trained_shape and shape == a.shapes[-1]:
             step = {r["setting"]: r["latency_s"] / a.new for r in rows if r["shape"] == shape and r["batch"] == 1

@@ -69,11 +69,12 @@ def masked_fn(model: nn.Module, prompts: list[list[int]], ids: dict[str, int], b
     return run
 
 
-def timed_rows(shape: str, batch: int, fns: dict[str, Callable[[], int]], new: int, repeats: int,
-               warmup: bool = True) -> list[dict[str, Any]]:
-    """Latency, tokens/s and passes per token of each function (best of ``repeats`` interleaved runs), with the
-    speed-ups over transformers' generate() and biglm's causal decoder."""
-    timing = best_of(fns, repeats, warmup)
+def timed_rows(shape: str, batch: int, fns: dict[str, Callable[[], int]], new: int, repeats: int
+               ) -> list[dict[str, Any]]:
+    """Latency, tokens/s and passes per token of each function (best of ``repeats`` interleaved runs, no warm-up
+    round: the minimum drops a cold first run), with the speed-ups over transformers' generate() and biglm's
+    causal decoder."""
+    timing = best_of(fns, repeats, warmup=False)
     rows = []
     for name, (sec, passes) in timing.items():
         rows.append({"shape": shape, "batch": batch, "setting": name, "latency_s": sec,
