@@ -24,8 +24,8 @@ from ``frontier_models`` (trained when missing, cached under ``runs/frontier``):
 given (``--masked runs/demo``, ``--causal runs/demo-causal``) when they exist, else configs/demo.yaml at
 ``--pretrain-steps``.
 
-    python bench/decode_frontier.py            # full: ~15 minutes from a fresh clone on 2 idle CPU cores
-    python bench/decode_frontier.py --quick    # demo shape, batch 1, few settings and prompts, tiny budgets
+    python bench/decode_frontier.py            # full: 12 minutes from a fresh clone on 2 CPU cores (busy: 16)
+    python bench/decode_frontier.py --quick    # demo shape, batch 1, few settings and prompts, tiny budgets (2)
 
 Prints Markdown tables; writes ``bench/results/decode_frontier[_quick].json`` and (full) the plot
 ``docs/results/decode_frontier.png``.
