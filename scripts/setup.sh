@@ -17,7 +17,7 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC"
   python -m pip install -q "$TORCH_SPEC"
 fi
-if ! python -c "import biglm, lm_eval, pytest, ruff, selenium, openai, hypothesis, filelock, importlinter, fastapi, uvicorn, pydantic, prometheus_client, schemathesis, httpx, mkdocs, material, mkdocstrings, mkdocstrings_handlers.python, mkdocs_gen_files
+if ! python -c "import biglm, lm_eval, pytest, ruff, selenium, openai, hypothesis, filelock, importlinter, fastapi, uvicorn, pydantic, prometheus_client, schemathesis, httpx, mkdocs, material, mkdocstrings, mkdocstrings_handlers.python, mkdocs_gen_files, matplotlib
 assert int(filelock.__version__.split('.')[0]) >= 4" 2>/dev/null; then
   echo "[setup] installing biglm and its dependencies"
   python -m pip install -q -e ".[eval,dev]"

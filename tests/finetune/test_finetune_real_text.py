@@ -174,3 +174,20 @@ def test_word_tasks_hold_out_their_sequences_and_reverse_words(tmp_path):
     labels = [r["label"] for r in rows["number_train"]]
     assert labels.count("yes") == labels.count("no") == 50
     assert all((r["label"] == "yes") == any(c.isdigit() for c in r["text"]) for r in rows["number_train"])
+
+
+def test_word_tasks_take_a_word_count_range(tmp_path, capsys):
+    """make_wordtasks --words MIN MAX: every copy / reversal sequence has MIN..MAX words (the frontier bench's
+    longer copies); a range with MIN > MAX is one error line, exit status 2."""
+    from biglm.data.builders.make_wordtasks import main as make
+
+    corpus = tmp_path / "wiki.jsonl"
+    docs = [json.dumps({"text": f"Title {i}\n{r['text']}"}) + "\n" for i, r in enumerate(sentences())]
+    corpus.write_text("".join(docs))
+    sizes = ["--vocab", "300", "--sizes", "100", "20", "20", "--number-sizes", "20", "10", "10"]
+    assert make([str(corpus), "--out", str(tmp_path / "t"), "--words", "8", "12", *sizes]) == 0
+    counts = {len(json.loads(line)["source"].split()) for split in ("train", "valid", "test")
+              for line in (tmp_path / "t" / f"copy_{split}.jsonl").read_text().splitlines()}
+    assert min(counts) >= 8 and max(counts) <= 12 and len(counts) > 2
+    assert make([str(corpus), "--out", str(tmp_path / "u"), "--words", "6", "3", *sizes]) == 2
+    assert "--words 6 3" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Sequence tasks over real English words from the bundled corpus: copy and reverse 3-6 words, and a
+"""Sequence tasks over real English words from the bundled corpus: copy and reverse 3-6 words (``--words``), and a
 surface-feature cloze task ("does this sentence contain a number?") on real sentences.
 
     python -m biglm.data.builders.make_wordtasks data/demo/wiki.jsonl --out runs/wordtasks
@@ -6,10 +6,10 @@ surface-feature cloze task ("does this sentence contain a number?") on real sent
 The vocabulary is the corpus's ``--vocab`` most frequent lower-case alphabetic words (2+ letters): real
 words that a byte-level BPE tokenizer cuts into one to four pieces each, so that a model must move
 multi-token words, not single-token symbols. Copy and reversal examples are word sequences drawn at random
-(3-6 words); the validation and test sequences never occur in training. The cloze task takes whole
-sentences of the summaries; a sentence is positive when it holds a digit. Writes ``copy_{train,valid,test}.jsonl``,
-``reverse_{train,valid,test}.jsonl`` (``id``, ``source``, ``target``) and ``number_{train,valid,test}.jsonl``
-(``id``, ``text``, ``label`` yes / no, balanced).
+(3-6 words, or ``--words MIN MAX``); the validation and test sequences never occur in training. The cloze task
+takes whole sentences of the summaries; a sentence is positive when it holds a digit. Writes
+``copy_{train,valid,test}.jsonl``, ``reverse_{train,valid,test}.jsonl`` (``id``, ``source``, ``target``) and
+``number_{train,valid,test}.jsonl`` (``id``, ``text``, ``label`` yes / no, balanced).
 """
 
 from __future__ import annotations
@@ -56,11 +56,16 @@ def word_sequences(words: list[str], n: int, rng: random.Random, min_words: int 
     return out
 
 
-def sequence_tasks(words: list[str], sizes: tuple[int, int, int], seed: int = 0) -> dict[str, list[dict]]:
-    """``copy_*`` and ``reverse_*`` splits (train, valid, test) over the same held-out word sequences."""
+def sequence_tasks(words: list[str], sizes: tuple[int, int, int], seed: int = 0,
+                   lengths: tuple[int, int] = (3, 6)) -> dict[str, list[dict]]:
+    """``copy_*`` and ``reverse_*`` splits (train, valid, test) over the same held-out word sequences of
+    ``lengths`` (min, max) words."""
+    lo, hi = lengths
+    if not 1 <= lo <= hi:
+        raise BiglmError(f"--words {lo} {hi}: expected 1 <= MIN <= MAX")
     rng = random.Random(seed)
-    held = word_sequences(words, sizes[1] + sizes[2], rng)
-    train = word_sequences(words, sizes[0], rng, exclude=set(held))
+    held = word_sequences(words, sizes[1] + sizes[2], rng, lo, hi)
+    train = word_sequences(words, sizes[0], rng, lo, hi, exclude=set(held))
     splits = {"train": train, "valid": held[:sizes[1]], "test": held[sizes[1]:]}
     out: dict[str, list[dict]] = {}
     for task, target in (("copy", lambda s: s), ("reverse", lambda s: " ".join(reversed(s.split())))):
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=2000, help="most frequent words to draw from")
     p.add_argument("--sizes", type=int, nargs=3, default=(3000, 200, 200), metavar=("TRAIN", "VALID", "TEST"),
                    help="copy / reversal examples per split")
+    p.add_argument("--words", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
+                   help="words per copy / reversal sequence (default 3 6)")
     p.add_argument("--number-sizes", type=int, nargs=3, default=(500, 200, 400), metavar=("TRAIN", "VALID", "TEST"),
                    help="'contains a number' cloze examples per split")
     p.add_argument("--seed", type=int, default=0)
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         out = check_output(args.out, RESULTS, [args.source])  # never over the corpus it reads
         texts = corpus_texts(args.source)
         words = vocabulary(texts, args.vocab)
-        splits = sequence_tasks(words, tuple(args.sizes), args.seed)
+        splits = sequence_tasks(words, tuple(args.sizes), args.seed, tuple(args.words))
         splits |= number_task(texts, tuple(args.number_sizes), args.seed)
     except BiglmError as e:
         print(f"make_wordtasks: error: {e}", file=sys.stderr)
