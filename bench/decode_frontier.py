@@ -51,7 +51,7 @@ from biglm.checkpoint import load_model
 from biglm.errors import BiglmError
 from biglm.finetune.predict import load_predictor
 from biglm.finetune.setup import read_split
-from common import machine_info
+from common import llama_like, machine_info
 from frontier_quality import Continuation, CopyTask, held_out_prompts
 from frontier_report import best_settings, goal, plot, print_report
 from frontier_settings import REFERENCE, SETTINGS, Setting, readable
@@ -203,6 +203,41 @@ def candidates(rows: list[dict[str, Any]], shape: str, batch: int, k: int, new: 
     return {r["setting"]: SETTINGS_BY_NAME[r["setting"]].even(r["passes"] - 1, new) for r in ok[:k]}
 
 
+def measure_copy_cost(a: argparse.Namespace, quality: dict[str, dict[str, Any]], copy: CopyTask,
+                      examples: list[Any], ids: dict[str, int]) -> list[dict[str, Any]]:
+    """The copy task's cost (``frontier_cost.copy_timing``) per shape and batch: at the trained shape every setting
+    within the exact-match tolerance; at a larger shape (random weights) the ``a.candidates`` fastest of them at the
+    pass count each needed on the trained model."""
+    ok = {n: q for n, q in quality.items() if "unsupported" not in q and q["quality_delta"]["exact_match_points"]
+          >= -EM_TOLERANCE}
+    rows: list[dict[str, Any]] = []
+    for shape in a.shapes:
+        trained = shape == a.shapes[0]
+        model = copy.model if trained else cost.random_models(shape)[0]
+        torch.manual_seed(0)
+        llama = llama_like(model.config, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                           pad_token_id=ids["pad"]).eval()
+        for batch in a.batches:
+            chosen = examples[:max(a.copy_batch1, batch) * (1 if batch == 1 else 2)]
+            if trained:
+                settings = {n: q["copy"]["kwargs"] for n, q in ok.items()}
+            else:
+                fastest = sorted((r for r in rows if r["shape"] == a.shapes[0] and r["batch"] == batch
+                                  and r["setting"] in ok), key=lambda r: -r["tok_s"])[:a.candidates]
+                settings = {r["setting"]: SETTINGS_BY_NAME[r["setting"]].even(round(r["passes_per_example"]) - 1,
+                                                                             fm.SEQ2SEQ_TARGET) for r in fastest}
+            print(f"  copy timing {shape} batch {batch}: {len(settings) + 1} runs", flush=True)
+            rows += cost.copy_timing(shape, batch, model, llama, [ex.source for ex in chosen],
+                                     [len(ex.target) for ex in chosen], ids, copy.banned, fm.SEQ2SEQ_TARGET, settings,
+                                     1 if not trained and batch > 1 else a.repeats)
+    for r in rows:
+        if r["setting"] in ok:
+            r["quality_delta"] = {"exact_match_points": ok[r["setting"]]["quality_delta"]["exact_match_points"]}
+            r["within_tolerance"] = True
+            r["readable"] = f"{r['setting']} ({readable(r['kwargs'])})"
+    return rows
+
+
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
@@ -233,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "mask": tok.mask_token_id, "pad": tok.pad_token_id}
     print("cost", flush=True)
     timing, limit = measure_cost(a, quality, masked, causal, prompts, ids, cont.banned)
+    copy_timing = measure_copy_cost(a, quality, copy, examples, ids)
     results: dict[str, Any] = {
         "env": {**env, "quick": a.quick, "load_average_end": [round(x, 2) for x in os.getloadavg()],
                 "seconds": {"models": round(t_models, 1), "quality": round(t_quality, 1),
@@ -241,14 +277,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                 "repetition_4": REPETITION_TOLERANCE},
         "reference": REFERENCE, "prompts": len(prompts), "prompt_tokens": a.prompt_tokens, "new_tokens": a.new,
         "copy_examples": len(examples), "copy_target_tokens": fm.SEQ2SEQ_TARGET,
-        "quality": list(quality.values()), "ar_quality": ar_quality, "timing": timing, "limit_analysis": limit}
+        "quality": list(quality.values()), "ar_quality": ar_quality, "timing": timing, "copy_timing": copy_timing,
+        "limit_analysis": limit}
     ref_em = quality[REFERENCE]["copy"]["exact_match"]
     results["copy_reference_exact_match"] = ref_em
     results["copy_reference_ok"] = ref_em >= COPY_EM_WANTED
     if ref_em < COPY_EM_WANTED:
         print(f"note: the copy model's exact match at full recompute is {ref_em:.1f}% (< {COPY_EM_WANTED}%): "
               "too few --copy-steps for its deltas to mean much", flush=True)
-    results["best"] = best_settings(timing)
+    results["best"] = best_settings(timing, "continuation") + best_settings(copy_timing, "copy")
     results["goal"] = goal(results["best"], a.shapes, results["copy_reference_ok"])
     results["env"]["seconds"]["total"] = round(time.perf_counter() - tic, 1)
     print_report(results)

@@ -139,3 +139,46 @@ def limit_analysis(model: BiGLM, config: ModelConfig, prompts: list[list[int]], 
         rows.append(row)
     return {"rows": batch, "prompt_tokens": prompt, "new_tokens": new, "params_non_embedding": non_embedding,
             "params_embedding": embedding, "ar_step": {**ar, "seconds": ar_step_s}, "passes": rows}
+
+
+def copy_timing(shape: str, batch: int, model: nn.Module, llama: nn.Module, sources: list[list[int]],
+                answers: list[int], ids: dict[str, int], banned: Sequence[int], length: int,
+                settings: dict[str, dict[str, Any]], repeats: int) -> list[dict[str, Any]]:
+    """The copy task's decoding cost, where the answer is known: each setting decodes the ``sources`` ``batch`` at a
+    time (L = ``length``, its own passes: EOS early exit where the setting has it), against transformers'
+    ``generate()`` writing exactly each batch's longest answer and its EOS (the fewest steps an autoregressive
+    model needs; ``answers``: the answers' token counts). Tokens/s counts the answers' tokens and EOS, the same for
+    every row."""
+    groups = [(sources[i:i + batch], max(answers[i:i + batch]) + 1) for i in range(0, len(sources), batch)]
+    tokens = sum(a + 1 for a in answers)
+    device = next(model.parameters()).device
+
+    def transformers() -> int:
+        steps = 0
+        for group, new in groups:
+            width = max(len(s) for s in group) + 1
+            x = torch.full((len(group), width), ids["pad"], dtype=torch.long)
+            mask = torch.zeros_like(x)
+            for r, s in enumerate(group):
+                x[r, width - len(s) - 1:] = torch.tensor([ids["bos"], *s])
+                mask[r, width - len(s) - 1:] = 1
+            with torch.inference_mode():
+                llama.generate(x.to(device), attention_mask=mask.to(device), max_new_tokens=new, min_new_tokens=new,
+                               do_sample=False, use_cache=True, pad_token_id=ids["pad"])
+            steps += new
+        return steps
+
+    def ours(kwargs: dict[str, Any]) -> Callable[[], int]:
+        def run() -> int:
+            return sum(generate_ids(model, group, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                                    mask_token_id=ids["mask"], pad_token_id=ids["pad"], max_new_tokens=length,
+                                    banned_token_ids=banned, **kwargs).forward_passes for group, _ in groups)
+        return run
+
+    fns: dict[str, Callable[[], int]] = {"transformers generate()": transformers}
+    fns.update({name: ours(kw) for name, kw in settings.items()})
+    timing = best_of(fns, repeats)
+    peer = timing["transformers generate()"][0]
+    return [{"task": "copy", "shape": shape, "batch": batch, "setting": name, "kwargs": settings.get(name),
+             "latency_s": sec / len(groups), "tok_s": tokens / sec, "passes_per_example": passes / len(sources),
+             "speedup_vs_generate": peer / sec} for name, (sec, passes) in timing.items()]

@@ -11,8 +11,10 @@ GOALS = {"batch": 1, "trained": 5.0, "larger": 2.0}
 """The issue's goal at batch 1: ≥ 5× transformers' generate() at the trained (demo) shape, ≥ 2× at 136M."""
 
 
-def best_settings(timing: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per shape and batch, the fastest timed setting within the quality tolerance."""
+def best_settings(timing: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """Per shape and batch, the fastest timed setting within the quality tolerance of ``task`` (``continuation``:
+    exact match, generative perplexity and repetition, timed on the continuations; ``copy``: exact match, timed
+    on the copy task)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in timing:
         if r.get("within_tolerance"):
@@ -20,24 +22,28 @@ def best_settings(timing: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (shape, batch), rows in groups.items():
         r = max(rows, key=lambda x: x["tok_s"])
-        out.append({"shape": shape, "batch": batch, "setting": r["readable"], "name": r["setting"],
-                    "speedup_vs_generate": round(r["speedup_vs_generate"], 3),
-                    "speedup_vs_causal": round(r["speedup_vs_causal"], 3), "quality_delta": r["quality_delta"],
-                    "tok_s": round(r["tok_s"], 1), "latency_s": round(r["latency_s"], 4),
-                    "passes_per_token": round(r["passes_per_token"], 4)})
+        item = {"task": task, "shape": shape, "batch": batch, "setting": r["readable"], "name": r["setting"],
+                "speedup_vs_generate": round(r["speedup_vs_generate"], 3), "quality_delta": r["quality_delta"],
+                "tok_s": round(r["tok_s"], 1), "latency_s": round(r["latency_s"], 4), "kwargs": r["kwargs"]}
+        for key in ("speedup_vs_causal", "passes_per_token", "passes_per_example"):
+            if key in r:
+                item[key] = round(r[key], 4)
+        out.append(item)
     return out
 
 
 def goal(best: list[dict[str, Any]], shapes: list[str], judged: bool) -> dict[str, Any]:
-    """The issue's goal on this run (batch 1); not ``judged`` (``met`` None) when the models learned too little
-    for the quality tolerance to mean anything (the copy model's reference exact match below 80%)."""
-    out = {}
-    for shape in shapes:
-        need = GOALS["trained"] if shape == shapes[0] else GOALS["larger"]
-        hit = [b for b in best if b["shape"] == shape and b["batch"] == GOALS["batch"]]
-        got = hit[0]["speedup_vs_generate"] if hit else None
-        out[shape] = {"goal_speedup_vs_generate": need, "best": got,
-                      "met": (got is not None and got >= need) if judged else None}
+    """The issue's goal on this run (batch 1), per task; not ``judged`` (``met`` None) when the models learned too
+    little for the quality tolerance to mean anything (the copy model's reference exact match below 80%)."""
+    out: dict[str, Any] = {}
+    for task in sorted({b["task"] for b in best}):
+        out[task] = {}
+        for shape in shapes:
+            need = GOALS["trained"] if shape == shapes[0] else GOALS["larger"]
+            hit = [b for b in best if b["task"] == task and b["shape"] == shape and b["batch"] == GOALS["batch"]]
+            got = hit[0]["speedup_vs_generate"] if hit else None
+            out[task][shape] = {"goal_speedup_vs_generate": need, "best": got,
+                                "met": (got is not None and got >= need) if judged else None}
     return out
 
 
@@ -86,21 +92,29 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"| {t['shape']} | {t['batch']} | {t['setting']} | {t['passes_per_token']:.3f} | "
                   f"{t['latency_s']:.3f} | {t['tok_s']:.0f} | {t['speedup_vs_generate']:.2f} | "
                   f"{t['speedup_vs_causal']:.2f} |")
+    print("\nCopy task timings (the answer known; transformers writes exactly each batch's longest answer + EOS)\n")
+    print("| shape | batch | setting | passes/example | ms per batch | answer tok/s | × generate() |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for t in r.get("copy_timing", []):
+        print(f"| {t['shape']} | {t['batch']} | {t['setting']} | {t['passes_per_example']:.1f} | "
+              f"{1000 * t['latency_s']:.1f} | {t['tok_s']:.0f} | {t['speedup_vs_generate']:.2f} |")
     if r["limit_analysis"]:
         print_limit(r["limit_analysis"])
     print("\nBest within tolerance (EM ≥ reference − 1 point, gen-ppl ≤ reference + 5%, repetition ≤ reference "
           "+ 0.05)\n")
-    print("| shape | batch | setting | × generate() | × biglm causal | Δ EM | Δ gen-ppl |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| task | shape | batch | setting | × generate() | Δ EM | Δ gen-ppl |")
+    print("|---|---|---:|---|---:|---:|---:|")
     for b in r["best"]:
         d = b["quality_delta"]
-        print(f"| {b['shape']} | {b['batch']} | {b['setting']} | {b['speedup_vs_generate']:.2f} | "
-              f"{b['speedup_vs_causal']:.2f} | {d['exact_match_points']:+.1f} | {100 * d['gen_ppl_relative']:+.1f}% |")
-    for shape, g in r["goal"].items():
-        verdict = "not judged: the models learned too little" if g["met"] is None else \
-            "met" if g["met"] else "NOT met"
-        print(f"goal at {shape}, batch 1: ≥ {g['goal_speedup_vs_generate']}× generate(): best {_f(g['best'], '.2f')}× "
-              f"({verdict})")
+        ppl = f"{100 * d['gen_ppl_relative']:+.1f}%" if "gen_ppl_relative" in d else "–"
+        print(f"| {b['task']} | {b['shape']} | {b['batch']} | {b['setting']} | {b['speedup_vs_generate']:.2f} | "
+              f"{d['exact_match_points']:+.1f} | {ppl} |")
+    for task, shapes in r["goal"].items():
+        for shape, g in shapes.items():
+            verdict = "not judged: the models learned too little" if g["met"] is None else \
+                "met" if g["met"] else "NOT met"
+            print(f"goal ({task}) at {shape}, batch 1: ≥ {g['goal_speedup_vs_generate']}× generate(): best "
+                  f"{_f(g['best'], '.2f')}× ({verdict})")
 
 
 def print_limit(lim: dict[str, Any]) -> None:
@@ -166,6 +180,11 @@ def plot(r: dict[str, Any], path: Path) -> None:
     for peer, style in zip(PEERS, ("--", ":")):
         if peer in lat:
             axes[0].axvline(lat[peer], color="black", linestyle=style, label=f"{peer} latency")
+    copy_peer = [t for t in r.get("copy_timing", []) if t["shape"] == trained and t["batch"] == 1
+                 and t["setting"] == "transformers generate()"]
+    if copy_peer:  # its latency per example, writing exactly the answer and EOS
+        axes[1].axvline(1000 * copy_peer[0]["latency_s"], color="black", linestyle="--",
+                        label="transformers generate() latency")
     causal = lat.get("biglm causal (greedy)")
     if causal:
         for (name, c), color in zip(r["ar_quality"].items(), ("black", "dimgrey")):

@@ -164,7 +164,7 @@ def frontier(args: argparse.Namespace, device: torch.device) -> list[dict]:
     if best.exists():
         for b in json.loads(best.read_text()).get("best", []):
             if b.get("kwargs") and b["shape"] == "biglm-136m":  # already at the trained model's pass count
-                settings.setdefault(b["name"], b["kwargs"])
+                settings.setdefault(f"{b['task']}: {b['name']}", b["kwargs"])
     torch.manual_seed(0)
     config = ModelConfig.from_preset(shape, max_seq_len=2048)
     model = BiGLM(config).to(device).eval()
@@ -183,7 +183,8 @@ def frontier(args: argparse.Namespace, device: torch.device) -> list[dict]:
             return args.new_tokens
 
         fns = {"transformers generate()": generate}
-        fns.update({name: cost.masked_fn(model, prompts, ids, [3], args.new_tokens, kw) for name, kw in settings.items()})
+        fns.update({name: cost.masked_fn(model, prompts, ids, [3], args.new_tokens, kw)
+                    for name, kw in settings.items()})
         timing = best_of(fns, repeats=3)
         peer = timing["transformers generate()"][0]
         for name, (sec, passes) in timing.items():

@@ -57,8 +57,13 @@ def test_quick_frontier_on_toy_models(tmp_path):
     assert shapes == {("micro", 1), ("tiny", 1)}
     for t in report["timing"]:
         assert t["tok_s"] > 0 and t["passes"] >= 1
-    best = {(b["shape"], b["batch"]): b for b in report["best"]}
-    assert set(best) == shapes
+    assert {(t["shape"], t["batch"]) for t in report["copy_timing"]} == shapes
+    for t in report["copy_timing"]:
+        assert t["tok_s"] > 0 and t["passes_per_example"] >= 1 and t["task"] == "copy"
+    best = {(b["task"], b["shape"], b["batch"]): b for b in report["best"]}
+    assert {(s, b) for task, s, b in best if task == "continuation"} == shapes
+    assert {(s, b) for task, s, b in best if task == "copy"} == shapes
+    assert set(report["goal"]) == {"continuation", "copy"}
     for b in best.values():
         assert {"shape", "batch", "setting", "speedup_vs_generate", "quality_delta"} <= set(b)
         assert b["speedup_vs_generate"] > 0 and "strategy=" in b["setting"]
