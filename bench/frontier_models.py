@@ -77,6 +77,21 @@ def data_overrides(data: Path) -> list[str]:
             "--data.cache_dir", str(data.parent / "cache")]
 
 
+def quiet(steps: int) -> list[str]:
+    """Overrides of a bench training run: ``steps`` steps, one evaluation and checkpoint at the end, no progress
+    bar or TensorBoard."""
+    return ["--train.steps", str(steps), "--train.eval_every", str(steps), "--train.save_every", str(steps),
+            "--train.progress", "false", "--train.tensorboard", "false"]
+
+
+def fit(trainer: Any, run: Path) -> dict[str, Any]:
+    """Train ``trainer`` to the end and describe ``run`` with the seconds it took."""
+    tic = time.perf_counter()
+    trainer.fit()
+    trainer.close()
+    return describe(run, time.perf_counter() - tic)
+
+
 def pretrained(run: Path, config: Path, preset: str, steps: int, data: Path, extra: list[str] = ()) -> dict[str, Any]:
     """``run``: ``config`` pretrained with objective ``preset`` for ``steps`` steps, unless already there."""
     if trained(run):
@@ -84,16 +99,9 @@ def pretrained(run: Path, config: Path, preset: str, steps: int, data: Path, ext
     from biglm.train.config import load_run_config
     from biglm.train.setup import setup
 
-    cfg = load_run_config(config, ["--objective.preset", preset, "--train.steps", str(steps),
-                                   "--train.eval_every", str(steps), "--train.save_every", str(steps),
-                                   "--train.progress", "false", "--train.tensorboard", "false",
-                                   *data_overrides(data), *extra])
+    cfg = load_run_config(config, ["--objective.preset", preset, *quiet(steps), *data_overrides(data), *extra])
     print(f"  pretraining {run} ({preset}, {steps} steps)", flush=True)
-    tic = time.perf_counter()
-    trainer = setup(cfg, run)
-    trainer.fit()
-    trainer.close()
-    return describe(run, time.perf_counter() - tic)
+    return fit(setup(cfg, run), run)
 
 
 def copy_data(data: Path, out: Path, sizes: tuple[int, int, int]) -> Path:
@@ -133,12 +141,6 @@ def copy_model(run: Path, data: Path, tasks: Path, steps: int, preset: str = "de
         "--task.seq2seq.max_target_length", str(SEQ2SEQ_TARGET), "--task.seq2seq.metrics", "[exact_match]",
         "--data.train", str(tasks / "copy_train.jsonl"), "--data.valid", str(tasks / "copy_valid.jsonl"),
         "--data.test", str(tasks / "copy_test.jsonl"), "--train.global_batch_size", "32", "--train.lr", "3e-3",
-        "--train.warmup_steps", "30", "--train.steps", str(steps), "--train.eval_every", str(steps),
-        "--train.save_every", str(steps), "--train.keep_last", "1", "--train.progress", "false",
-        "--train.tensorboard", "false"])
+        "--train.warmup_steps", "30", "--train.keep_last", "1", *quiet(steps)])
     print(f"  fine-tuning {run} (copy {COPY_WORDS[0]}-{COPY_WORDS[1]} words, {steps} steps)", flush=True)
-    tic = time.perf_counter()
-    trainer = setup_finetune(cfg, run)
-    trainer.fit()
-    trainer.close()
-    return describe(run, time.perf_counter() - tic)
+    return fit(setup_finetune(cfg, run), run)

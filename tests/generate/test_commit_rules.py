@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from biglm import BiGLM, BiglmError, ModelConfig
+from biglm import BiGLM, BiglmError
 from biglm.generate import generate_ids
 from biglm.generate.commit import Predictions, select_commits
 from biglm.generate.strategies import DecodeState, run_strategy, start_strategy
+from test_generate import sharp_micro
 
 BOS, EOS, MASK = 1, 2, 3
 IDS = dict(bos_token_id=BOS, eos_token_id=EOS, mask_token_id=MASK)
@@ -105,11 +106,7 @@ def test_eos_exit_waits_for_the_tokens_before_the_eos():
 
 @pytest.fixture(scope="module")
 def model() -> BiGLM:
-    torch.manual_seed(0)
-    m = BiGLM(ModelConfig.from_preset("micro", vocab_size=64)).eval()
-    with torch.no_grad():
-        m.model.embed_tokens.weight.mul_(20)
-    return m
+    return sharp_micro()
 
 
 @pytest.mark.parametrize("options", [dict(strategy="threshold", threshold=0.5),

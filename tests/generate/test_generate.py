@@ -29,14 +29,18 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15], [20, 21, 22, 23, 24]]  # r
 OPTIONS = {"mask-predict": {}, "threshold": {"threshold": 0.02}, "blocks": {"block_size": 3}}
 
 
-@pytest.fixture(scope="module")
-def model() -> BiGLM:
+def sharp_micro(**config) -> BiGLM:
+    """A micro masked model, seed 0, its embeddings sharper than init so that greedy choices are not near-ties."""
     torch.manual_seed(0)
-    config = ModelConfig.from_preset("micro", vocab_size=64, length_head=True, max_target_length=12)
-    m = BiGLM(config).eval()
-    with torch.no_grad():  # sharper than init so that greedy choices are not near-ties
+    m = BiGLM(ModelConfig.from_preset("micro", vocab_size=64, **config)).eval()
+    with torch.no_grad():
         m.model.embed_tokens.weight.mul_(20)
     return m
+
+
+@pytest.fixture(scope="module")
+def model() -> BiGLM:
+    return sharp_micro(length_head=True, max_target_length=12)
 
 
 # --- the exact prefix cache -------------------------------------------------------------------------

@@ -4,9 +4,10 @@ run less of Y, equal ``prefix`` when refreshed every pass, and their cached pass
 import pytest
 import torch
 
-from biglm import BiGLM, BiglmError, ModelConfig
+from biglm import BiGLM, BiglmError
 from biglm.generate import DecodeJob, PassBatch, encode_prefix, generate_ids
 from biglm.generate.suffix_cache import BlockCache
+from test_generate import sharp_micro
 
 BOS, EOS, MASK = 1, 2, 3
 IDS = dict(bos_token_id=BOS, eos_token_id=EOS, mask_token_id=MASK)
@@ -17,12 +18,7 @@ RULES = [dict(), dict(commit="threshold", threshold=0.2), dict(commit="factor", 
 
 @pytest.fixture(scope="module")
 def model() -> BiGLM:
-    torch.manual_seed(0)
-    config = ModelConfig.from_preset("micro", vocab_size=64, length_head=True, max_target_length=16)
-    m = BiGLM(config).eval()
-    with torch.no_grad():  # sharper than init so that greedy choices are not near-ties
-        m.model.embed_tokens.weight.mul_(20)
-    return m
+    return sharp_micro(length_head=True, max_target_length=16)
 
 
 class SuffixWidths:

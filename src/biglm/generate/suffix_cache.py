@@ -58,7 +58,9 @@ class _Kept:
     span: tuple[int, int]
     past: KVCache
     columns: Tensor
-    """The columns of Y the block's later passes run."""
+    """The columns of Y the block's later passes run, and their layout and positions (fixed within the block)."""
+    layout: AttentionLayout
+    positions: Tensor
     passes: int = 1
 
 
@@ -83,10 +85,7 @@ class BlockCache:
             return self._full(model, prefix, tokens, active, where, span)
         kept.passes += 1
         cols = kept.columns
-        y_docs = torch.where(active[:, cols], 0, PAD_DOCUMENT).to(torch.int32)
-        layout = AttentionLayout("prefix_blind", y_docs, torch.full_like(y_docs, SUFFIX, dtype=torch.int8))
-        positions = suffix_position_ids(model.config.suffix_positions, prefix.lengths, tokens.shape[1])[:, cols]
-        return model(tokens[:, cols], layout, positions, logits_mask=where[:, cols], past=kept.past).logits
+        return model(tokens[:, cols], kept.layout, kept.positions, logits_mask=where[:, cols], past=kept.past).logits
 
     def _full(self, model: nn.Module, prefix: EncodedPrefix, tokens: Tensor, active: Tensor, where: Tensor,
               span: tuple[int, int]) -> Tensor:
@@ -100,8 +99,11 @@ class BlockCache:
         if self.keep_later:
             cached.append(torch.arange(width + end, width + length, device=device))
             run_to = end
-        self.kept = _Kept(span, out.cache.select_positions(torch.cat(cached)),
-                          torch.arange(start, run_to, device=device))
+        cols = torch.arange(start, run_to, device=device)
+        y_docs = torch.where(active[:, cols], 0, PAD_DOCUMENT).to(torch.int32)
+        layout = AttentionLayout("prefix_blind", y_docs, torch.full_like(y_docs, SUFFIX, dtype=torch.int8))
+        positions = suffix_position_ids(model.config.suffix_positions, prefix.lengths, length)[:, cols]
+        self.kept = _Kept(span, out.cache.select_positions(torch.cat(cached)), cols, layout, positions)
         return out.logits
 
 
